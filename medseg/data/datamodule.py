@@ -1,0 +1,150 @@
+"""LightningDataModule: dataset reading and checking, a seeded fold split, cached preprocessing, patch sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.transforms import Compose
+from torch.utils.data import RandomSampler
+
+from medseg.data.demo import default_cache_dir, ensure_demo_dataset
+from medseg.data.formats import Case, DatasetSpec, read_dataset
+from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
+from medseg.data.validation import validate_dataset
+from medseg.errors import MedsegError
+
+CACHE_MODES = ("memory", "disk", "none")
+
+
+def split_cases(cases: tuple[Case, ...], num_folds: int, fold: int, seed: int) -> tuple[list[Case], list[Case]]:
+    """Return (train, validation): the cases shuffled with `seed`, cut into `num_folds`, fold `fold` held out."""
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise MedsegError(f"need num_folds >= 2 and 0 <= fold < num_folds, got num_folds={num_folds}, fold={fold}")
+    if len(cases) < num_folds:
+        raise MedsegError(f"{len(cases)} case(s) cannot be split into {num_folds} folds")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    held_out = set(np.array_split(order, num_folds)[fold].tolist())
+    return [c for i, c in enumerate(cases) if i not in held_out], [c for i, c in enumerate(cases) if i in held_out]
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Training patches and whole validation volumes from an MSD or nnU-Net v2 dataset (the demo by default).
+
+    Args:
+        root: dataset folder (or its dataset.json); None generates and uses the built-in demo phantoms.
+        batch_size: patches per training step (the batch planner may change it before training).
+        patch_size: training patch and sliding-window size in voxels (x, y, z), after resampling.
+        spacing: target spacing in mm; None keeps each scan's own.
+        normalization: "ct", "zscore" or "none"; None picks "ct" for CT datasets, else "zscore".
+        ct_window: HU window for "ct" normalisation.
+        crop_foreground: crop each scan to the body before training.
+        positive_fraction: share of patches centred on a labelled voxel.
+        iterations_per_epoch: training steps per epoch (patches drawn with replacement); None = one pass over cases.
+        num_folds, fold, split_seed: deterministic cross-validation split; fold `fold` is the validation set.
+        cache: "memory" (CacheDataset), "disk" (PersistentDataset in cache_dir) or "none".
+        cache_dir: where disk caches and the demo data live; None = $MEDSEG_CACHE or ~/.cache/medseg.
+        num_workers: data-loading worker processes.
+        augmentation: random augmentation settings.
+        check_dataset: check every case (readable, shapes, affines, labels, finite) before training.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 2,
+        patch_size: tuple[int, int, int] = (64, 64, 32),
+        spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0),
+        normalization: str | None = None,
+        ct_window: tuple[float, float] = (-200.0, 300.0),
+        crop_foreground: bool = True,
+        positive_fraction: float = 0.67,
+        iterations_per_epoch: int | None = 25,
+        num_folds: int = 5,
+        fold: int = 0,
+        split_seed: int = 0,
+        cache: str = "memory",
+        cache_dir: str | None = None,
+        num_workers: int = 2,
+        augmentation: Augmentation = Augmentation(),
+        check_dataset: bool = True,
+    ) -> None:
+        super().__init__()
+        if cache not in CACHE_MODES:
+            raise MedsegError(f"unknown cache {cache!r}: choose one of {', '.join(CACHE_MODES)}")
+        if batch_size < 1:
+            raise MedsegError(f"batch_size must be at least 1, got {batch_size}")
+        if len(patch_size) != 3 or min(patch_size) < 1:
+            raise MedsegError(f"patch_size must be three positive integers, got {patch_size}")
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.spec: DatasetSpec = read_dataset(root if root else ensure_demo_dataset(self.cache_dir))
+        self.batch_size = batch_size
+        self.patch_size = tuple(patch_size)
+        self.preprocessing = Preprocessing(
+            spacing=tuple(spacing) if spacing else None,
+            normalization=normalization or ("ct" if self.spec.is_ct else "zscore"),
+            ct_window=tuple(ct_window),
+            crop_foreground=crop_foreground,
+        )
+        self.positive_fraction = positive_fraction
+        self.iterations_per_epoch = iterations_per_epoch
+        self.train_cases, self.val_cases = split_cases(self.spec.cases, num_folds, fold, split_seed)
+        self.cache = cache
+        self.num_workers = num_workers
+        self.augmentation = augmentation
+        self.check_dataset = check_dataset
+        self._checked = False
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.spec.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.class_names)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.spec.channel_names)
+
+    def _dataset(self, cases: list[Case], transform) -> Dataset:
+        data = [case.as_dict() for case in cases]
+        if self.cache == "memory":
+            return CacheDataset(data, transform, num_workers=self.num_workers or None, progress=True)
+        if self.cache == "disk":
+            return PersistentDataset(data, transform, cache_dir=self.cache_dir / "preprocessed" / self.spec.root.name)
+        return Dataset(data, transform)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.check_dataset and not self._checked:
+            validate_dataset(self.spec)
+            self._checked = True
+        prep = preprocessing_transforms(self.preprocessing)
+        if stage in ("fit", None) and not hasattr(self, "train_dataset"):
+            augment = training_transforms(self.patch_size, self.positive_fraction, self.augmentation)
+            self.train_dataset = self._dataset(self.train_cases, Compose([*prep.transforms, *augment.transforms]))
+        if stage in ("fit", "validate", None) and not hasattr(self, "val_dataset"):
+            self.val_dataset = self._dataset(self.val_cases, prep)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = None
+        if self.iterations_per_epoch:
+            sampler = RandomSampler(self.train_dataset, replacement=True, num_samples=self.iterations_per_epoch * self.batch_size)
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=sampler is None and len(self.train_dataset) > self.batch_size,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset, batch_size=1, num_workers=min(self.num_workers, 1))

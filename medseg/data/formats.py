@@ -1,0 +1,131 @@
+"""Reading dataset descriptions: Medical Segmentation Decathlon and nnU-Net v2 raw layouts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import MedsegError
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case: its image files (one per channel, or one multi-channel file) and label file."""
+
+    name: str
+    images: tuple[Path, ...]
+    label: Path
+
+    def as_dict(self) -> dict:
+        """MONAI dictionary-transform input; a single file stays a string so 4D files load as channels."""
+        images = [str(p) for p in self.images]
+        return {"image": images[0] if len(images) == 1 else images, "label": str(self.label), "name": self.name}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset folder holds, independent of its layout."""
+
+    root: Path
+    layout: str  # "msd" or "nnunet"
+    channel_names: tuple[str, ...]
+    class_names: tuple[str, ...]  # index = label value
+    cases: tuple[Case, ...]
+
+    @property
+    def is_ct(self) -> bool:
+        return all(name.strip().upper() == "CT" for name in self.channel_names)
+
+
+def _inside(root: Path, relative: str, source: Path) -> Path:
+    """Return root/relative, refusing a path that leaves the dataset root (e.g. '../../etc/passwd')."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise MedsegError(f"{source}: path {relative!r} points outside the dataset root {root}")
+    return path
+
+
+def _class_names(labels: dict, source: Path, by_name: bool) -> tuple[str, ...]:
+    """Return class names ordered by label value; values must be 0..K-1 (background first)."""
+    try:
+        pairs = {int(v): str(k) for k, v in labels.items()} if by_name else {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise MedsegError(f"{source}: 'labels' must map class names to integer values (nnU-Net regions are not supported)") from None
+    if sorted(pairs) != list(range(len(pairs))) or len(pairs) < 2:
+        raise MedsegError(f"{source}: label values must be 0..K-1 with K >= 2, got {sorted(pairs)}")
+    return tuple(pairs[i] for i in range(len(pairs)))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedsegError(f"{path}: no dataset.json here (expected an MSD or nnU-Net v2 dataset folder)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise MedsegError(f"{path}: cannot read dataset description: {err}") from None
+    if not isinstance(data, dict):
+        raise MedsegError(f"{path}: dataset description must be a JSON object")
+    return data
+
+
+def _channels(mapping: dict, source: Path, key: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(mapping[str(i)]) for i in range(len(mapping)))
+    except KeyError:
+        raise MedsegError(f"{source}: '{key}' keys must be '0'..'{len(mapping) - 1}'") from None
+
+
+def _read_msd(root: Path, data: dict, source: Path) -> DatasetSpec:
+    cases = []
+    for entry in data.get("training", []):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise MedsegError(f"{source}: every 'training' entry needs 'image' and 'label', got {entry!r}")
+        image = _inside(root, entry["image"], source)
+        name = image.name.removesuffix(".gz").removesuffix(".nii")
+        cases.append(Case(name, (image,), _inside(root, entry["label"], source)))
+    return DatasetSpec(
+        root, "msd", _channels(data["modality"], source, "modality"), _class_names(data["labels"], source, by_name=False), tuple(cases)
+    )
+
+
+def _read_nnunet(root: Path, data: dict, source: Path) -> DatasetSpec:
+    ending = data.get("file_ending", ".nii.gz")
+    channels = _channels(data["channel_names"], source, "channel_names")
+    labels_dir = root / "labelsTr"
+    if not labels_dir.is_dir():
+        raise MedsegError(f"{labels_dir}: missing labels folder of the nnU-Net dataset")
+    cases = []
+    for label in sorted(labels_dir.glob(f"*{ending}")):
+        name = label.name.removesuffix(ending)
+        images = tuple(root / "imagesTr" / f"{name}_{c:04d}{ending}" for c in range(len(channels)))
+        cases.append(Case(name, images, label))
+    return DatasetSpec(root, "nnunet", channels, _class_names(data["labels"], source, by_name=True), tuple(cases))
+
+
+def read_dataset(root: str | Path) -> DatasetSpec:
+    """Return the dataset in `root` (a folder with dataset.json, or the dataset.json itself).
+
+    MSD: ``modality`` + ``labels`` {value: name} + ``training`` [{image, label}]; a 4D image holds channels.
+    nnU-Net v2: ``channel_names`` + ``labels`` {name: value} + ``file_ending``; cases are found in
+    ``labelsTr/`` and ``imagesTr/<case>_<channel:04d><file_ending>``.
+    """
+    path = Path(root).expanduser()
+    if path.name == "dataset.json":
+        path = path.parent
+    if not path.is_dir():
+        raise MedsegError(f"{path}: dataset folder does not exist")
+    source = path / "dataset.json"
+    data = _read_json(source)
+    try:
+        if "channel_names" in data:
+            spec = _read_nnunet(path, data, source)
+        elif "modality" in data:
+            spec = _read_msd(path, data, source)
+        else:
+            raise MedsegError(f"{source}: neither MSD ('modality', 'training') nor nnU-Net v2 ('channel_names', 'file_ending')")
+    except KeyError as err:
+        raise MedsegError(f"{source}: missing key {err}") from None
+    if not spec.cases:
+        raise MedsegError(f"{source}: the dataset lists no training cases")
+    return spec

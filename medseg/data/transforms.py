@@ -1,0 +1,145 @@
+"""MONAI dictionary transforms: deterministic preprocessing (cached) and random training augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, Sequence
+
+import torch
+from monai import transforms as T
+
+from medseg.errors import MedsegError
+
+NORMALIZATIONS = ("ct", "zscore", "none")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a scan is brought into the network's space; stored in checkpoints so inference can rebuild it.
+
+    Attributes:
+        spacing: target voxel spacing in mm (x, y, z) after reorientation; None keeps the scan's own.
+        axcodes: orientation the network sees (MONAI ``Orientationd`` codes).
+        normalization: "ct" clips to ``ct_window`` (HU) and scales to [0, 1]; "zscore" normalises
+            each channel over its non-zero voxels (MRI); "none" leaves intensities alone.
+        ct_window: (low, high) HU window for "ct".
+        crop_foreground: crop to the bounding box of the body (CT: above the window's low end;
+            otherwise: non-zero) before normalising.
+    """
+
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0)
+    axcodes: str = "RAS"
+    normalization: str = "ct"
+    ct_window: tuple[float, float] = (-200.0, 300.0)
+    crop_foreground: bool = True
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise MedsegError(f"unknown normalization {self.normalization!r}: choose one of {', '.join(NORMALIZATIONS)}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise MedsegError(f"spacing must be three positive numbers in mm, got {self.spacing}")
+        if self.ct_window[0] >= self.ct_window[1]:
+            raise MedsegError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples) for YAML, JSON and weights-only checkpoints."""
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        values = dict(data)
+        for key in ("spacing", "ct_window"):
+            if values.get(key) is not None:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+    @property
+    def foreground_threshold(self) -> float:
+        return self.ct_window[0] if self.normalization == "ct" else 0.0
+
+
+def _above(image: torch.Tensor, threshold: float) -> torch.Tensor:
+    return image > threshold
+
+
+def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", label_key: str | None = "label") -> T.Compose:
+    """Return the deterministic (cacheable, invertible) transforms from file paths to normalised tensors.
+
+    Images are read with nibabel; a list of paths (one per channel, nnU-Net style) is stacked as channels.
+    """
+    keys = [image_key] + ([label_key] if label_key else [])
+    modes = ["bilinear"] + (["nearest"] if label_key else [])
+    steps: list = [
+        T.LoadImaged(keys, reader="NibabelReader", image_only=True),
+        T.EnsureChannelFirstd(keys),
+        T.EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+        T.Orientationd(keys, axcodes=prep.axcodes, labels=None),
+    ]
+    if prep.spacing is not None:
+        steps.append(T.Spacingd(keys, pixdim=prep.spacing, mode=modes, dtype=torch.float32))
+    if prep.crop_foreground:
+        steps.append(
+            T.CropForegroundd(keys, source_key=image_key, select_fn=partial(_above, threshold=prep.foreground_threshold), allow_smaller=True)
+        )
+    if prep.normalization == "ct":
+        low, high = prep.ct_window
+        steps.append(T.ScaleIntensityRanged(image_key, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+    elif prep.normalization == "zscore":
+        steps.append(T.NormalizeIntensityd(image_key, nonzero=True, channel_wise=True))
+    return T.Compose(steps)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random training augmentation; probabilities are per patch."""
+
+    flip_prob: float = 0.5
+    rotate90_prob: float = 0.25
+    rotate_degrees: float = 15.0
+    rotate_prob: float = 0.2
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    intensity_prob: float = 0.5
+    noise_std: float = 0.02
+    noise_prob: float = 0.15
+
+
+def training_transforms(
+    patch_size: Sequence[int],
+    positive_fraction: float,
+    augmentation: Augmentation,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> T.Compose:
+    """Return random patch sampling plus augmentation, applied after the cached preprocessing.
+
+    ``positive_fraction`` is the share of patches centred on a foreground voxel (nnU-Net uses 1/3).
+    """
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise MedsegError(f"positive_fraction must be between 0 and 1, got {positive_fraction}")
+    keys = [image_key, label_key]
+    aug = augmentation
+    radians = aug.rotate_degrees * torch.pi / 180.0
+    return T.Compose(
+        [
+            T.SpatialPadd(keys, spatial_size=patch_size),
+            T.RandCropByPosNegLabeld(
+                keys,
+                label_key=label_key,
+                spatial_size=patch_size,
+                pos=positive_fraction,
+                neg=1.0 - positive_fraction,
+                num_samples=1,
+                image_key=image_key,
+                image_threshold=float("-inf"),
+            ),
+            *[T.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(3)],
+            T.RandRotate90d(keys, prob=aug.rotate90_prob, spatial_axes=(0, 1)),
+            T.RandRotated(keys, range_z=radians, prob=aug.rotate_prob, keep_size=True, mode=["bilinear", "nearest"]),
+            T.RandScaleIntensityd(image_key, factors=aug.intensity_scale, prob=aug.intensity_prob),
+            T.RandShiftIntensityd(image_key, offsets=aug.intensity_shift, prob=aug.intensity_prob),
+            T.RandGaussianNoised(image_key, std=aug.noise_std, prob=aug.noise_prob),
+        ]
+    )

@@ -1,0 +1,122 @@
+"""LightningModule: a MONAI network trained with Dice + cross-entropy, validated by sliding windows on whole volumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+
+from medseg.model.networks import build_network
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+
+
+class SegmentationModule(L.LightningModule):
+    """3D segmentation network plus loss, metric and optimiser; the checkpoint carries all inference needs.
+
+    Args:
+        network: MONAI network name ("UNet", "DynUNet", "SegResNet").
+        network_kwargs: the network class's own arguments (for UNet: channels, strides, num_res_units, ...).
+        in_channels, out_channels: image channels and classes incl. background (linked from the data module).
+        class_names, channel_names: names by label value / channel index (linked from the data module).
+        preprocessing: ``Preprocessing.to_dict()`` of the data module, so inference needs no config.
+        patch_size: training patch, also the sliding-window size for validation and inference.
+        learning_rate, weight_decay: AdamW settings; the rate decays polynomially (power 0.9) to zero.
+        sw_batch_size, sw_overlap: windows per forward pass and window overlap for validation.
+    """
+
+    def __init__(
+        self,
+        network: str = "UNet",
+        network_kwargs: dict[str, Any] | None = None,
+        in_channels: int = 1,
+        out_channels: int = 3,
+        class_names: list[str] | None = None,
+        channel_names: list[str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        patch_size: tuple[int, int, int] = (64, 64, 32),
+        learning_rate: float = 3e-3,
+        weight_decay: float = 1e-5,
+        sw_batch_size: int = 4,
+        sw_overlap: float = 0.25,
+    ) -> None:
+        super().__init__()
+        network_kwargs = dict(DEFAULT_NETWORK_KWARGS if network_kwargs is None and network == "UNet" else network_kwargs or {})
+        class_names = list(class_names or [f"class_{i}" for i in range(out_channels)])
+        channel_names = list(channel_names or [f"channel_{i}" for i in range(in_channels)])
+        self.save_hyperparameters(
+            {
+                "network": network,
+                "network_kwargs": network_kwargs,
+                "in_channels": in_channels,
+                "out_channels": out_channels,
+                "class_names": class_names,
+                "channel_names": channel_names,
+                "preprocessing": dict(preprocessing or {}),
+                "patch_size": list(patch_size),
+                "learning_rate": learning_rate,
+                "weight_decay": weight_decay,
+                "sw_overlap": sw_overlap,
+            }
+        )
+        self.net = build_network(network, in_channels, out_channels, **network_kwargs)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.dice = DiceMetric(include_background=False, reduction="mean_batch")
+        self.sw_batch_size = sw_batch_size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        image, label = batch["image"], batch["label"]
+        loss = self.loss_fn(self.net(image), label)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
+        return loss
+
+    def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Return logits for whole volumes (B, C, X, Y, Z) by Gaussian-blended sliding windows."""
+        return sliding_window_inference(
+            image, self.hparams.patch_size, self.sw_batch_size, self.net, overlap=self.hparams.sw_overlap, mode="gaussian"
+        )
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self.predict_logits(batch["image"])
+        num_classes = self.hparams.out_channels
+        prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes)
+        self.dice(prediction, one_hot(batch["label"].long(), num_classes))
+
+    def on_validation_epoch_end(self) -> None:
+        per_class = self.dice.aggregate()
+        self.dice.reset()
+        names = self.hparams.class_names[1:]
+        for name, value in zip(names, per_class):
+            self.log(f"val_dice_{name}", value, sync_dist=True)
+        self.log("val_mean_dice", per_class.nanmean(), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what inference needs as plain data, readable with ``torch.load(weights_only=True)``."""
+        h = self.hparams
+        checkpoint["medseg"] = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "network": h.network,
+            "network_kwargs": dict(h.network_kwargs),
+            "in_channels": h.in_channels,
+            "out_channels": h.out_channels,
+            "class_names": list(h.class_names),
+            "channel_names": list(h.channel_names),
+            "preprocessing": dict(h.preprocessing),
+            "patch_size": list(h.patch_size),
+        }

@@ -1,0 +1,29 @@
+"""Network factory: builds a MONAI 3D segmentation network by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai.networks import nets
+from torch import nn
+
+from medseg.errors import MedsegError
+
+NETWORKS = {"UNet": nets.UNet, "DynUNet": nets.DynUNet, "SegResNet": nets.SegResNet}
+
+
+def build_network(name: str, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:
+    """Return the MONAI network `name` for 3D inputs with the given channel counts.
+
+    Args:
+        name: one of ``NETWORKS`` ("UNet", "DynUNet", "SegResNet").
+        in_channels: image channels (modalities).
+        out_channels: classes including background; the network outputs logits.
+        kwargs: the MONAI class's own arguments (e.g. ``channels``, ``strides`` for UNet).
+    """
+    if name not in NETWORKS:
+        raise MedsegError(f"unknown network {name!r}: choose one of {', '.join(NETWORKS)}")
+    try:
+        return NETWORKS[name](spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise MedsegError(f"bad arguments for network {name} {kwargs}: {err}") from None

@@ -1,0 +1,157 @@
+"""`python -m medseg.train`: train a segmentation model from a YAML config (LightningCLI), demo data by default.
+
+Examples:
+    python -m medseg.train                                    # built-in demo phantoms
+    python -m medseg.train --config configs/spleen_ct.yaml     # your data
+    python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
+    python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from medseg.data.datamodule import SegmentationDataModule
+from medseg.errors import MedsegError
+from medseg.model.module import SegmentationModule
+
+log = logging.getLogger("medseg")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Return whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX) rather than emulating it."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
+    """Return (precision to run, one-line reason) for the requested Lightning precision on this machine.
+
+    fp16 AMP needs CUDA. Without it Lightning falls back to bf16-mixed; on CPUs without native bf16
+    (no AVX512-BF16/AMX) bf16 3D convolutions are emulated and measured about 10x slower than fp32,
+    so there "16-mixed" runs as "32-true" instead. An explicit "bf16-mixed" is always honoured.
+    """
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if str(requested) != "16-mixed" or on_gpu:
+        return str(requested), f"precision {requested} on {'GPU' if on_gpu else 'CPU'}"
+    if cpu_has_native_bf16():
+        return "bf16-mixed", "precision 16-mixed requested, no CUDA GPU: running bf16-mixed on CPU (Lightning's CPU fallback)"
+    return "32-true", (
+        "precision 16-mixed requested, no CUDA GPU and this CPU has no native bf16: running 32-true "
+        "(emulated bf16 is ~10x slower; force it with --trainer.precision bf16-mixed)"
+    )
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Argument parser whose errors are one line (jsonargparse prints the whole usage otherwise)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        print(f"medseg: error: {' '.join(str(message).split())} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+class MedsegCLI(LightningCLI):
+    """LightningCLI with the data module's dataset facts linked into the model and a best/last checkpoint."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_mean_dice",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-dice{val_mean_dice:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.precision": "16-mixed",
+                "trainer.max_epochs": 20,
+                "trainer.check_val_every_n_epoch": 5,
+                "trainer.log_every_n_steps": 10,
+                "trainer.default_root_dir": "runs",
+                "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "medseg"}},
+            }
+        )
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume training from this checkpoint")
+        parser.link_arguments("data.patch_size", "model.patch_size")
+        for source, target in [
+            ("in_channels", "in_channels"),
+            ("num_classes", "out_channels"),
+            ("class_names", "class_names"),
+            ("channel_names", "channel_names"),
+            ("preprocessing", "preprocessing"),
+        ]:
+            compute = (lambda p: p.to_dict()) if source == "preprocessing" else None
+            parser.link_arguments(f"data.{source}", f"model.{target}", compute_fn=compute, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config["trainer"]
+        trainer["precision"], reason = resolve_precision(trainer["precision"], str(trainer["accelerator"]))
+        log.info(reason)
+
+
+def print_summary(trainer, checkpoint: ModelCheckpoint, metrics: dict[str, float], class_names: list[str]) -> None:
+    """Print the best checkpoint's validation Dice per class, the mean, and where the outputs are."""
+    width = max(len(name) for name in class_names)
+    lines = ["", "Validation Dice of the best checkpoint:"]
+    lines += [f"  {name:<{width}}  {metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
+    lines += [f"  {'mean':<{width}}  {metrics['val_mean_dice']:.4f}  (foreground classes)"]
+    lines += [f"Best checkpoint: {checkpoint.best_model_path}", f"Last checkpoint: {checkpoint.last_model_path}", f"Logs and config: {trainer.log_dir}"]
+    print("\n".join(lines), flush=True)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the best checkpoint's validation metrics and where things are."""
+
+    metrics: dict[str, float]
+    best_checkpoint: Path
+    last_checkpoint: Path
+    log_dir: Path
+    model: SegmentationModule  # holds the best checkpoint's weights
+
+
+def run(args: list[str] | None = None) -> TrainResult:
+    """Train as `args` (default: the command line) say and return the best checkpoint's results."""
+    cli = MedsegCLI(
+        SegmentationModule,
+        SegmentationDataModule,
+        run=False,
+        args=args,
+        parser_class=OneLineErrorParser,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": __doc__},
+    )
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config["ckpt_path"])
+    checkpoint = trainer.checkpoint_callback
+    results = trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path or None, verbose=False)
+    metrics = {k: float(v) for k, v in results[0].items()}
+    if trainer.is_global_zero:
+        print_summary(trainer, checkpoint, metrics, datamodule.class_names)
+    return TrainResult(metrics, Path(checkpoint.best_model_path), Path(checkpoint.last_model_path), Path(trainer.log_dir), model)
+
+
+def main() -> None:
+    """Entry point: user errors end as one line on stderr and exit code 1 (``--debug`` shows the traceback)."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        run()
+    except MedsegError as err:
+        if debug:
+            raise
+        print(f"medseg: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+import nibabel as nib
+import numpy as np
+
+from medseg.data.demo import ensure_demo_dataset, make_case
+from medseg.data.formats import read_dataset
+
+
+def test_same_seed_and_index_give_identical_cases():
+    first, second = make_case(7, 3), make_case(7, 3)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_different_cases_differ_in_size_and_content():
+    shapes = {make_case(0, i)[0].shape for i in range(4)}
+    assert len(shapes) == 4
+
+
+def test_cases_look_like_ct_scans():
+    image, label, affine = make_case(0, 0)
+    assert image.dtype == np.int16 and label.dtype == np.uint8
+    assert image.min() <= -900 and 100 < np.median(image[label == 1]) < 160  # air and enhanced organ in HU
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    assert spacing[2] > 1.8 * spacing[0]  # anisotropic: thick slices
+    assert nib.aff2axcodes(affine) == ("L", "P", "S")
+    assert not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3])))  # oblique
+
+
+def test_two_foreground_classes_touch():
+    _, label, _ = make_case(0, 1)
+    organ, lesion = label == 1, label == 2
+    assert organ.sum() > 5 * lesion.sum() > 0
+    touching = (organ[1:] & lesion[:-1]) | (organ[:-1] & lesion[1:])
+    assert touching.any()
+
+
+def test_files_keep_geometry_and_dataset_is_msd(demo_root):
+    spec = read_dataset(demo_root)
+    assert spec.layout == "msd" and spec.class_names == ("background", "organ", "lesion") and spec.is_ct
+    case = spec.cases[2]
+    image, label, affine = make_case(0, 2)
+    stored = nib.load(case.images[0])
+    np.testing.assert_allclose(stored.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(stored.dataobj), image)
+    np.testing.assert_array_equal(np.asarray(nib.load(case.label).dataobj), label)
+
+
+def test_demo_is_generated_once_and_reused(tmp_path):
+    root = ensure_demo_dataset(tmp_path, num_cases=2, seed=1)
+    stamp = (root / "dataset.json").stat().st_mtime_ns
+    assert ensure_demo_dataset(tmp_path, num_cases=2, seed=1) == root
+    assert (root / "dataset.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no staging folder left behind

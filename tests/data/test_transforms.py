@@ -1,0 +1,92 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
+from medseg.errors import MedsegError
+
+
+@pytest.fixture
+def blocky_case(tmp_path):
+    """An LPS, anisotropic scan whose HU value encodes the label (0 -> 0 HU, 1 -> 100 HU, 2 -> 200 HU)."""
+    label = np.zeros((40, 36, 16), np.uint8)
+    label[8:30, 6:20, 3:12] = 1
+    label[20:30, 20:30, 5:14] = 2
+    affine = np.diag([-1.2, -1.2, 3.0, 1.0])
+    affine[:3, 3] = [10.0, -5.0, 30.0]
+    image = (label.astype(np.int16) * 100) + 0
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "label.nii.gz")
+    return {"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")}
+
+
+def _plain(spacing=(1.5, 1.5, 2.0)):
+    return Preprocessing(spacing=spacing, normalization="none", crop_foreground=False)
+
+
+def test_preprocessing_reorients_to_ras_and_resamples(blocky_case):
+    out = preprocessing_transforms(_plain())(blocky_case)
+    image, label = out["image"], out["label"]
+    assert image.shape == label.shape and image.shape[0] == 1
+    np.testing.assert_allclose(np.diag(image.affine.numpy())[:3], [1.5, 1.5, 2.0], atol=1e-5)  # RAS: positive diagonal
+    assert image.shape[1:] == (32, 29, 24)  # 40*1.2/1.5, 36*1.2/1.5, 16*3/2 voxels
+    assert set(torch.unique(label).tolist()) == {0.0, 1.0, 2.0}
+
+
+def test_preprocessing_keeps_image_and_label_aligned(blocky_case):
+    out = preprocessing_transforms(_plain())(blocky_case)
+    agreement = (torch.round(out["image"] / 100) == out["label"]).float().mean()
+    assert agreement > 0.97  # only interpolated boundary voxels may differ
+
+
+def test_augmentation_moves_image_and_label_together(blocky_case):
+    out = preprocessing_transforms(_plain())(blocky_case)
+    no_intensity = Augmentation(flip_prob=1.0, rotate90_prob=1.0, rotate_prob=1.0, intensity_prob=0.0, noise_prob=0.0)
+    augment = training_transforms((24, 24, 16), positive_fraction=1.0, augmentation=no_intensity)
+    augment.set_random_state(3)
+    [patch] = augment(out)
+    assert patch["image"].shape == patch["label"].shape == (1, 24, 24, 16)
+    assert patch["label"].max() > 0  # positive patch
+    agreement = (torch.round(patch["image"] / 100) == patch["label"]).float().mean()
+    assert agreement > 0.93
+
+
+def test_ct_normalisation_windows_hu_to_unit_range(blocky_case):
+    prep = Preprocessing(spacing=None, normalization="ct", ct_window=(0.0, 200.0), crop_foreground=False)
+    image = preprocessing_transforms(prep, label_key=None)({"image": blocky_case["image"]})["image"]
+    assert image.min() == 0.0 and image.max() == 1.0
+    assert torch.allclose(torch.unique(image), torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_zscore_normalises_nonzero_voxels(blocky_case):
+    prep = Preprocessing(spacing=None, normalization="zscore", crop_foreground=False)
+    image = preprocessing_transforms(prep, label_key=None)({"image": blocky_case["image"]})["image"]
+    inside = image[image != 0]
+    assert abs(float(inside.mean())) < 1e-4 and abs(float(inside.std()) - 1.0) < 1e-2
+
+
+def test_foreground_crop_keeps_only_the_body(blocky_case):
+    prep = Preprocessing(spacing=None, normalization="none", crop_foreground=True, ct_window=(50.0, 300.0))
+    out = preprocessing_transforms(prep)(blocky_case)
+    assert out["image"].shape[1:] == (22, 24, 11)  # bounding box of voxels above 50 HU
+    assert out["label"].shape == out["image"].shape
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"normalization": "percentile"}, "unknown normalization 'percentile'"),
+        ({"spacing": (1.0, 0.0, 1.0)}, "spacing must be three positive numbers"),
+        ({"ct_window": (100.0, -100.0)}, "ct_window must be"),
+    ],
+)
+def test_bad_preprocessing_values_are_named(kwargs, message):
+    with pytest.raises(MedsegError, match=message):
+        Preprocessing(**kwargs)
+
+
+def test_preprocessing_round_trips_as_plain_data():
+    prep = Preprocessing(spacing=(1.0, 1.0, 2.5), ct_window=(-100.0, 200.0))
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
+    assert isinstance(prep.to_dict()["spacing"], list)

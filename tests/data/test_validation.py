@@ -1,0 +1,105 @@
+import gzip
+import shutil
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data.formats import read_dataset
+from medseg.data.validation import check_case, validate_dataset
+from medseg.errors import MedsegError
+
+
+@pytest.fixture
+def dataset(tmp_path, demo_root):
+    """A private copy of the demo dataset that tests may damage."""
+    root = shutil.copytree(demo_root, tmp_path / "demo")
+    return read_dataset(root)
+
+
+def _rewrite(path, array, affine=None):
+    old = nib.load(path)
+    nib.save(nib.Nifti1Image(array, old.affine if affine is None else affine), path)
+
+
+def _problems(spec, index=0):
+    case = spec.cases[index]
+    return check_case(case, len(spec.channel_names), len(spec.class_names))
+
+
+def test_clean_dataset_passes(dataset):
+    validate_dataset(dataset, show_progress=False)
+
+
+def test_missing_file(dataset):
+    dataset.cases[0].label.unlink()
+    assert _problems(dataset) == [f"{dataset.cases[0].label}: file not found"]
+
+
+def test_truncated_gzip(dataset):
+    path = dataset.cases[0].images[0]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    [problem] = _problems(dataset)
+    assert problem.startswith(f"{path}: cannot read as NIfTI")
+
+
+def test_not_a_nifti(dataset):
+    path = dataset.cases[0].images[0]
+    path.write_bytes(gzip.compress(b"hello"))
+    [problem] = _problems(dataset)
+    assert problem.startswith(f"{path}: cannot read as NIfTI")
+
+
+def test_shape_mismatch(dataset):
+    label = dataset.cases[0].label
+    _rewrite(label, np.asarray(nib.load(label).dataobj)[:-1])
+    [problem] = _problems(dataset)
+    assert "image shape" in problem and "differs from label" in problem and problem.startswith(str(dataset.cases[0].images[0]))
+
+
+def test_affine_mismatch(dataset):
+    label = dataset.cases[0].label
+    image = nib.load(label)
+    shifted = image.affine.copy()
+    shifted[0, 3] += 5.0
+    _rewrite(label, np.asarray(image.dataobj), shifted)
+    assert _problems(dataset) == [f"{dataset.cases[0].images[0]}: image affine differs from the affine of label {label.name}"]
+
+
+def test_undeclared_label_value(dataset):
+    label = dataset.cases[0].label
+    values = np.asarray(nib.load(label).dataobj).copy()
+    values[0, 0, 0] = 7
+    _rewrite(label, values)
+    assert _problems(dataset) == [f"{label}: label values [7] are not declared classes 0..2"]
+
+
+def test_nan_in_image(dataset):
+    path = dataset.cases[0].images[0]
+    values = nib.load(path).get_fdata().astype(np.float32)
+    values[1, 1, 1] = np.nan
+    _rewrite(path, values)
+    assert _problems(dataset) == [f"{path}: image contains NaN or Inf values"]
+
+
+def test_two_dimensional_image(dataset):
+    path = dataset.cases[0].images[0]
+    _rewrite(path, np.zeros((8, 8), np.int16), np.eye(4))
+    assert f"{path}: image must be 3D (or 4D with channels last)" in _problems(dataset)[0]
+
+
+def test_wrong_channel_count(dataset):
+    spec = replace(dataset, channel_names=("CT", "PET"))
+    assert _problems(spec) == [f"{dataset.cases[0].images[0]}: image has 1 channel(s), dataset.json declares 2"]
+
+
+def test_all_problems_are_reported_together(dataset):
+    dataset.cases[0].label.unlink()
+    dataset.cases[3].images[0].unlink()
+    with pytest.raises(MedsegError) as error:
+        validate_dataset(dataset, show_progress=False)
+    message = str(error.value)
+    assert message.startswith("2 problem(s) in dataset")
+    assert str(dataset.cases[0].label) in message and str(dataset.cases[3].images[0]) in message

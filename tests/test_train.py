@@ -1,0 +1,111 @@
+"""End-to-end training through the real CLI: tiny UNet, 32x32x16 patches, a few steps."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medseg import train
+from medseg.model.module import SegmentationModule
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NET = '{"channels": [4, 8], "strides": [2], "num_res_units": 0}'
+
+
+def _tiny_args(root: Path, out: Path) -> list[str]:
+    return [
+        f"--data.root={root}",
+        "--data.patch_size=[32, 32, 16]",
+        "--data.num_folds=3",
+        "--data.iterations_per_epoch=3",
+        "--data.num_workers=0",
+        f"--model.network_kwargs={TINY_NET}",
+        "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, tmp_path_factory):
+    return train.run(_tiny_args(demo_root, tmp_path_factory.mktemp("run")))
+
+
+def test_fit_writes_best_and_last_checkpoints_config_and_logs(trained):
+    assert trained.best_checkpoint.is_file() and trained.last_checkpoint.name == "last.ckpt"
+    assert (trained.log_dir / "config.yaml").is_file() and (trained.log_dir / "metrics.csv").is_file()
+    assert set(trained.metrics) >= {"val_dice_organ", "val_dice_lesion", "val_mean_dice"}
+    assert 0.0 <= trained.metrics["val_mean_dice"] <= 1.0
+
+
+def test_checkpoint_loads_weights_only_and_reproduces_predictions(trained, demo_root):
+    checkpoint = torch.load(trained.best_checkpoint, map_location="cpu", weights_only=True)
+    info = checkpoint["medseg"]
+    assert info["class_names"] == ["background", "organ", "lesion"] and info["patch_size"] == [32, 32, 16]
+    assert info["preprocessing"]["normalization"] == "ct"
+    reloaded = SegmentationModule(**checkpoint["hyper_parameters"])
+    reloaded.load_state_dict(checkpoint["state_dict"])
+    reloaded.eval()
+    trained.model.eval()
+    image = torch.rand(1, 1, 40, 36, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.predict_logits(image), trained.model.predict_logits(image), rtol=0, atol=0)
+
+
+def test_resolved_config_is_saved_and_reusable(trained):
+    text = (trained.log_dir / "config.yaml").read_text()
+    assert "patch_size:\n  - 32\n  - 32\n  - 16" in text and "iterations_per_epoch: 3" in text
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_print_config_shows_overrides_without_training():
+    result = _cli("--config", "configs/demo.yaml", "--data.batch_size=7", "--trainer.max_epochs=3", "--print_config")
+    assert result.returncode == 0, result.stderr
+    assert "batch_size: 7" in result.stdout and "max_epochs: 3" in result.stdout
+    assert "Epoch" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_parse(config):
+    result = _cli("--config", f"configs/{config}", "--print_config")
+    assert result.returncode == 0, result.stderr
+
+
+def test_demo_config_matches_built_in_defaults():
+    assert _cli("--config", "configs/demo.yaml", "--print_config").stdout == _cli("--print_config").stdout
+
+
+def test_bad_config_value_is_one_line_error():
+    result = _cli("--data.batch_size=abc")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "data.batch_size" in result.stderr
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    result = _cli(f"--data.root={tmp_path / 'nowhere'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"medseg: error: {tmp_path / 'nowhere'}: dataset folder does not exist"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "requested, accelerator, native_bf16, expected",
+    [
+        ("16-mixed", "cpu", True, "bf16-mixed"),
+        ("16-mixed", "cpu", False, "32-true"),
+        ("bf16-mixed", "cpu", False, "bf16-mixed"),
+        ("32-true", "cpu", True, "32-true"),
+        ("16-mixed", "gpu", False, "16-mixed"),
+    ],
+)
+def test_precision_resolution(monkeypatch, requested, accelerator, native_bf16, expected):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native_bf16)
+    precision, reason = train.resolve_precision(requested, accelerator)
+    assert precision == expected and expected in reason
