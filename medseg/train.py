@@ -62,13 +62,18 @@ class MedsegCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_mean_dice",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-dice{val_mean_dice:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                # last.ckpt after every epoch (set every_n_train_steps for mid-epoch saves): what resuming starts from
+                "last_checkpoint.filename": "latest-epoch{epoch:03d}",
+                "last_checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.save_last": True,
+                "last_checkpoint.save_on_train_epoch_end": True,
                 "trainer.precision": "16-mixed",
                 "trainer.max_epochs": 20,
                 "trainer.check_val_every_n_epoch": 5,
@@ -77,7 +82,12 @@ class MedsegCLI(LightningCLI):
                 "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "medseg"}},
             }
         )
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume training from this checkpoint")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint; 'last' resumes the newest run of this logger that has a last.ckpt, in the same folder",
+        )
         parser.link_arguments("data.patch_size", "model.patch_size")
         for source, target in [
             ("in_channels", "in_channels"),
@@ -93,15 +103,34 @@ class MedsegCLI(LightningCLI):
         trainer = self.config["trainer"]
         trainer["precision"], reason = resolve_precision(trainer["precision"], str(trainer["accelerator"]))
         log.info(reason)
+        if self.config["ckpt_path"] == "last":
+            self.config["ckpt_path"] = resume_last(trainer)
 
 
-def print_summary(trainer, checkpoint: ModelCheckpoint, metrics: dict[str, float], class_names: list[str]) -> None:
+def resume_last(trainer_config) -> str | None:
+    """Return the newest last.ckpt of the configured logger's runs, and make this run log into that run's folder."""
+    logger = trainer_config["logger"]
+    args = logger["init_args"] if logger and "init_args" in logger else None
+    if args is None or "save_dir" not in args or "name" not in args:
+        raise MedsegError("--ckpt_path last needs a logger with save_dir and name (e.g. the default CSVLogger); pass a checkpoint path instead")
+    runs = Path(args["save_dir"]) / (args["name"] or "")
+    candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        log.info(f"no last.ckpt under {runs}: starting a new run")
+        return None
+    last = candidates[-1]
+    args["version"] = last.parent.parent.name
+    log.info(f"resuming from {last}")
+    return str(last)
+
+
+def print_summary(result: "TrainResult", class_names: list[str]) -> None:
     """Print the best checkpoint's validation Dice per class, the mean, and where the outputs are."""
     width = max(len(name) for name in class_names)
     lines = ["", "Validation Dice of the best checkpoint:"]
-    lines += [f"  {name:<{width}}  {metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
-    lines += [f"  {'mean':<{width}}  {metrics['val_mean_dice']:.4f}  (foreground classes)"]
-    lines += [f"Best checkpoint: {checkpoint.best_model_path}", f"Last checkpoint: {checkpoint.last_model_path}", f"Logs and config: {trainer.log_dir}"]
+    lines += [f"  {name:<{width}}  {result.metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
+    lines += [f"  {'mean':<{width}}  {result.metrics['val_mean_dice']:.4f}  (foreground classes)"]
+    lines += [f"Best checkpoint: {result.best_checkpoint}", f"Last checkpoint: {result.last_checkpoint}", f"Logs and config: {result.log_dir}"]
     print("\n".join(lines), flush=True)
 
 
@@ -129,13 +158,16 @@ def run(args: list[str] | None = None) -> TrainResult:
         parser_kwargs={"description": __doc__},
     )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    best, last = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config["ckpt_path"])
-    checkpoint = trainer.checkpoint_callback
-    results = trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path or None, verbose=False)
+    # read the paths before validate(): restoring the best checkpoint also restores the callbacks' state
+    best_path, last_path = Path(best.best_model_path), Path(last.last_model_path)
+    results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}
+    result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)
     if trainer.is_global_zero:
-        print_summary(trainer, checkpoint, metrics, datamodule.class_names)
-    return TrainResult(metrics, Path(checkpoint.best_model_path), Path(checkpoint.last_model_path), Path(trainer.log_dir), model)
+        print_summary(result, datamodule.class_names)
+    return result
 
 
 def main() -> None:

@@ -8,10 +8,11 @@ import lightning as L
 import numpy as np
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
-from torch.utils.data import RandomSampler
+import torch
 
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
 from medseg.data.formats import Case, DatasetSpec, read_dataset
+from medseg.data.sampling import EpochSampler, SeededSamples
 from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
 from medseg.data.validation import validate_dataset
 from medseg.errors import MedsegError
@@ -42,7 +43,9 @@ class SegmentationDataModule(L.LightningDataModule):
         ct_window: HU window for "ct" normalisation.
         crop_foreground: crop each scan to the body before training.
         positive_fraction: share of patches centred on a labelled voxel.
-        iterations_per_epoch: training steps per epoch (patches drawn with replacement); None = one pass over cases.
+        iterations_per_epoch: training steps per epoch (cases drawn with replacement); None = one pass over cases.
+            Which cases and augmentations an epoch gets depends only on the seed (``seed_everything``) and
+            the epoch, so a resumed run trains on exactly what an uninterrupted one would.
         num_folds, fold, split_seed: deterministic cross-validation split; fold `fold` is the validation set.
         cache: "memory" (CacheDataset), "disk" (PersistentDataset in cache_dir) or "none".
         cache_dir: where disk caches and the demo data live; None = $MEDSEG_CACHE or ~/.cache/medseg.
@@ -96,6 +99,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.augmentation = augmentation
         self.check_dataset = check_dataset
         self._checked = False
+        self.sampling_seed = torch.initial_seed()  # set by seed_everything before the CLI builds this
 
     @property
     def in_channels(self) -> int:
@@ -128,22 +132,20 @@ class SegmentationDataModule(L.LightningDataModule):
         prep = preprocessing_transforms(self.preprocessing)
         if stage in ("fit", None) and not hasattr(self, "train_dataset"):
             augment = training_transforms(self.patch_size, self.positive_fraction, self.augmentation)
-            self.train_dataset = self._dataset(self.train_cases, Compose([*prep.transforms, *augment.transforms]))
+            cached = self._dataset(self.train_cases, Compose([*prep.transforms, *augment.transforms]))
+            self.train_dataset = SeededSamples(cached, self.sampling_seed)
         if stage in ("fit", "validate", None) and not hasattr(self, "val_dataset"):
             self.val_dataset = self._dataset(self.val_cases, prep)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = None
-        if self.iterations_per_epoch:
-            sampler = RandomSampler(self.train_dataset, replacement=True, num_samples=self.iterations_per_epoch * self.batch_size)
+        samples = self.iterations_per_epoch * self.batch_size if self.iterations_per_epoch else None
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
+            sampler=EpochSampler(len(self.train_dataset), samples, self.sampling_seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=sampler is None and len(self.train_dataset) > self.batch_size,
+            drop_last=samples is None and len(self.train_dataset) > self.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -48,3 +48,37 @@ def test_bad_values_are_named(demo_root):
         SegmentationDataModule(str(demo_root), cache="ram")
     with pytest.raises(MedsegError, match="batch_size must be at least 1"):
         SegmentationDataModule(str(demo_root), batch_size=0)
+
+
+def _multichannel_msd(root, num_cases=3):
+    """MSD-style dataset whose images are 4D (x, y, z, channel) with two MRI channels."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    training = []
+    for i in range(num_cases):
+        label = np.zeros((24, 24, 12), np.uint8)
+        label[6:18, 6:18, 3:9] = 1
+        image = np.stack([label * 50.0 + rng.normal(100, 5, label.shape), label * -30.0 + rng.normal(80, 5, label.shape)], axis=-1)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0])), root / "imagesTr" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.diag([1.0, 1.0, 2.0, 1.0])), root / "labelsTr" / f"c{i}.nii.gz")
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    description = {"modality": {"0": "FLAIR", "1": "T1w"}, "labels": {"0": "background", "1": "tumour"}, "training": training}
+    (root / "dataset.json").write_text(json.dumps(description))
+    return root
+
+
+def test_four_dimensional_msd_images_become_channels(tmp_path):
+    root = _multichannel_msd(tmp_path)
+    dm = SegmentationDataModule(str(root), patch_size=(16, 16, 8), spacing=None, num_folds=3, num_workers=0, cache="none")
+    assert dm.in_channels == 2 and dm.preprocessing.normalization == "zscore"
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 2, 16, 16, 8) and batch["label"].shape == (2, 1, 16, 16, 8)
+    volume = next(iter(dm.val_dataloader()))
+    assert volume["image"].shape[1] == 2 and volume["image"].shape[2:] == volume["label"].shape[2:]
