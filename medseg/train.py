@@ -9,8 +9,11 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +24,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.errors import MedsegError
+from medseg.memory.callback import BatchSizePlanner
+from medseg.memory.recovery import fit_with_oom_recovery
 from medseg.model.module import SegmentationModule
 
 log = logging.getLogger("medseg")
@@ -63,6 +68,7 @@ class MedsegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(BatchSizePlanner, "batch_planner")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_mean_dice",
@@ -74,6 +80,7 @@ class MedsegCLI(LightningCLI):
                 "last_checkpoint.auto_insert_metric_name": False,
                 "last_checkpoint.save_last": True,
                 "last_checkpoint.save_on_train_epoch_end": True,
+                "batch_planner.cache_path": "runs/batch_plans.json",
                 "trainer.precision": "16-mixed",
                 "trainer.max_epochs": 20,
                 "trainer.check_val_every_n_epoch": 5,
@@ -134,6 +141,25 @@ def print_summary(result: "TrainResult", class_names: list[str]) -> None:
     print("\n".join(lines), flush=True)
 
 
+def checkpoint_bytes(model: SegmentationModule) -> int:
+    """Return the disk space three checkpoints (best, latest, last) need: weights plus two AdamW moments each."""
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 3 * 3 * parameter_bytes + 64 * 2**20
+
+
+def check_output_dir(folder: Path, required_bytes: int) -> None:
+    """Fail before training, not at the first checkpoint, when the run folder is unwritable or the disk nearly full."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise MedsegError(f"{folder}: output folder is not writable ({err.strerror or err})") from None
+    free = shutil.disk_usage(folder).free
+    if free < required_bytes:
+        raise MedsegError(f"{folder}: only {free / 2**20:.0f} MiB free on disk, checkpoints need about {required_bytes / 2**20:.0f} MiB")
+
+
 @dataclass
 class TrainResult:
     """What a training run produced: the best checkpoint's validation metrics and where things are."""
@@ -159,7 +185,15 @@ def run(args: list[str] | None = None) -> TrainResult:
     )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     best, last = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config["ckpt_path"])
+    if trainer.is_global_zero:
+        check_output_dir(Path(trainer.log_dir), checkpoint_bytes(model))
+    try:
+        # an out-of-memory error mid-training drops to the next smaller verified batch and resumes from last.ckpt
+        trainer = fit_with_oom_recovery(lambda: cli.trainer, model, datamodule, ckpt_path=cli.config["ckpt_path"])
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise MedsegError(f"disk full while writing {err.filename or trainer.log_dir}; earlier checkpoints are intact (written atomically)") from None
     # read the paths before validate(): restoring the best checkpoint also restores the callbacks' state
     best_path, last_path = Path(best.best_model_path), Path(last.last_model_path)
     results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)

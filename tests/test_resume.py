@@ -1,11 +1,13 @@
 """Fault tolerance: a run killed mid-epoch and resumed with --ckpt_path last ends with the same weights."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from medseg import train
@@ -48,3 +50,41 @@ def test_resume_last_without_previous_run_starts_fresh(demo_root, tmp_path):
     result = _train_subprocess(_tiny_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--ckpt_path=last"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no last.ckpt under" in result.stderr
+
+
+def test_unwritable_output_folder_fails_before_training(demo_root, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _train_subprocess(_tiny_args(demo_root, blocker / "runs"))
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"medseg: error: {blocker / 'runs'}") and "output folder is not writable" in last_line
+    assert "Epoch" not in result.stderr
+
+
+def test_nearly_full_disk_fails_before_training(monkeypatch, tmp_path):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10 * 2**20, 9 * 2**20, 2**20))
+    with pytest.raises(train.MedsegError, match=r"only 1 MiB free on disk, checkpoints need about \d+ MiB"):
+        train.check_output_dir(tmp_path, 100 * 2**20)
+
+
+def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_path):
+    import shutil as sh
+
+    import nibabel as nib
+    import numpy as np
+
+    root = sh.copytree(demo_root, tmp_path / "nan-data")
+    for path in (root / "imagesTr").glob("*.nii.gz"):
+        image = nib.load(path)
+        values = image.get_fdata().astype(np.float32)
+        values[:, :, ::3] = np.nan  # every patch crosses a NaN slice
+        nib.save(nib.Nifti1Image(values, image.affine), path)
+    args = _tiny_args(root, tmp_path / "runs") + ["--data.check_dataset=false", "--model.max_nonfinite_steps=2"]
+    result = _train_subprocess(args)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"medseg: error: training stopped: loss was NaN/Inf for 2 steps in a row \(global step \d+, cases phantom_\d+, phantom_\d+\)", last_line)

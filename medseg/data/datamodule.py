@@ -6,9 +6,10 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
-import torch
 
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
 from medseg.data.formats import Case, DatasetSpec, read_dataset
@@ -149,4 +150,8 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=1, num_workers=min(self.num_workers, 1))
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # each case on exactly one rank (Lightning's default sampler pads with repeats, which would bias Dice)
+            sampler = UnrepeatedDistributedSampler(self.val_dataset, self.trainer.world_size, self.trainer.global_rank, shuffle=False)
+        return DataLoader(self.val_dataset, batch_size=1, sampler=sampler, num_workers=min(self.num_workers, 1))

@@ -11,6 +11,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from medseg.errors import MedsegError
 from medseg.model.networks import build_network
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -30,6 +31,8 @@ class SegmentationModule(L.LightningModule):
         patch_size: training patch, also the sliding-window size for validation and inference.
         learning_rate, weight_decay: AdamW settings; the rate decays polynomially (power 0.9) to zero.
         sw_batch_size, sw_overlap: windows per forward pass and window overlap for validation.
+        max_nonfinite_steps: stop training when the loss is NaN/Inf this many steps in a row (single
+            non-finite steps are skipped, as the fp16 gradient scaler does for overflowing gradients).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class SegmentationModule(L.LightningModule):
         weight_decay: float = 1e-5,
         sw_batch_size: int = 4,
         sw_overlap: float = 0.25,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
         network_kwargs = dict(DEFAULT_NETWORK_KWARGS if network_kwargs is None and network == "UNet" else network_kwargs or {})
@@ -64,19 +68,33 @@ class SegmentationModule(L.LightningModule):
                 "learning_rate": learning_rate,
                 "weight_decay": weight_decay,
                 "sw_overlap": sw_overlap,
+                "max_nonfinite_steps": max_nonfinite_steps,
             }
         )
         self.net = build_network(network, in_channels, out_channels, **network_kwargs)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
         self.sw_batch_size = sw_batch_size
+        self.nonfinite_steps = 0
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         image, label = batch["image"], batch["label"]
         loss = self.loss_fn(self.net(image), label)
+        # every rank must agree to skip, or DDP's gradient all-reduce would wait forever
+        nonfinite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
+        if nonfinite:
+            self.nonfinite_steps += 1
+            if self.nonfinite_steps >= self.hparams.max_nonfinite_steps:
+                raise MedsegError(
+                    f"training stopped: loss was NaN/Inf for {self.nonfinite_steps} steps in a row "
+                    f"(global step {self.global_step}, cases {', '.join(batch.get('name', ['?']))}); "
+                    "the checkpoints written before are intact: lower the learning rate or check these cases"
+                )
+            return None  # skips backward and the optimiser step
+        self.nonfinite_steps = 0
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
         return loss
 
@@ -93,12 +111,27 @@ class SegmentationModule(L.LightningModule):
         self.dice(prediction, one_hot(batch["label"].long(), num_classes))
 
     def on_validation_epoch_end(self) -> None:
-        per_class = self.dice.aggregate()
+        per_class = torch.nanmean(self._all_case_scores(), dim=0)  # a class absent from a case is NaN there
         self.dice.reset()
-        names = self.hparams.class_names[1:]
-        for name, value in zip(names, per_class):
+        for name, value in zip(self.hparams.class_names[1:], per_class):
             self.log(f"val_dice_{name}", value, sync_dist=True)
-        self.log("val_mean_dice", per_class.nanmean(), prog_bar=True, sync_dist=True)
+        self.log("val_mean_dice", torch.nanmean(per_class), prog_bar=True, sync_dist=True)
+
+    def _all_case_scores(self) -> torch.Tensor:
+        """Return the Dice of every validation case (cases x foreground classes), gathered from all ranks.
+
+        Ranks hold different numbers of cases (no padding duplicates), so the scores are padded to gather them.
+        """
+        classes = self.hparams.out_channels - 1
+        buffer = self.dice.get_buffer()
+        local = buffer if isinstance(buffer, torch.Tensor) and buffer.numel() else torch.zeros(0, classes, device=self.device)
+        if self.trainer.world_size == 1:
+            return local
+        counts = self.all_gather(torch.tensor(len(local), device=self.device))
+        padded = torch.full((int(counts.max()), classes), float("nan"), device=self.device)
+        padded[: len(local)] = local
+        gathered = self.all_gather(padded)
+        return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)

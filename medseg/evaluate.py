@@ -1,0 +1,166 @@
+"""``python -m medseg.evaluate``: Dice and HD95 (mm) per class between predicted and ground-truth label maps."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.networks.utils import one_hot
+
+from medseg.errors import MedsegError
+from medseg.data.formats import read_dataset
+from medseg.inference.cases import is_dataset
+from medseg.inference.io import atomic_target, case_name, is_nifti, read_voxels
+
+# A prediction and its ground truth must share the voxel grid to this many mm; never silently resampled.
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class CaseScores:
+    """One case's scores per foreground class (index 0 is label 1); NaN where a score is undefined."""
+
+    name: str
+    dice: tuple[float, ...]
+    hd95_mm: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every case's scores plus the class names (background excluded) they refer to."""
+
+    cases: list[CaseScores]
+    class_names: list[str]
+
+    def column(self, metric: str, index: int) -> np.ndarray:
+        """Return one class's scores over the cases, NaN where the class was absent or undefined."""
+        return np.array([getattr(case, metric)[index] if index < len(getattr(case, metric)) else math.nan for case in self.cases])
+
+    def summary_lines(self) -> list[str]:
+        """Return one line per class: mean and standard deviation over the cases where each score is defined."""
+        lines = [f"{len(self.cases)} cases; mean +- std over cases where the score is defined (n)"]
+        for index, name in enumerate(self.class_names):
+            parts = []
+            for metric, label, unit in (("dice", "Dice", ""), ("hd95_mm", "HD95", " mm")):
+                values = self.column(metric, index)
+                values = values[np.isfinite(values)]
+                text = f"{values.mean():.4f} +- {values.std():.4f}{unit} (n={values.size})" if values.size else "undefined (n=0)"
+                parts.append(f"{label} {text}")
+            lines.append(f"{name}: " + ", ".join(parts))
+        return lines
+
+    def csv_text(self) -> str:
+        """Return the per-case table: case, then dice_<class> and hd95_mm_<class> columns."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["case"] + [f"dice_{n}" for n in self.class_names] + [f"hd95_mm_{n}" for n in self.class_names])
+        padding = [math.nan] * len(self.class_names)
+        for case in self.cases:
+            dice = (list(case.dice) + padding)[: len(padding)]
+            hd95 = (list(case.hd95_mm) + padding)[: len(padding)]
+            writer.writerow([case.name] + [f"{v:.6g}" for v in dice + hd95])
+        return buffer.getvalue()
+
+
+def _labels(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    image, voxels = read_voxels(path)
+    if voxels.ndim == 4 and voxels.shape[3] == 1:
+        voxels = voxels[..., 0]
+    if voxels.ndim != 3:
+        raise MedsegError(f"{path} has shape {list(voxels.shape)}; a label map must be 3D")
+    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return np.rint(voxels).astype(np.int64), image.affine, spacing
+
+
+def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
+    """Return Dice and HD95 (mm, using the ground truth's voxel spacing) per foreground class.
+
+    Dice is 0 for a class predicted but absent from the ground truth (or the reverse) and NaN when
+    the class is absent from both; HD95 is NaN unless the class is in both.
+    """
+    pred, pred_affine, _ = _labels(prediction)
+    truth, truth_affine, spacing = _labels(ground_truth)
+    if pred.shape != truth.shape or not np.allclose(pred_affine, truth_affine, atol=AFFINE_TOLERANCE_MM):
+        raise MedsegError(
+            f"prediction {prediction} (shape {list(pred.shape)}) and ground truth {ground_truth} "
+            f"(shape {list(truth.shape)}) differ in voxel grid (shape or affine); resample neither silently"
+        )
+    if pred.min() < 0 or truth.min() < 0:
+        raise MedsegError(f"negative label in {prediction if pred.min() < 0 else ground_truth}")
+    classes = int(max(pred.max(), truth.max())) + 1
+    if classes < 2:
+        return CaseScores(case_name(prediction), (), ())
+    pred_hot = one_hot(torch.from_numpy(pred)[None, None], classes)
+    truth_hot = one_hot(torch.from_numpy(truth)[None, None], classes)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred_hot, truth_hot)[0]
+    both_empty = (pred_hot[0, 1:].sum(dim=(1, 2, 3)) == 0) & (truth_hot[0, 1:].sum(dim=(1, 2, 3)) == 0)
+    dice[both_empty] = math.nan
+    hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(pred_hot, truth_hot, spacing=list(spacing))[0]
+    return CaseScores(case_name(prediction), tuple(dice.tolist()), tuple(hd95.tolist()))
+
+
+def _ground_truth(source: Path) -> tuple[dict[str, Path], list[str]]:
+    """Return ground-truth label files by case name, and the class names when a dataset declares them."""
+    if is_dataset(source):
+        spec = read_dataset(source)
+        return {case.name: case.label for case in spec.cases}, list(spec.class_names)
+    return {case_name(p): p for p in sorted(source.iterdir()) if is_nifti(p)}, []
+
+
+def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
+    """Return the scores of every prediction in `predictions` (a folder) that has a ground truth.
+
+    `ground_truth` is a folder of label maps with the same file names, or a dataset (folder or
+    dataset.json) whose class names then label the columns. A prediction without ground truth is
+    an error, so a typo cannot shrink the test set.
+    """
+    predictions, ground_truth = Path(predictions), Path(ground_truth)
+    if not predictions.is_dir():
+        raise MedsegError(f"prediction folder {predictions} does not exist")
+    if not ground_truth.exists():
+        raise MedsegError(f"ground truth {ground_truth} does not exist")
+    truths, declared = _ground_truth(ground_truth)
+    files = sorted(p for p in predictions.iterdir() if is_nifti(p))
+    if not files:
+        raise MedsegError(f"{predictions} holds no .nii or .nii.gz predictions")
+    missing = [p.name for p in files if case_name(p) not in truths]
+    if missing:
+        raise MedsegError(f"no ground truth in {ground_truth} for prediction(s) {', '.join(missing[:5])}")
+    cases = [score_case(p, truths[case_name(p)]) for p in files]
+    classes = max([len(case.dice) for case in cases] + [len(declared) - 1])
+    names = declared + [f"class_{i}" for i in range(len(declared), classes + 1)]
+    return Evaluation(cases, names[1 : classes + 1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return 0 on success, 1 with a one-line error otherwise."""
+    parser = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--pred", required=True, help="folder of predicted label maps (<case>.nii.gz)")
+    parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or a dataset (folder or dataset.json)")
+    parser.add_argument("--output", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.pred, args.gt)
+        output = Path(args.output) if args.output else Path(args.pred) / "evaluation.csv"
+        with atomic_target(output) as temp:
+            temp.write_text(result.csv_text())
+    except MedsegError as err:
+        print(f"medseg: error: {err}", file=sys.stderr)
+        return 1
+    for line in result.summary_lines():
+        print(line)
+    print(f"per-case scores: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""``python -m medseg.infer``: segment a NIfTI scan, a folder of scans, or a dataset with a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from medseg.errors import MedsegError
+from medseg.inference.predictor import InferenceOptions
+from medseg.inference.runner import segment_scans
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of scans, or a dataset file with a trained medseg checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="medseg .ckpt (weights-only; holds network and preprocessing)")
+    parser.add_argument("--input", required=True, help="a .nii/.nii.gz scan, a folder of them, or a dataset (folder or dataset.json; its training cases)")
+    parser.add_argument("--output", required=True, help="folder for <case>.nii.gz label maps")
+    parser.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--no-gaussian", action="store_true", help="blend windows with equal weights instead of a Gaussian")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 flips of each window (8x slower)")
+    parser.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default 4; smaller on out-of-memory)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
+    parser.add_argument("--no-mixed-precision", action="store_true", help="run the network in float32 on GPU")
+    parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
+    parser.add_argument("--overwrite", action="store_true", help="redo scans whose output already exists")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return 0 when every scan was segmented or skipped, 1 otherwise."""
+    args = parse_args(argv)
+    try:
+        options = InferenceOptions(
+            overlap=args.overlap,
+            gaussian=not args.no_gaussian,
+            tta=args.tta,
+            sw_batch_size=args.sw_batch_size,
+            device=args.device,
+            mixed_precision=not args.no_mixed_precision,
+            probabilities=args.probabilities,
+        )
+        summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite)
+    except MedsegError as err:
+        print(f"medseg: error: {err}", file=sys.stderr)
+        return 1
+    for line in summary.lines():
+        print(line)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Segment every scan a path names, writing label maps atomically and summarising what happened."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medseg.errors import MedsegError
+from medseg.inference.cases import find_scans
+from medseg.inference.checkpoint import load_trained_model
+from medseg.inference.io import like_reference, open_scan, write_atomic
+from medseg.inference.predictor import InferenceOptions, Predictor
+
+PROBABILITIES_FOLDER = "probabilities"
+
+
+@dataclass
+class RunSummary:
+    """What a run did with each scan; `failed` holds (scan, reason)."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Return the summary printed at the end of a run: counts, then one line per failure."""
+        head = f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        if self.skipped:
+            head += " (skipped: output exists; --overwrite redoes them)"
+        return [head] + [f"failed {name}: {reason}" for name, reason in self.failed]
+
+
+def segment_scans(
+    checkpoint: str | Path,
+    source: str | Path,
+    output: str | Path,
+    options: InferenceOptions | None = None,
+    overwrite: bool = False,
+) -> RunSummary:
+    """Return the summary after writing ``OUTPUT/<case>.nii.gz`` for every scan in `source`.
+
+    Existing outputs are skipped unless `overwrite`; a failing scan is recorded and the rest go on.
+    Inputs are never written: an output path that is an input file is refused before anything runs.
+    """
+    options = options or InferenceOptions()
+    output = Path(output)
+    cases = find_scans(source)
+    inputs = {p.resolve() for case in cases for p in case.images}
+    targets = {case.name: output / f"{case.name}.nii.gz" for case in cases}
+    for name, target in targets.items():
+        if target.resolve() in inputs:
+            raise MedsegError(f"output {target} would overwrite the input scan; choose another --output folder")
+    model = load_trained_model(checkpoint)
+    predictor = Predictor(model, options)
+    summary = RunSummary()
+    progress = tqdm(cases, desc="segmenting", unit="scan", file=sys.stderr)
+    for case in progress:
+        target = targets[case.name]
+        if target.exists() and not overwrite:
+            summary.skipped.append(case.name)
+            continue
+        try:
+            scan = open_scan(case.images, model.in_channels, case.name)
+            prediction = predictor.predict(scan)
+            write_atomic(like_reference(prediction.labels, scan.reference), target)
+            if prediction.probabilities is not None:
+                probabilities = like_reference(prediction.probabilities, scan.reference)
+                write_atomic(probabilities, output / PROBABILITIES_FOLDER / target.name)
+        except MedsegError as err:
+            summary.failed.append((case.name, str(err)))
+        except Exception as err:  # one broken scan must not stop a folder; the reason is kept for the summary
+            summary.failed.append((case.name, f"{type(err).__name__}: {err}"))
+        else:
+            summary.done.append(case.name)
+            progress.write(f"{case.name}: {prediction.route}", file=sys.stderr)
+    return summary

@@ -1,0 +1,30 @@
+"""Per-precision batch plans for the FP32 vs mixed-precision comparison: measured on a GPU or estimated on a CPU."""
+
+from __future__ import annotations
+
+from medseg.memory.callback import plan_on_device
+from medseg.memory.estimate import estimate_memory
+from medseg.memory.measure import setup_from_module
+from medseg.memory.plan import BatchPlan, PlanCache, plan_batch_size
+from medseg.memory.simulate import SimulatedDevice
+from medseg.model.module import SegmentationModule
+
+
+def estimated_plans(module: SegmentationModule, precisions: list[str], capacity_bytes: int, budget_fraction: float) -> list[BatchPlan]:
+    """Return per-precision plans from the CPU estimator against a simulated GPU of ``capacity_bytes``."""
+    setup = setup_from_module(module)
+    plans = []
+    for precision in precisions:
+        fit, _ = estimate_memory(setup, precision)
+        device = SimulatedDevice(capacity_bytes, fit.peak_bytes, name=f"simulated GPU {capacity_bytes / 2**30:g} GiB")
+        plan = plan_batch_size(device.probe(precision), precision, int(budget_fraction * capacity_bytes))
+        plan.device_name, plan.backend = device.name, "cpu-estimator+simulated"
+        plans.append(plan)
+    return plans
+
+
+def measured_plans(module: SegmentationModule, precisions: list[str], budget_fraction: float, cache: PlanCache) -> list[BatchPlan]:
+    """Return per-precision plans measured with real trial steps on the current CUDA GPU."""
+    module.cuda()
+    setup = setup_from_module(module)
+    return [plan_on_device(setup, precision, budget_fraction, cache=cache) for precision in precisions]

@@ -1,0 +1,77 @@
+"""The precision comparison: a text table, a JSON file and a plot of peak memory against batch size."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medseg.memory.plan import BatchPlan
+from medseg.viz import plot_memory
+
+MiB = 2**20
+
+
+def comparison(plans: Sequence[BatchPlan]) -> list[dict[str, Any]]:
+    """Return one row per precision: memory figures, verified batch, throughput, and ratios to the 32-true plan."""
+    reference = next((p for p in plans if p.precision == "32-true"), None)
+    rows = []
+    for plan in plans:
+        row = {
+            "precision": plan.precision,
+            "fixed_mib": plan.fixed_bytes / MiB,
+            "per_sample_mib": plan.per_sample_bytes / MiB,
+            "batch_size": plan.batch_size,
+            "measured_peak_mib": plan.measured_peak_bytes / MiB,
+            "budget_mib": plan.budget_bytes / MiB,
+            "samples_per_second": plan.samples_per_second,
+            "plan_seconds": plan.plan_seconds,
+            "per_sample_ratio_to_fp32": None,
+            "fixed_ratio_to_fp32": None,
+        }
+        if reference is not None and reference.per_sample_bytes > 0 and reference.fixed_bytes > 0:
+            row["per_sample_ratio_to_fp32"] = plan.per_sample_bytes / reference.per_sample_bytes
+            row["fixed_ratio_to_fp32"] = plan.fixed_bytes / reference.fixed_bytes
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def format_table(plans: Sequence[BatchPlan]) -> str:
+    """Return the comparison as an aligned text table with the device and backend on top."""
+    columns = [
+        ("precision", "precision", 0), ("fixed MiB", "fixed_mib", 1), ("MiB/sample", "per_sample_mib", 2),
+        ("batch", "batch_size", 0), ("peak MiB", "measured_peak_mib", 1), ("samples/s", "samples_per_second", 1),
+        ("per-sample vs fp32", "per_sample_ratio_to_fp32", 3), ("fixed vs fp32", "fixed_ratio_to_fp32", 3),
+    ]
+    cells = [[title for title, _, _ in columns]]
+    cells += [[_cell(row[key], digits) for _, key, digits in columns] for row in comparison(plans)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    first = plans[0]
+    header = f"device: {first.device_name} ({first.backend}), budget {first.budget_bytes / MiB:.0f} MiB"
+    return "\n".join([header, *lines])
+
+
+def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:
+    """Plot each precision's trial peaks against batch size, out-of-memory trials and the budget drawn in."""
+    peaks = {plan.precision: {t.batch_size: t.peak_bytes for t in plan.trials if t.fits} for plan in plans}
+    failed = {plan.precision: [t.batch_size for t in plan.trials if not t.fits] for plan in plans}
+    first = plans[0]
+    title = f"Training step peak memory: {first.device_name} ({first.backend})"
+    plot_memory(peaks, first.budget_bytes, title, failed).savefig(path, dpi=120)
+
+
+def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, Path]:
+    """Write ``memory_report.json`` (plans and comparison) and ``memory_report.png`` into ``folder``; return both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = folder / "memory_report.json", folder / "memory_report.png"
+    data = {"comparison": comparison(plans), "plans": [p.to_dict() for p in plans]}
+    json_path.write_text(json.dumps(data, indent=2))
+    save_plot(plans, png_path)
+    return json_path, png_path

@@ -1,0 +1,91 @@
+"""The batch planner callback sets the data module's batch size and the trainer's accumulation before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+
+from medseg.memory.callback import BatchSizePlanner, accumulation_for, plan_on_device
+from medseg.memory.measure import TrainingSetup
+from medseg.memory.simulate import SimulatedDevice
+from tests.memory.fakes import MiB, RandomPatches, linear_curve
+
+
+class BatchSizes(L.Callback):
+    """Records the size of every training batch."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.sizes.append(len(batch["image"]))
+
+
+@pytest.mark.parametrize(
+    ("planned", "effective", "world", "expected"),
+    [(6, 16, 1, (6, 3)), (8, 16, 1, (8, 2)), (32, 16, 1, (16, 1)), (6, 16, 2, (4, 2)), (5, None, 1, (5, 1))],
+)
+def test_accumulation_reaches_the_effective_batch_with_the_smallest_overshoot(planned, effective, world, expected) -> None:
+    assert (accumulation_for(planned, effective, world) if effective else (planned, 1)) == expected
+
+
+def test_planner_trains_at_the_verified_batch_size_with_accumulation(tiny_module, make_trainer) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))  # budget 90 MiB: 5 samples
+    planner, seen = BatchSizePlanner(effective_batch_size=12, simulated_device=device), BatchSizes()
+    data = RandomPatches(batch_size=2, num_samples=18)
+    trainer = make_trainer(callbacks=[planner, seen], max_steps=1)
+    trainer.fit(tiny_module, datamodule=data)
+    assert planner.plan.batch_size == 5
+    assert (data.batch_size, trainer.accumulate_grad_batches) == (4, 3)  # 4 x 3 = 12 samples per optimizer step
+    assert seen.sizes == [4, 4, 4]
+    assert tiny_module.sw_batch_size == 5
+
+
+def test_planner_reuses_the_cached_plan_without_trial_steps(tiny_module, make_trainer, tmp_path: Path) -> None:
+    calls: list[int] = []
+    curve = linear_curve(10 * MiB, 15 * MiB)
+    device = SimulatedDevice(100 * MiB, lambda b: calls.append(b) or curve(b))
+    for _ in range(2):
+        calls.clear()
+        planner = BatchSizePlanner(cache_path=tmp_path / "plans.json", size_sliding_window=False, simulated_device=device)
+        make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=RandomPatches(batch_size=2))
+        assert planner.plan.batch_size == 5
+    assert calls == []
+
+
+def test_planner_without_a_gpu_keeps_the_configured_batch_size(tiny_module, make_trainer) -> None:
+    data = RandomPatches(batch_size=3)
+    trainer = make_trainer(callbacks=[BatchSizePlanner(effective_batch_size=6)], max_steps=1)
+    trainer.fit(tiny_module, datamodule=data)
+    assert (data.batch_size, trainer.accumulate_grad_batches) == (3, 2)
+
+
+def test_disabled_planner_keeps_the_configured_batch_size_and_accumulation(tiny_module, make_trainer) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))
+    data = RandomPatches(batch_size=3)
+    trainer = make_trainer(callbacks=[BatchSizePlanner(simulated_device=device, enabled=False)], max_steps=1, accumulate_grad_batches=2)
+    trainer.fit(tiny_module, datamodule=data)
+    assert (data.batch_size, trainer.accumulate_grad_batches) == (3, 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_planning_on_cuda_returns_a_measured_size_within_the_budget(tiny_setup: TrainingSetup) -> None:
+    tiny_setup.net.cuda()
+    plan = plan_on_device(tiny_setup, "16-mixed", budget_fraction=0.05, max_batch_size=256)
+    assert plan.backend == "cuda" and plan.batch_size in plan.verified_batch_sizes
+    assert plan.measured_peak_bytes <= plan.budget_bytes
+    assert plan.samples_per_second is not None and plan.samples_per_second > 0
+
+
+def test_every_rank_trains_at_the_smallest_batch_any_rank_planned(tiny_module, make_trainer, monkeypatch) -> None:
+    # another rank whose GPU holds less planned 3: the gathered minimum wins
+    monkeypatch.setattr(SingleDeviceStrategy, "all_gather", lambda self, tensor, **_: torch.stack([tensor, torch.tensor(3)]))
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))
+    data = RandomPatches(batch_size=1)
+    make_trainer(callbacks=[BatchSizePlanner(simulated_device=device, size_sliding_window=False)], max_steps=1).fit(tiny_module, datamodule=data)
+    assert data.batch_size == 3

@@ -1,0 +1,85 @@
+"""Trial steps: nothing kept between trials, weights untouched; the CPU estimator's precision comparison."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+
+from medseg.memory.estimate import estimate_memory, estimate_step
+from medseg.memory.measure import TrainingSetup, measure_cuda_step
+from medseg.memory.plan import plan_batch_size
+from medseg.memory.simulate import SimulatedDevice
+from tests.memory.fakes import MiB, linear_curve
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    return sum(o.untyped_storage().nbytes() for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter))
+
+
+def test_a_trial_that_runs_out_of_memory_mid_step_keeps_nothing(tiny_setup: TrainingSetup) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 20 * MiB))
+    probe = device.probe("32-true", tiny_setup)
+    weights = {k: v.clone() for k, v in tiny_setup.net.state_dict().items()}
+    probe(1)  # first step: lazily created buffers exist from here on
+    before = live_tensor_bytes()
+    assert not probe(8).fits  # the OOM is raised after the forward pass, with activations alive
+    assert probe(2).fits
+    assert live_tensor_bytes() == before
+    assert all(p.grad is None for p in tiny_setup.net.parameters())
+    assert all(torch.equal(v, weights[k]) for k, v in tiny_setup.net.state_dict().items())
+
+
+def test_planning_with_real_steps_finds_the_size_the_capacity_allows(tiny_setup: TrainingSetup) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 20 * MiB))
+    plan = plan_batch_size(device.probe("32-true", tiny_setup), "32-true", budget_bytes=100 * MiB)
+    assert plan.batch_size == 4
+    assert tiny_setup.net.training
+
+
+def test_estimate_counts_weights_gradients_and_adam_state(tiny_setup: TrainingSetup) -> None:
+    weight_bytes = sum(p.numel() * 4 for p in tiny_setup.net.parameters())
+    voxels = 16**3
+    batch_bytes = voxels * 4 + voxels * 8  # float image + int64 label
+    estimate = estimate_step(tiny_setup, 1, "32-true")
+    # weights, gradients, two AdamW moments, the batch, and activations on top
+    assert estimate.peak_bytes > 4 * weight_bytes + batch_bytes
+
+
+def test_estimate_does_not_train_the_model(tiny_setup: TrainingSetup) -> None:
+    weights = {k: v.clone() for k, v in tiny_setup.net.state_dict().items()}
+    estimate_step(tiny_setup, 2, "32-true")
+    assert all(torch.equal(v, weights[k]) for k, v in tiny_setup.net.state_dict().items())
+
+
+def test_estimator_gives_mixed_precision_clearly_less_memory_per_sample_than_fp32() -> None:
+    torch.manual_seed(0)
+    setup = TrainingSetup(
+        net=UNet(3, 1, 3, channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
+        loss_fn=DiceCELoss(to_onehot_y=True, softmax=True),
+        make_optimizer=lambda params: torch.optim.AdamW(params),
+        in_channels=1,
+        out_channels=3,
+        patch_size=(32, 32, 16),
+    )
+    fp32, _ = estimate_memory(setup, "32-true")
+    fp16, _ = estimate_memory(setup, "16-mixed")
+    assert fp16.per_sample_bytes < 0.75 * fp32.per_sample_bytes
+    assert fp32.per_sample_bytes > 0 and fp32.fixed_bytes > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_trial_measures_growing_peaks_and_frees_memory_after_oom(tiny_setup: TrainingSetup) -> None:
+    tiny_setup.net.cuda()
+    small, large = measure_cuda_step(tiny_setup, 1, "16-mixed"), measure_cuda_step(tiny_setup, 8, "16-mixed")
+    assert 0 < small.peak_bytes < large.peak_bytes
+    baseline = torch.cuda.memory_allocated()  # after the first steps: library workspaces may stay allocated
+    free, _ = torch.cuda.mem_get_info()
+    huge = measure_cuda_step(tiny_setup, 4 * free // (16**3 * 4), "32-true")
+    assert not huge.fits
+    assert torch.cuda.memory_allocated() == baseline

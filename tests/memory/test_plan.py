@@ -1,0 +1,104 @@
+"""The planner: fitting memory curves, predicting, verifying, backing off, and caching plans."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from medseg.errors import MedsegError
+from medseg.memory.measure import StepMeasurement
+from medseg.memory.plan import BatchPlan, MemoryFit, PlanCache, fit_memory, plan_batch_size, plan_key
+from medseg.memory.simulate import SimulatedDevice
+from tests.memory.fakes import MiB, linear_curve
+
+
+def test_fit_recovers_fixed_and_per_sample_memory_of_a_line() -> None:
+    curve = linear_curve(300 * MiB, 40 * MiB)
+    fit = fit_memory([StepMeasurement(b, "32-true", int(curve(b))) for b in (1, 2, 4)])
+    assert fit.fixed_bytes == pytest.approx(300 * MiB)
+    assert fit.per_sample_bytes == pytest.approx(40 * MiB)
+
+
+def test_fit_ignores_sizes_that_ran_out_of_memory() -> None:
+    measurements = [StepMeasurement(1, "32-true", 110), StepMeasurement(2, "32-true", 120), StepMeasurement(4, "32-true", None)]
+    assert fit_memory(measurements) == MemoryFit(fixed_bytes=100.0, per_sample_bytes=10.0)
+
+
+def test_fit_predicts_the_largest_batch_under_a_budget() -> None:
+    fit = MemoryFit(fixed_bytes=300 * MiB, per_sample_bytes=40 * MiB)
+    assert fit.largest_batch_size(1000 * MiB) == 17  # 300 + 17 * 40 = 980 <= 1000 < 1020
+    assert fit.largest_batch_size(200 * MiB) == 0
+
+
+def test_plan_on_a_linear_curve_takes_the_predicted_size_after_verifying_it() -> None:
+    device = SimulatedDevice(1000 * MiB, linear_curve(300 * MiB, 40 * MiB))
+    plan = plan_batch_size(device.probe("32-true"), "32-true", budget_bytes=1000 * MiB)
+    assert plan.batch_size == 17
+    assert [t.batch_size for t in plan.trials] == [1, 2, 4, 17]
+    assert plan.measured_peak_bytes == 980 * MiB
+    assert plan.per_sample_bytes == pytest.approx(40 * MiB)
+
+
+def test_plan_backs_off_by_bisection_when_the_fit_predicts_a_size_that_does_not_fit() -> None:
+    # above 10 samples a second workspace appears: the line through 1, 2, 4 predicts 17, which fails
+    line = linear_curve(300 * MiB, 40 * MiB)
+    device = SimulatedDevice(1000 * MiB, lambda b: line(b) + (300 * MiB if b > 10 else 0))
+    plan = plan_batch_size(device.probe("32-true"), "32-true", budget_bytes=1000 * MiB)
+    failed = {t.batch_size for t in plan.trials if not t.fits}
+    assert 17 in failed
+    assert plan.batch_size == 10  # 11 would need 300 + 440 + 300 MiB
+
+
+def test_plan_never_returns_a_size_it_did_not_verify() -> None:
+    line = linear_curve(300 * MiB, 40 * MiB)
+    for jump_above in (5, 9, 16):
+        device = SimulatedDevice(1000 * MiB, lambda b, j=jump_above: line(b) + (400 * MiB if b > j else 0))
+        plan = plan_batch_size(device.probe("16-mixed"), "16-mixed", budget_bytes=1000 * MiB)
+        assert plan.batch_size in plan.verified_batch_sizes
+        assert plan.batch_size == max(b for b in range(1, 40) if device.peak_bytes(b) <= 1000 * MiB)
+
+
+def test_plan_counts_a_step_over_the_budget_as_failed_even_without_oom() -> None:
+    device = SimulatedDevice(2000 * MiB, linear_curve(300 * MiB, 40 * MiB))
+    plan = plan_batch_size(device.probe("32-true"), "32-true", budget_bytes=900 * MiB)
+    assert plan.batch_size == 15
+    assert plan.measured_peak_bytes <= 900 * MiB
+
+
+def test_plan_refits_when_the_line_underestimates_and_uses_most_of_the_budget() -> None:
+    # memory grows slower than linearly (e.g. shared workspace): the first prediction leaves memory unused
+    device = SimulatedDevice(4000 * MiB, lambda b: 300 * MiB + 200 * MiB * math.sqrt(b) * 3)
+    plan = plan_batch_size(device.probe("32-true"), "32-true", budget_bytes=4000 * MiB)
+    largest = max(b for b in range(1, 1025) if device.peak_bytes(b) <= 4000 * MiB)
+    assert plan.measured_peak_bytes >= 0.85 * 4000 * MiB or plan.batch_size == largest
+
+
+def test_plan_respects_the_maximum_batch_size() -> None:
+    device = SimulatedDevice(1000 * MiB, linear_curve(300 * MiB, 1 * MiB))
+    assert plan_batch_size(device.probe("32-true"), "32-true", 1000 * MiB, max_batch_size=12).batch_size == 12
+
+
+def test_plan_fails_with_one_line_when_batch_size_one_does_not_fit() -> None:
+    device = SimulatedDevice(200 * MiB, linear_curve(300 * MiB, 40 * MiB))
+    with pytest.raises(MedsegError, match="batch size 1 does not fit"):
+        plan_batch_size(device.probe("32-true"), "32-true", budget_bytes=200 * MiB)
+
+
+def test_cached_plan_comes_back_for_the_same_key_only(tmp_path) -> None:
+    device = SimulatedDevice(1000 * MiB, linear_curve(300 * MiB, 40 * MiB))
+    plan = plan_batch_size(device.probe("32-true"), "32-true", budget_bytes=1000 * MiB)
+    cache = PlanCache(tmp_path / "plans.json")
+    config = {"network": "UNet", "network_kwargs": {"channels": [4, 8]}}
+    key = plan_key(config, (16, 16, 16), "32-true", device.name, 0.9, train=True)
+    cache.put(key, plan)
+    assert cache.get(key) == plan
+    assert isinstance(cache.get(key), BatchPlan)
+    assert cache.get(plan_key(config, (16, 16, 16), "16-mixed", device.name, 0.9, train=True)) is None
+    assert cache.get(plan_key(config, (32, 16, 16), "32-true", device.name, 0.9, train=True)) is None
+
+
+def test_a_damaged_plan_cache_is_a_one_line_error(tmp_path) -> None:
+    (tmp_path / "plans.json").write_text("{not json")
+    with pytest.raises(MedsegError, match="plans.json is not valid JSON"):
+        PlanCache(tmp_path / "plans.json").get("any")
