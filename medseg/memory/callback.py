@@ -77,7 +77,7 @@ def plan_on_device(
     ``train=False`` plans forward-only steps under no_grad: the sliding-window batch size for inference.
     """
     probe, budget, device_name, backend = _probe(setup, precision, budget_fraction, train, simulated_device)
-    key = plan_key(setup.config, setup.patch_size, precision, device_name, budget_fraction, train)
+    key = plan_key(setup.config, setup.patch_size, precision, device_name, budget_fraction, train, max_batch_size)
     cached = cache.get(key) if cache else None
     if cached is not None:
         log.info("batch planner: using the cached %s plan from %s", precision, cache.path)

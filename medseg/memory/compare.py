@@ -9,6 +9,9 @@ from medseg.memory.plan import BatchPlan, PlanCache, plan_batch_size
 from medseg.memory.simulate import SimulatedDevice
 from medseg.model.module import SegmentationModule
 
+# a comparison shows how far each precision goes, beyond the 1024 cap that training plans use
+COMPARISON_MAX_BATCH_SIZE = 2**16
+
 
 def estimated_plans(module: SegmentationModule, precisions: list[str], capacity_bytes: int, budget_fraction: float) -> list[BatchPlan]:
     """Return per-precision plans from the CPU estimator against a simulated GPU of ``capacity_bytes``."""
@@ -17,7 +20,7 @@ def estimated_plans(module: SegmentationModule, precisions: list[str], capacity_
     for precision in precisions:
         fit, _ = estimate_memory(setup, precision)
         device = SimulatedDevice(capacity_bytes, fit.peak_bytes, name=f"simulated GPU {capacity_bytes / 2**30:g} GiB")
-        plan = plan_batch_size(device.probe(precision), precision, int(budget_fraction * capacity_bytes))
+        plan = plan_batch_size(device.probe(precision), precision, int(budget_fraction * capacity_bytes), max_batch_size=COMPARISON_MAX_BATCH_SIZE)
         plan.device_name, plan.backend = device.name, "cpu-estimator+simulated"
         plans.append(plan)
     return plans
@@ -27,4 +30,4 @@ def measured_plans(module: SegmentationModule, precisions: list[str], budget_fra
     """Return per-precision plans measured with real trial steps on the current CUDA GPU."""
     module.cuda()
     setup = setup_from_module(module)
-    return [plan_on_device(setup, precision, budget_fraction, cache=cache) for precision in precisions]
+    return [plan_on_device(setup, precision, budget_fraction, max_batch_size=COMPARISON_MAX_BATCH_SIZE, cache=cache) for precision in precisions]

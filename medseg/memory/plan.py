@@ -195,11 +195,13 @@ def _fit_measured(trials: Sequence[StepMeasurement]) -> MemoryFit | None:
     return fit_memory(measured) if len({t.batch_size for t in measured}) > 1 else None
 
 
-def plan_key(config: dict[str, Any], patch_size: Sequence[int], precision: str, device_name: str, budget_fraction: float, train: bool) -> str:
+def plan_key(
+    config: dict[str, Any], patch_size: Sequence[int], precision: str, device_name: str, budget_fraction: float, train: bool, max_batch_size: int
+) -> str:
     """Return the cache key of a plan: a hash of everything that changes its outcome."""
     parts = {
-        "config": config, "patch_size": list(patch_size), "precision": precision,
-        "device": device_name, "budget_fraction": budget_fraction, "train": train,
+        "config": config, "patch_size": list(patch_size), "precision": precision, "device": device_name,
+        "budget_fraction": budget_fraction, "train": train, "max_batch_size": max_batch_size,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

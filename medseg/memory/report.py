@@ -62,7 +62,7 @@ def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:
     peaks = {plan.precision: {t.batch_size: t.peak_bytes for t in plan.trials if t.fits} for plan in plans}
     failed = {plan.precision: [t.batch_size for t in plan.trials if not t.fits] for plan in plans}
     first = plans[0]
-    title = f"Training step peak memory: {first.device_name} ({first.backend})"
+    title = f"Training step peak memory\n{first.device_name} ({first.backend})"
     plot_memory(peaks, first.budget_bytes, title, failed).savefig(path, dpi=120)
 
 

@@ -90,15 +90,21 @@ def test_cached_plan_comes_back_for_the_same_key_only(tmp_path) -> None:
     plan = plan_batch_size(device.probe("32-true"), "32-true", budget_bytes=1000 * MiB)
     cache = PlanCache(tmp_path / "plans.json")
     config = {"network": "UNet", "network_kwargs": {"channels": [4, 8]}}
-    key = plan_key(config, (16, 16, 16), "32-true", device.name, 0.9, train=True)
+    key = plan_key(config, (16, 16, 16), "32-true", device.name, 0.9, train=True, max_batch_size=1024)
     cache.put(key, plan)
     assert cache.get(key) == plan
     assert isinstance(cache.get(key), BatchPlan)
-    assert cache.get(plan_key(config, (16, 16, 16), "16-mixed", device.name, 0.9, train=True)) is None
-    assert cache.get(plan_key(config, (32, 16, 16), "32-true", device.name, 0.9, train=True)) is None
+    assert cache.get(plan_key(config, (16, 16, 16), "16-mixed", device.name, 0.9, train=True, max_batch_size=1024)) is None
+    assert cache.get(plan_key(config, (32, 16, 16), "32-true", device.name, 0.9, train=True, max_batch_size=1024)) is None
 
 
 def test_a_damaged_plan_cache_is_a_one_line_error(tmp_path) -> None:
     (tmp_path / "plans.json").write_text("{not json")
     with pytest.raises(MedsegError, match="plans.json is not valid JSON"):
         PlanCache(tmp_path / "plans.json").get("any")
+
+
+def test_plans_with_different_caps_do_not_share_a_cache_entry() -> None:
+    config = {"network": "UNet"}
+    capped = plan_key(config, (16, 16, 16), "32-true", "gpu", 0.9, train=True, max_batch_size=1024)
+    assert capped != plan_key(config, (16, 16, 16), "32-true", "gpu", 0.9, train=True, max_batch_size=65536)
