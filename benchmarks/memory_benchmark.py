@@ -191,7 +191,7 @@ def main() -> None:
         "patch_size": list(module.hparams.patch_size),
         "environment": {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "device": torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.machine()}, {os.cpu_count()} cores, shared with other jobs), no GPU",
+            "device": torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.machine()}, {os.cpu_count()} cores), no GPU",
             "torch": torch.__version__, "cuda": torch.version.cuda, "monai": monai.__version__,
             "lightning": L.__version__, "python": platform.python_version(),
         },

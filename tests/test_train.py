@@ -95,6 +95,18 @@ def test_missing_dataset_is_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_corrupt_scan_is_one_line_error_naming_the_file(demo_root, tmp_path):
+    import shutil
+
+    root = shutil.copytree(demo_root, tmp_path / "data")
+    scan = root / "imagesTr" / "phantom_002.nii.gz"
+    scan.write_bytes(scan.read_bytes()[:1000])
+    result = _cli(*_tiny_args(root, tmp_path / "runs"))
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"medseg: error: {scan}: cannot read as NIfTI") and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "requested, accelerator, native_bf16, expected",
     [

@@ -62,6 +62,8 @@ def validate_dataset(spec: DatasetSpec, show_progress: bool = True) -> None:
     problems: list[str] = []
     for case in tqdm(spec.cases, desc="Checking dataset", unit="case", disable=not show_progress, leave=False):
         problems += check_case(case, len(spec.channel_names), len(spec.class_names))
+    if len(problems) == 1:
+        raise MedsegError(problems[0])
     if problems:
         listing = "\n  ".join(problems)
-        raise MedsegError(f"{len(problems)} problem(s) in dataset {spec.root}:\n  {listing}")
+        raise MedsegError(f"{len(problems)} problems in dataset {spec.root}:\n  {listing}")

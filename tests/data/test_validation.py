@@ -101,5 +101,12 @@ def test_all_problems_are_reported_together(dataset):
     with pytest.raises(MedsegError) as error:
         validate_dataset(dataset, show_progress=False)
     message = str(error.value)
-    assert message.startswith("2 problem(s) in dataset")
+    assert message.startswith(f"2 problems in dataset {dataset.root}:\n")
     assert str(dataset.cases[0].label) in message and str(dataset.cases[3].images[0]) in message
+
+
+def test_a_single_problem_is_one_line_naming_the_file(dataset):
+    dataset.cases[1].label.unlink()
+    with pytest.raises(MedsegError) as error:
+        validate_dataset(dataset, show_progress=False)
+    assert str(error.value) == f"{dataset.cases[1].label}: file not found"
