@@ -19,7 +19,8 @@ from monai.networks.utils import one_hot
 from medseg.errors import MedsegError
 from medseg.data.formats import read_dataset
 from medseg.inference.cases import is_dataset
-from medseg.inference.io import atomic_target, case_name, is_nifti, read_voxels
+from medseg.atomic import write_text_atomic
+from medseg.inference.io import case_name, is_nifti, read_voxels
 
 # A prediction and its ground truth must share the voxel grid to this many mm; never silently resampled.
 AFFINE_TOLERANCE_MM = 1e-3
@@ -151,8 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = evaluate(args.pred, args.gt)
         output = Path(args.output) if args.output else Path(args.pred) / "evaluation.csv"
-        with atomic_target(output) as temp:
-            temp.write_text(result.csv_text())
+        write_text_atomic(output, result.csv_text())
     except MedsegError as err:
         print(f"medseg: error: {err}", file=sys.stderr)
         return 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import zlib
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from typing import Iterator, Sequence
 import nibabel as nib
 import numpy as np
 
+from medseg.atomic import atomic_target
 from medseg.errors import MedsegError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -125,20 +125,6 @@ def like_reference(data: np.ndarray, reference: NiftiImage) -> NiftiImage:
     header.set_slope_inter(np.nan, np.nan)
     header["cal_min"], header["cal_max"] = 0, 0
     return type(reference)(data, None, header=header)
-
-
-@contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a hidden temporary path beside `path` that replaces it in one rename on success, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), path.suffix)
-    handle, temp = tempfile.mkstemp(prefix=f".{case_name(path)}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(temp)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
 
 
 def write_atomic(image: NiftiImage, path: Path) -> None:

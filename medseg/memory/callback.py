@@ -14,6 +14,7 @@ import lightning
 import torch
 from torch import nn
 
+from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
 from medseg.memory.measure import (
     OptimizerFactory,
@@ -163,4 +164,4 @@ class BatchSizePlanner(lightning.Callback):
         )
         if self.plan is not None and trainer.is_global_zero and trainer.log_dir:
             Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(trainer.log_dir) / "batch_plan.json").write_text(json.dumps(self.plan.to_dict(), indent=2))
+            write_text_atomic(Path(trainer.log_dir) / "batch_plan.json", json.dumps(self.plan.to_dict(), indent=2))

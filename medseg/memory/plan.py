@@ -10,13 +10,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
 from medseg.memory.measure import StepMeasurement
 
@@ -229,8 +229,5 @@ class PlanCache:
         """Store ``plan`` under ``key``, keeping the other entries."""
         entries = self._read()
         entries[key] = plan.to_dict()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # DDP ranks share the file: write aside and rename, so no reader ever sees half a file
-        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(entries, indent=2))
-        os.replace(partial, self.path)
+        # DDP ranks share the file: no reader may ever see half of it
+        write_text_atomic(self.path, json.dumps(entries, indent=2))

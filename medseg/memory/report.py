@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medseg.atomic import atomic_target, write_text_atomic
 from medseg.memory.plan import BatchPlan
 from medseg.viz import plot_memory
 
@@ -63,7 +64,8 @@ def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:
     failed = {plan.precision: [t.batch_size for t in plan.trials if not t.fits] for plan in plans}
     first = plans[0]
     title = f"Training step peak memory\n{first.device_name} ({first.backend})"
-    plot_memory(peaks, first.budget_bytes, title, failed).savefig(path, dpi=120)
+    with atomic_target(path) as temp:
+        plot_memory(peaks, first.budget_bytes, title, failed).savefig(temp, dpi=120, format="png")
 
 
 def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, Path]:
@@ -72,6 +74,6 @@ def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, P
     folder.mkdir(parents=True, exist_ok=True)
     json_path, png_path = folder / "memory_report.json", folder / "memory_report.png"
     data = {"comparison": comparison(plans), "plans": [p.to_dict() for p in plans]}
-    json_path.write_text(json.dumps(data, indent=2))
+    write_text_atomic(json_path, json.dumps(data, indent=2))
     save_plot(plans, png_path)
     return json_path, png_path
