@@ -121,3 +121,18 @@ def test_precision_resolution(monkeypatch, requested, accelerator, native_bf16, 
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native_bf16)
     precision, reason = train.resolve_precision(requested, accelerator)
     assert precision == expected and expected in reason
+
+
+def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from medseg.model.module import rng_states, set_rng_states
+
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    torch.save({"rng_states": rng_states()}, tmp_path / "state.ckpt")
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    set_rng_states(torch.load(tmp_path / "state.ckpt", weights_only=True)["rng_states"])
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
