@@ -88,3 +88,9 @@ def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert re.match(r"medseg: error: training stopped: loss was NaN/Inf for 2 steps in a row \(global step \d+, cases phantom_\d+, phantom_\d+\)", last_line)
+
+
+def test_disk_full_during_training_is_a_clear_error(demo_root, tmp_path):
+    args = _tiny_args(demo_root, tmp_path) + ["--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
+    with pytest.raises(train.MedsegError, match=r"^disk full while writing .*; earlier checkpoints are intact"):
+        train.run(args)

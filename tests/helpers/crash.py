@@ -1,5 +1,6 @@
 """Callbacks that crash a training process on purpose, for fault-tolerance tests (imported via PYTHONPATH)."""
 
+import errno
 import os
 import signal
 
@@ -15,3 +16,10 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DiskFullAtEpochEnd(Callback):
+    """Raise the error a full disk gives when a checkpoint is written at the end of the first epoch."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(trainer.log_dir))
