@@ -40,8 +40,9 @@ def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
     """Return (precision to run, one-line reason) for the requested Lightning precision on this machine.
 
     fp16 AMP needs CUDA. Without it Lightning falls back to bf16-mixed; on CPUs without native bf16
-    (no AVX512-BF16/AMX) bf16 3D convolutions are emulated and measured about 10x slower than fp32,
-    so there "16-mixed" runs as "32-true" instead. An explicit "bf16-mixed" is always honoured.
+    (no AVX512-BF16/AMX) bf16 3D convolutions are emulated and much slower than fp32 (20x for the demo's
+    step, benchmarks/cpu_precision_benchmark.py), so there "16-mixed" runs as "32-true" instead. An
+    explicit "bf16-mixed" is always honoured.
     """
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if str(requested) != "16-mixed" or on_gpu:
@@ -50,7 +51,7 @@ def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
         return "bf16-mixed", "precision 16-mixed requested, no CUDA GPU: running bf16-mixed on CPU (Lightning's CPU fallback)"
     return "32-true", (
         "precision 16-mixed requested, no CUDA GPU and this CPU has no native bf16: running 32-true "
-        "(emulated bf16 is ~10x slower; force it with --trainer.precision bf16-mixed)"
+        "(emulated bf16 is far slower; force it with --trainer.precision bf16-mixed)"
     )
 
 
