@@ -19,7 +19,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     parser.add_argument("--no-gaussian", action="store_true", help="blend windows with equal weights instead of a Gaussian")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips of each window (8x slower)")
-    parser.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default 4; smaller on out-of-memory)")
+    parser.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: the memory planner's forward-only size on a GPU, 4 on a CPU; halved on out-of-memory)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
     parser.add_argument("--no-mixed-precision", action="store_true", help="run the network in float32 on GPU")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
