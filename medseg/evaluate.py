@@ -16,11 +16,11 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
-from medseg.errors import MedsegError
-from medseg.data.formats import read_dataset
-from medseg.inference.cases import is_dataset
 from medseg.atomic import write_text_atomic
-from medseg.inference.io import case_name, is_nifti, read_voxels
+from medseg.data.formats import case_name, read_dataset
+from medseg.errors import MedsegError
+from medseg.inference.cases import is_dataset
+from medseg.inference.io import is_nifti, read_voxels
 
 # A prediction and its ground truth must share the voxel grid to this many mm; never silently resampled.
 AFFINE_TOLERANCE_MM = 1e-3

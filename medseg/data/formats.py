@@ -9,6 +9,18 @@ from pathlib import Path
 from medseg.errors import MedsegError
 
 
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def case_name(path: str | Path) -> str:
+    """Return the file name without its NIfTI extension (``.nii`` or ``.nii.gz``)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 @dataclass(frozen=True)
 class Case:
     """One training case: its image files (one per channel, or one multi-channel file) and label file."""
@@ -82,8 +94,7 @@ def _read_msd(root: Path, data: dict, source: Path) -> DatasetSpec:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise MedsegError(f"{source}: every 'training' entry needs 'image' and 'label', got {entry!r}")
         image = _inside(root, entry["image"], source)
-        name = image.name.removesuffix(".gz").removesuffix(".nii")
-        cases.append(Case(name, (image,), _inside(root, entry["label"], source)))
+        cases.append(Case(case_name(image), (image,), _inside(root, entry["label"], source)))
     return DatasetSpec(
         root, "msd", _channels(data["modality"], source, "modality"), _class_names(data["labels"], source, by_name=False), tuple(cases)
     )

@@ -7,9 +7,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.data.formats import read_dataset
+from medseg.data.formats import case_name, read_dataset
 from medseg.errors import MedsegError
-from medseg.inference.io import case_name, is_nifti
+from medseg.inference.io import is_nifti
 
 # nnU-Net names channel files CASE_0000.nii.gz, CASE_0001.nii.gz, ...
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")

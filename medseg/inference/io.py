@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 
 from medseg.atomic import atomic_target
+from medseg.data.formats import NIFTI_SUFFIXES, case_name
 from medseg.errors import MedsegError
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NiftiImage = nib.Nifti1Image | nib.Nifti2Image
 # What nibabel and gzip raise on a damaged file; caught only around reading.
 READ_ERRORS = (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError)
@@ -32,15 +32,6 @@ class Scan:
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
         return tuple(int(v) for v in self.reference.shape[:3])
-
-
-def case_name(path: str | Path) -> str:
-    """Return the file name without its NIfTI extension (``.nii`` or ``.nii.gz``)."""
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def is_nifti(path: Path) -> bool:
