@@ -163,5 +163,4 @@ class BatchSizePlanner(lightning.Callback):
             precision, batch_size, accumulate, trainer.world_size, batch_size * accumulate * trainer.world_size,
         )
         if self.plan is not None and trainer.is_global_zero and trainer.log_dir:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
             write_text_atomic(Path(trainer.log_dir) / "batch_plan.json", json.dumps(self.plan.to_dict(), indent=2))
