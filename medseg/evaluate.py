@@ -18,12 +18,10 @@ from monai.networks.utils import one_hot
 
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import case_name, read_dataset
+from medseg.data.validation import AFFINE_TOLERANCE_MM
 from medseg.errors import MedsegError
 from medseg.inference.cases import is_dataset
 from medseg.inference.io import is_nifti, read_voxels
-
-# A prediction and its ground truth must share the voxel grid to this many mm; never silently resampled.
-AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass(frozen=True)

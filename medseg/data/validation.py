@@ -9,6 +9,7 @@ from tqdm import tqdm
 from medseg.data.formats import Case, DatasetSpec
 from medseg.errors import MedsegError
 
+# image and label (and a prediction and its ground truth) must share the voxel grid to this many mm
 AFFINE_TOLERANCE_MM = 1e-3
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from lightning.pytorch.utilities.memory import garbage_collection_cuda, is_oom_error
+from lightning.pytorch.utilities.memory import garbage_collection_cuda
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import Invertd
@@ -20,7 +20,7 @@ from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_trained_model
 from medseg.memory.callback import plan_on_device
-from medseg.memory.measure import TrainingSetup
+from medseg.memory.measure import TrainingSetup, is_out_of_memory
 from medseg.memory.plan import PlanCache
 from medseg.inference.io import READ_ERRORS, Scan, label_dtype, open_scan, saved_image
 
@@ -187,7 +187,7 @@ class Predictor:
                 )
                 break
             except RuntimeError as err:
-                if not is_oom_error(err):
+                if not is_out_of_memory(err):
                     raise
                 garbage_collection_cuda()
                 if batch > 1:
