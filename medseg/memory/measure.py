@@ -102,11 +102,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def synthetic_batch(setup: TrainingSetup, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Return a random training batch shaped like the data module's: image (B, C, X, Y, Z), label (B, 1, X, Y, Z)."""
+    """Return a random training batch shaped and typed like the data module's: float32 image (B, C, X, Y, Z)
+    and float32 class indices (B, 1, X, Y, Z), as MONAI's transforms deliver them."""
     shape = (batch_size, *setup.patch_size)
     return {
         "image": torch.randn(shape[0], setup.in_channels, *shape[1:], device=device),
-        "label": torch.randint(0, setup.out_channels, (shape[0], 1, *shape[1:]), device=device),
+        "label": torch.randint(0, setup.out_channels, (shape[0], 1, *shape[1:]), device=device).float(),
     }
 
 

@@ -44,7 +44,7 @@ def test_planning_with_real_steps_finds_the_size_the_capacity_allows(tiny_setup:
 def test_estimate_counts_weights_gradients_and_adam_state(tiny_setup: TrainingSetup) -> None:
     weight_bytes = sum(p.numel() * 4 for p in tiny_setup.net.parameters())
     voxels = 16**3
-    batch_bytes = voxels * 4 + voxels * 8  # float image + int64 label
+    batch_bytes = voxels * 4 + voxels * 4  # float32 image + float32 label, as the data module delivers them
     estimate = estimate_step(tiny_setup, 1, "32-true")
     # weights, gradients, two AdamW moments, the batch, and activations on top
     assert estimate.peak_bytes > 4 * weight_bytes + batch_bytes
