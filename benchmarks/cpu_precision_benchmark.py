@@ -1,5 +1,5 @@
 """Training-step time on this CPU at 32-true and bf16-mixed, side by side: why medseg runs 32-true on CPUs
-without native bf16 when 16-mixed is asked for (see medseg.train.resolve_precision).
+without native bf16 when 16-mixed is asked for (see medseg.precision.resolve_precision).
 
 Default model and patch of the demo config (UNet 16-32-64-128, 64x64x32, batch 2); median of --steps
 steps after one warm-up step, both precisions interleaved in one run. Writes ``<out>.json`` and ``<out>.md``:
@@ -18,15 +18,16 @@ from pathlib import Path
 
 import torch
 
-from medseg.memory.measure import run_training_step, setup_from_module
-from medseg.model.module import SegmentationModule
-from medseg.train import cpu_has_native_bf16
+from medseg.memory.measure import run_training_step, training_setup
+from medseg.training.module import SegmentationModule
+from medseg.precision import cpu_has_native_bf16
 
 
 def step_seconds(precision: str, steps: int, batch_size: int) -> float:
     """Return the median wall time of a full training step (forward, loss, backward, AdamW) at `precision`."""
     torch.manual_seed(0)
-    setup = setup_from_module(SegmentationModule(patch_size=(64, 64, 32)))
+    module = SegmentationModule(patch_size=(64, 64, 32))
+    setup = training_setup(module.recipe, module.net)
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()

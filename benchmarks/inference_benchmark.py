@@ -26,8 +26,8 @@ import monai
 import torch
 from monai.inferers import sliding_window_inference
 
-from medseg.inference.predictor import InferenceOptions, sliding_window_probabilities
-from medseg.model.networks import build_network
+from medseg.inference import InferenceOptions, Predictor, TrainedModel
+from medseg.recipe import Recipe
 
 NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}
 
@@ -66,7 +66,9 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    network = build_network("UNet", 1, args.classes, **NETWORK).to(device).eval()
+    recipe = Recipe("UNet", NETWORK, ("CT",), tuple(f"class_{i}" for i in range(args.classes)), tuple(args.patch), precision="16-mixed")
+    network = recipe.build_network().to(device).eval()
+    model = TrainedModel(recipe, network, Path("benchmark"))
     image = torch.rand(1, 1, *args.size, device=device)
     voxels = image[0, 0].numel()
     patch = tuple(args.patch)
@@ -76,8 +78,8 @@ def main() -> None:
             return sliding_window_inference(image, patch, 1, network)
 
     def ours(overlap: float) -> Callable[[], torch.Tensor]:
-        options = InferenceOptions(overlap=overlap)
-        return lambda: sliding_window_probabilities(network, image, patch, options, args.sw_batch_size, device, device)
+        predictor = Predictor(model, InferenceOptions(overlap=overlap, sw_batch_size=args.sw_batch_size, device=str(device)))
+        return lambda: predictor.probabilities(image)
 
     runs = {
         "monai-default": (monai_default, 0.25, 1, "constant", "float32"),

@@ -28,19 +28,19 @@ import monai
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medseg.memory.callback import plan_on_device
 from medseg.memory.estimate import estimate_memory, estimate_step
-from medseg.memory.measure import PRECISIONS, measure_cuda_step, setup_from_module
-from medseg.memory.plan import plan_batch_size
+from medseg.memory.measure import measure_cuda_step, training_setup
+from medseg.memory.plan import plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
-from medseg.model.module import SegmentationModule
+from medseg.precision import PRECISIONS
+from medseg.training.module import SegmentationModule
 
 MiB = 2**20
 
 
 def cpu_figures(module: SegmentationModule, precisions: list[str], capacity_gib: float) -> dict[str, Any]:
     """The estimator's bytes per precision and the batch they imply on a simulated GPU."""
-    setup = setup_from_module(module)
+    setup = training_setup(module.recipe, module.net)
     capacity = int(capacity_gib * 2**30)
     results: dict[str, Any] = {}
     for precision in precisions:
@@ -96,7 +96,7 @@ def lightning_tuner(precision: str) -> dict[str, Any]:
 def cuda_figures(module: SegmentationModule, precisions: list[str]) -> dict[str, Any]:
     """Measured planning, estimate accuracy and throughput per precision on the current GPU."""
     module.cuda()
-    setup = setup_from_module(module)
+    setup = training_setup(module.recipe, module.net)
     results: dict[str, Any] = {}
     for precision in precisions:
         plan = plan_on_device(setup, precision)

@@ -11,17 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
 from medseg.atomic import write_text_atomic
-from medseg.data.formats import case_name, read_dataset
-from medseg.data.validation import AFFINE_TOLERANCE_MM
+from medseg.data.formats import is_dataset, read_dataset
 from medseg.errors import MedsegError
-from medseg.inference.cases import is_dataset
-from medseg.inference.io import is_nifti, read_voxels
+from medseg.nifti import case_name, is_nifti, read_voxels, same_grid
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,15 @@ class Evaluation:
         return buffer.getvalue()
 
 
-def _labels(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def _labels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray, tuple[float, float, float]]:
+    """Return the label map's image (header), its integer voxels (X, Y, Z) and its voxel spacing in mm."""
     image, voxels = read_voxels(path)
     if voxels.ndim == 4 and voxels.shape[3] == 1:
         voxels = voxels[..., 0]
     if voxels.ndim != 3:
         raise MedsegError(f"{path} has shape {list(voxels.shape)}; a label map must be 3D")
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return np.rint(voxels).astype(np.int64), image.affine, spacing
+    return image, np.rint(voxels).astype(np.int64), spacing
 
 
 def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
@@ -86,9 +86,9 @@ def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
     Dice is 0 for a class predicted but absent from the ground truth (or the reverse) and NaN when
     the class is absent from both; HD95 is NaN unless the class is in both.
     """
-    pred, pred_affine, _ = _labels(prediction)
-    truth, truth_affine, spacing = _labels(ground_truth)
-    if pred.shape != truth.shape or not np.allclose(pred_affine, truth_affine, atol=AFFINE_TOLERANCE_MM):
+    pred_image, pred, _ = _labels(prediction)
+    truth_image, truth, spacing = _labels(ground_truth)
+    if pred.shape != truth.shape or not same_grid(pred_image, truth_image):
         raise MedsegError(
             f"prediction {prediction} (shape {list(pred.shape)}) and ground truth {ground_truth} "
             f"(shape {list(truth.shape)}) differ in voxel grid (shape or affine); resample neither silently"

@@ -9,6 +9,7 @@ from typing import Sequence
 from medseg.errors import MedsegError
 from medseg.inference.predictor import InferenceOptions
 from medseg.inference.runner import segment_scans
+from medseg.precision import PRECISIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -16,12 +17,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="medseg .ckpt (weights-only; holds network and preprocessing)")
     parser.add_argument("--input", required=True, help="a .nii/.nii.gz scan, a folder of them, or a dataset (folder or dataset.json; its training cases)")
     parser.add_argument("--output", required=True, help="folder for <case>.nii.gz label maps")
-    parser.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
-    parser.add_argument("--no-gaussian", action="store_true", help="blend windows with equal weights instead of a Gaussian")
+    parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the checkpoint's recipe, as validation used)")
+    parser.add_argument("--no-gaussian", action="store_true", help="blend windows with equal weights instead of a Gaussian (default: the recipe's blending)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips of each window (8x slower)")
-    parser.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: the memory planner's forward-only size on a GPU, 4 on a CPU; halved on out-of-memory)")
+    parser.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: the recipe's, planned for the GPU during training; halved on out-of-memory)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the precision training ran at, where this device supports it (bf16 on a CPU only with native bf16)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
-    parser.add_argument("--no-mixed-precision", action="store_true", help="run the network in float32 on GPU")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
     parser.add_argument("--overwrite", action="store_true", help="redo scans whose output already exists")
     return parser.parse_args(argv)
@@ -33,11 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = InferenceOptions(
             overlap=args.overlap,
-            gaussian=not args.no_gaussian,
-            tta=args.tta,
+            gaussian=False if args.no_gaussian else None,
             sw_batch_size=args.sw_batch_size,
+            precision=args.precision,
+            tta=args.tta,
             device=args.device,
-            mixed_precision=not args.no_mixed_precision,
             probabilities=args.probabilities,
         )
         summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite)

@@ -9,8 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from medseg.data.datamodule import SegmentationDataModule
-from medseg.model.module import SegmentationModule
+from medseg.training.datamodule import SegmentationDataModule
+from medseg.training.module import SegmentationModule
 from tests.test_train import REPO, _tiny_args
 
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from medseg import train
+from medseg.errors import MedsegError
+from medseg.training import cli
 from tests.test_train import REPO, _tiny_args
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -66,9 +68,9 @@ def test_nearly_full_disk_fails_before_training(monkeypatch, tmp_path):
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10 * 2**20, 9 * 2**20, 2**20))
-    with pytest.raises(train.MedsegError, match=r"only 1 MiB free on disk, checkpoints need about \d+ MiB"):
-        train.check_output_dir(tmp_path, 100 * 2**20)
+    monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: usage(10 * 2**20, 9 * 2**20, 2**20))
+    with pytest.raises(MedsegError, match=r"only 1 MiB free on disk, checkpoints need about \d+ MiB"):
+        cli.check_output_dir(tmp_path, 100 * 2**20)
 
 
 def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_path):
@@ -92,5 +94,5 @@ def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_
 
 def test_disk_full_during_training_is_a_clear_error(demo_root, tmp_path):
     args = _tiny_args(demo_root, tmp_path) + ["--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
-    with pytest.raises(train.MedsegError, match=r"^disk full while writing .*; earlier checkpoints are intact"):
+    with pytest.raises(MedsegError, match=r"^disk full while writing .*; earlier checkpoints are intact"):
         train.run(args)

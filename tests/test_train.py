@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from medseg import precision as precision_module
 from medseg import train
-from medseg.model.module import SegmentationModule
+from medseg.training.module import SegmentationModule, rng_states, set_rng_states
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_NET = '{"channels": [4, 8], "strides": [2], "num_res_units": 0}'
@@ -108,18 +109,18 @@ def test_corrupt_scan_is_one_line_error_naming_the_file(demo_root, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "requested, accelerator, native_bf16, expected",
+    "requested, device_type, native_bf16, expected",
     [
         ("16-mixed", "cpu", True, "bf16-mixed"),
         ("16-mixed", "cpu", False, "32-true"),
         ("bf16-mixed", "cpu", False, "bf16-mixed"),
         ("32-true", "cpu", True, "32-true"),
-        ("16-mixed", "gpu", False, "16-mixed"),
+        ("16-mixed", "cuda", False, "16-mixed"),
     ],
 )
-def test_precision_resolution(monkeypatch, requested, accelerator, native_bf16, expected):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native_bf16)
-    precision, reason = train.resolve_precision(requested, accelerator)
+def test_precision_resolution(monkeypatch, requested, device_type, native_bf16, expected):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native_bf16)
+    precision, reason = precision_module.resolve_precision(requested, device_type)
     assert precision == expected and expected in reason
 
 
@@ -128,7 +129,6 @@ def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from medseg.model.module import rng_states, set_rng_states
 
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     torch.save({"rng_states": rng_states()}, tmp_path / "state.ckpt")

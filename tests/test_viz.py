@@ -14,6 +14,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from medseg import viz
+from medseg.memory.report import plot_memory
 from medseg.data.formats import read_dataset
 
 CLASSES = ("background", "organ", "lesion")
@@ -159,7 +160,7 @@ def test_metrics_skip_blank_cells_and_missing_file_is_named(tmp_path):
 
 def test_memory_plot_has_one_line_per_precision_and_the_budget_line():
     peaks = {"32-true": {1: 300 * viz.MiB, 4: 900 * viz.MiB, 2: 500 * viz.MiB}, "16-mixed": {1: 200 * viz.MiB, 2: 300 * viz.MiB}}
-    (axes,) = viz.plot_memory(peaks, budget_bytes=1024 * viz.MiB).axes
+    (axes,) = plot_memory(peaks, budget_bytes=1024 * viz.MiB).axes
     assert len(axes.lines) == 3
     fp32, amp, budget = axes.lines
     assert list(fp32.get_xdata()) == [1, 2, 4] and list(fp32.get_ydata()) == [300, 500, 900]
@@ -168,7 +169,7 @@ def test_memory_plot_has_one_line_per_precision_and_the_budget_line():
 
 
 def test_memory_plot_without_budget_draws_only_the_precisions():
-    (axes,) = viz.plot_memory({"32-true": {1: 1.0, 2: 2.0}}).axes
+    (axes,) = plot_memory({"32-true": {1: 1.0, 2: 2.0}}).axes
     assert len(axes.lines) == 1
 
 

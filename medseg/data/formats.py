@@ -1,38 +1,33 @@
-"""Reading dataset descriptions: Medical Segmentation Decathlon and nnU-Net v2 raw layouts."""
+"""Which cases a path holds: dataset descriptions (Medical Segmentation Decathlon, nnU-Net v2 raw), folders of scans, single scans."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import MedsegError
+from medseg.nifti import case_name, is_nifti
 
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def case_name(path: str | Path) -> str:
-    """Return the file name without its NIfTI extension (``.nii`` or ``.nii.gz``)."""
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+# nnU-Net names channel files CASE_0000.nii.gz, CASE_0001.nii.gz, ...
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One training case: its image files (one per channel, or one multi-channel file) and label file."""
+    """One case: its name (an output's file stem), image files (one per channel, or one multi-channel file), label file if known."""
 
     name: str
     images: tuple[Path, ...]
-    label: Path
+    label: Path | None = None
 
     def as_dict(self) -> dict:
         """MONAI dictionary-transform input; a single file stays a string so 4D files load as channels."""
         images = [str(p) for p in self.images]
-        return {"image": images[0] if len(images) == 1 else images, "label": str(self.label), "name": self.name}
+        data = {"image": images[0] if len(images) == 1 else images, "name": self.name}
+        return data if self.label is None else {**data, "label": str(self.label)}
 
 
 @dataclass(frozen=True)
@@ -140,3 +135,42 @@ def read_dataset(root: str | Path) -> DatasetSpec:
     if not spec.cases:
         raise MedsegError(f"{source}: the dataset lists no training cases")
     return spec
+
+
+def is_dataset(path: Path) -> bool:
+    """Return whether `path` is a dataset description or a folder holding one."""
+    return (path.is_file() and path.suffix == ".json") or (path.is_dir() and (path / "dataset.json").is_file())
+
+
+def _folder_scans(folder: Path) -> list[Case]:
+    """Return one case per file, or per nnU-Net channel group when every file carries a _NNNN suffix."""
+    files = sorted(p for p in folder.iterdir() if is_nifti(p))
+    matches = [CHANNEL_SUFFIX.match(case_name(p)) for p in files]
+    if files and all(matches):
+        groups: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+        for match, path in zip(matches, files):
+            groups[match["case"]].append((match["channel"], path))
+        return [Case(name, tuple(path for _, path in sorted(members))) for name, members in sorted(groups.items())]
+    return [Case(case_name(p), (p,)) for p in files]
+
+
+def find_scans(path: str | Path) -> list[Case]:
+    """Return the cases `path` names: a NIfTI file, a folder of NIfTI files, or a dataset (its training cases)."""
+    path = Path(path)
+    if is_dataset(path):
+        scans = list(read_dataset(path).cases)
+    elif path.is_dir():
+        scans = _folder_scans(path)
+    elif is_nifti(path):
+        scans = [Case(case_name(path), (path,))]
+    elif not path.exists():
+        raise MedsegError(f"{path} does not exist")
+    else:
+        raise MedsegError(f"{path} is not a .nii/.nii.gz file, a folder of them, or a dataset.json")
+    if not scans:
+        raise MedsegError(f"{path} holds no .nii or .nii.gz scans")
+    names = [scan.name for scan in scans]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise MedsegError(f"{path} has several scans named {repeated[0]}; their outputs would overwrite each other")
+    return scans

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from medseg.data.formats import find_scans
 from medseg.errors import MedsegError
-from medseg.inference.cases import find_scans
 from medseg.inference.checkpoint import load_trained_model
-from medseg.inference.io import like_reference, open_scan, write_atomic
 from medseg.inference.predictor import InferenceOptions, Predictor
+from medseg.nifti import like_reference, write_atomic
 
 PROBABILITIES_FOLDER = "probabilities"
 
@@ -63,11 +63,10 @@ def segment_scans(
             summary.skipped.append(case.name)
             continue
         try:
-            scan = open_scan(case.images, model.in_channels, case.name)
-            prediction = predictor.predict(scan)
-            write_atomic(like_reference(prediction.labels, scan.reference), target)
+            prediction = predictor.predict(case)
+            write_atomic(like_reference(prediction.labels, prediction.reference), target)
             if prediction.probabilities is not None:
-                probabilities = like_reference(prediction.probabilities, scan.reference)
+                probabilities = like_reference(prediction.probabilities, prediction.reference)
                 write_atomic(probabilities, output / PROBABILITIES_FOLDER / target.name)
         except MedsegError as err:
             summary.failed.append((case.name, str(err)))

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from medseg.memory.callback import plan_on_device
 from medseg.memory.estimate import estimate_memory
-from medseg.memory.measure import setup_from_module
-from medseg.memory.plan import BatchPlan, PlanCache, plan_batch_size
+from medseg.memory.measure import training_setup
+from medseg.memory.plan import BatchPlan, PlanCache, plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
-from medseg.model.module import SegmentationModule
+from medseg.recipe import Recipe
 
 # a comparison shows how far each precision goes, beyond the 1024 cap that training plans use
 COMPARISON_MAX_BATCH_SIZE = 2**16
 
 
-def estimated_plans(module: SegmentationModule, precisions: list[str], capacity_bytes: int, budget_fraction: float) -> list[BatchPlan]:
+def estimated_plans(recipe: Recipe, precisions: list[str], capacity_bytes: int, budget_fraction: float) -> list[BatchPlan]:
     """Return per-precision plans from the CPU estimator against a simulated GPU of ``capacity_bytes``."""
-    setup = setup_from_module(module)
+    setup = training_setup(recipe)
     plans = []
     for precision in precisions:
         fit, _ = estimate_memory(setup, precision)
@@ -26,8 +25,7 @@ def estimated_plans(module: SegmentationModule, precisions: list[str], capacity_
     return plans
 
 
-def measured_plans(module: SegmentationModule, precisions: list[str], budget_fraction: float, cache: PlanCache) -> list[BatchPlan]:
+def measured_plans(recipe: Recipe, precisions: list[str], budget_fraction: float, cache: PlanCache) -> list[BatchPlan]:
     """Return per-precision plans measured with real trial steps on the current CUDA GPU."""
-    module.cuda()
-    setup = setup_from_module(module)
+    setup = training_setup(recipe, recipe.build_network().cuda())
     return [plan_on_device(setup, precision, budget_fraction, max_batch_size=COMPARISON_MAX_BATCH_SIZE, cache=cache) for precision in precisions]

@@ -14,17 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities.memory import garbage_collection_cuda, is_oom_error
 from torch import nn
 
 from medseg.errors import MedsegError
-
-_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
-    "32-true": None,
-    "16-mixed": torch.float16,
-    "bf16-mixed": torch.bfloat16,
-}
-PRECISIONS = tuple(_AUTOCAST_DTYPES)
+from medseg.memory.oom import is_out_of_memory, release_memory
+from medseg.model.loss import segmentation_loss
+from medseg.precision import autocast
+from medseg.recipe import Recipe
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -68,37 +64,24 @@ class StepMeasurement:
         return self.peak_bytes is not None
 
 
-def setup_from_module(module: Any, make_optimizer: OptimizerFactory | None = None) -> TrainingSetup:
-    """Return the training setup of a ``SegmentationModule`` (its ``net``, ``loss_fn`` and hyperparameters).
+Probe = Callable[[int], StepMeasurement]  # runs one trial step at a batch size
 
-    ``make_optimizer`` defaults to AdamW with the module's learning rate and weight decay, as its
-    ``configure_optimizers`` builds (which cannot be called here: it needs a running trainer).
+
+def training_setup(recipe: Recipe, net: nn.Module | None = None, make_optimizer: OptimizerFactory | None = None) -> TrainingSetup:
+    """Return the trial-step setup of a recipe: its network (``net``, else a new one), training loss and optimizer.
+
+    ``make_optimizer`` defaults to AdamW, the training optimizer; its state's size does not depend on its settings.
     """
-    h = module.hparams
-    if make_optimizer is None:
-        make_optimizer = lambda params: torch.optim.AdamW(params, lr=h.learning_rate, weight_decay=h.weight_decay)  # noqa: E731
-    config = {"network": h.network, "network_kwargs": dict(h.network_kwargs), "in_channels": h.in_channels, "out_channels": h.out_channels}
+    config = {"network": recipe.network, "network_kwargs": dict(recipe.network_kwargs), "in_channels": recipe.in_channels, "out_channels": recipe.out_channels}
     return TrainingSetup(
-        net=module.net,
-        loss_fn=module.loss_fn,
-        make_optimizer=make_optimizer,
-        in_channels=h.in_channels,
-        out_channels=h.out_channels,
-        patch_size=tuple(h.patch_size),
+        net=net if net is not None else recipe.build_network(),
+        loss_fn=segmentation_loss(),
+        make_optimizer=make_optimizer or torch.optim.AdamW,
+        in_channels=recipe.in_channels,
+        out_channels=recipe.out_channels,
+        patch_size=tuple(recipe.patch_size),
         config=config,
     )
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """Return the autocast dtype of a Lightning precision string (None for full precision)."""
-    if precision not in _AUTOCAST_DTYPES:
-        raise MedsegError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    return _AUTOCAST_DTYPES[precision]
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for torch's OutOfMemoryError and for the older RuntimeError messages Lightning recognises."""
-    return isinstance(error, torch.OutOfMemoryError) or is_oom_error(error)
 
 
 def synthetic_batch(setup: TrainingSetup, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -126,18 +109,16 @@ def run_training_step(
     so it is freed when this returns or raises.
     """
     device = device_of(setup.net)
-    dtype = autocast_dtype(precision)
     batch = batch if batch is not None else synthetic_batch(setup, batch_size, device)
     setup.net.train(train)
-    autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     if not train:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast(precision, device.type):
             setup.net(batch["image"])
         return
     optimizer = setup.make_optimizer(setup.net.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     try:
-        with autocast:
+        with autocast(precision, device.type):
             loss = setup.loss_fn(setup.net(batch["image"]), batch["label"])
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -197,7 +178,7 @@ def run_trial(step: Callable[[], tuple[int, float | None]], batch_size: int, pre
         if not is_out_of_memory(error):
             raise
     # reached only after an OOM, outside the except block, where `error` no longer pins the traceback
-    garbage_collection_cuda()
+    release_memory()
     return StepMeasurement(batch_size, precision, None)
 
 
@@ -210,6 +191,6 @@ def check_budget_fraction(fraction: float) -> float:
 
 def cuda_budget_bytes(device: torch.device, fraction: float) -> int:
     """Return ``fraction`` of the memory this process can use now: free memory plus torch's own cache."""
-    garbage_collection_cuda()
+    release_memory()
     free, _ = torch.cuda.mem_get_info(device)
     return int(fraction * (free + torch.cuda.memory_reserved(device)))

@@ -11,18 +11,19 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
-from medseg.memory.measure import StepMeasurement
+from medseg.memory.measure import Probe, StepMeasurement, TrainingSetup, cuda_budget_bytes, measure_cuda_step, preserved_weights
+from medseg.memory.simulate import SimulatedDevice
 
 log = logging.getLogger(__name__)
-
-Probe = Callable[[int], StepMeasurement]
 
 
 @dataclass(frozen=True)
@@ -231,3 +232,43 @@ class PlanCache:
         entries[key] = plan.to_dict()
         # DDP ranks share the file: no reader may ever see half of it
         write_text_atomic(self.path, json.dumps(entries, indent=2))
+
+
+def _probe(setup: TrainingSetup, precision: str, budget_fraction: float, train: bool, simulated_device: SimulatedDevice | None) -> tuple[Probe, int, str, str]:
+    """Return (probe, budget bytes, device name, backend) for the device the model is on, or the simulated one."""
+    if simulated_device is not None:
+        budget = int(budget_fraction * simulated_device.capacity_bytes)
+        return simulated_device.probe(precision, setup, train), budget, simulated_device.name, "simulated"
+    device = next(setup.net.parameters()).device
+    if device.type != "cuda":
+        raise MedsegError(f"planning the batch size needs a CUDA GPU, the model is on {device}")
+    # two steps per trial: the second one's time is free of cuDNN autotuning
+    probe = lambda b: measure_cuda_step(setup, b, precision, train, steps=2)  # noqa: E731
+    return probe, cuda_budget_bytes(device, budget_fraction), torch.cuda.get_device_name(device), "cuda"
+
+
+def plan_on_device(
+    setup: TrainingSetup,
+    precision: str,
+    budget_fraction: float = 0.9,
+    train: bool = True,
+    max_batch_size: int = 1024,
+    cache: PlanCache | None = None,
+    simulated_device: SimulatedDevice | None = None,
+) -> BatchPlan:
+    """Return the cached plan for this model, patch, precision and GPU, or plan now (weights restored) and cache it.
+
+    ``train=False`` plans forward-only steps under no_grad: the sliding-window batch size for inference.
+    """
+    probe, budget, device_name, backend = _probe(setup, precision, budget_fraction, train, simulated_device)
+    key = plan_key(setup.config, setup.patch_size, precision, device_name, budget_fraction, train, max_batch_size)
+    cached = cache.get(key) if cache else None
+    if cached is not None:
+        log.info("batch planner: using the cached %s plan from %s", precision, cache.path)
+        return cached
+    with preserved_weights(setup.net):
+        plan = plan_batch_size(probe, precision, budget, max_batch_size=max_batch_size)
+    plan.device_name, plan.backend, plan.train = device_name, backend, train
+    if cache:
+        cache.put(key, plan)
+    return plan

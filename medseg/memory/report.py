@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from medseg.atomic import atomic_target, write_text_atomic
 from medseg.memory.plan import BatchPlan
-from medseg.viz import plot_memory
 
 MiB = 2**20
 
@@ -56,6 +57,36 @@ def format_table(plans: Sequence[BatchPlan]) -> str:
     first = plans[0]
     header = f"device: {first.device_name} ({first.backend}), budget {first.budget_bytes / MiB:.0f} MiB"
     return "\n".join([header, *lines])
+
+
+def plot_memory(
+    peak_bytes: Mapping[str, Mapping[int, float]],
+    budget_bytes: float | None = None,
+    title: str = "Training step peak memory",
+    failed_batch_sizes: Mapping[str, Sequence[int]] | None = None,
+) -> Figure:
+    """Return peak memory (MiB) against batch size, one line per precision, with the budget as a dashed line.
+
+    Args:
+        peak_bytes: precision (e.g. "32-true", "16-mixed") -> {batch size: peak bytes}; plain data, so
+            measured trials, estimator figures or a fitted line's values all plot the same way.
+        budget_bytes: memory a step may use; None draws no budget line.
+        title: figure title (say which device or estimator the numbers come from).
+        failed_batch_sizes: precision -> batch sizes that ran out of memory, drawn as crosses on the budget line.
+    """
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for precision, peaks in peak_bytes.items():
+        sizes = sorted(peaks)
+        [line] = axes.plot(sizes, [peaks[b] / MiB for b in sizes], marker="o", label=precision)
+        failed = (failed_batch_sizes or {}).get(precision, [])
+        if failed and budget_bytes is not None:
+            axes.scatter(failed, [budget_bytes / MiB] * len(failed), marker="x", color=line.get_color(), label=f"{precision}: out of memory")
+    if budget_bytes is not None:
+        axes.axhline(budget_bytes / MiB, color="black", linestyle="--", label=f"budget {budget_bytes / MiB:.0f} MiB")
+    axes.set(title=title, xlabel="batch size (patches per step)", ylabel="peak memory (MiB)")
+    axes.legend()
+    return figure
 
 
 def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:

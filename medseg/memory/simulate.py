@@ -7,13 +7,10 @@ exactly where a real GPU would, so the code that catches it and frees memory is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import lightning
 import torch
 
-from medseg.memory.measure import TrainingSetup, preserved_weights, run_training_step, run_trial
-from medseg.memory.plan import Probe
+from medseg.memory.measure import Probe, TrainingSetup, preserved_weights, run_training_step, run_trial
 
 
 class SimulatedDevice:
@@ -57,16 +54,3 @@ class SimulatedDevice:
             return int(self.peak_bytes(batch_size)), None
 
         return lambda batch_size: run_trial(lambda: step(batch_size), batch_size, precision)
-
-
-class SimulatedOOMCallback(lightning.Callback):
-    """Raises the simulated device's OOM in training once ``global_step`` reaches ``from_step`` (fragmentation, larger cases)."""
-
-    def __init__(self, device: SimulatedDevice, from_step: int = 0) -> None:
-        self.device = device
-        self.from_step = from_step
-
-    def on_train_batch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, batch: Any, batch_idx: int) -> None:
-        """Check the batch against the simulated capacity before its step runs."""
-        if trainer.global_step >= self.from_step:
-            self.device.check(len(batch["image"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from medseg.data.transforms import Preprocessing
+from medseg.recipe import Recipe
 from medseg.model.networks import build_network
 
 TINY_UNET = {"channels": [8, 16], "strides": [2], "num_res_units": 0}
@@ -36,19 +38,11 @@ def phantom_hu(labels: np.ndarray) -> np.ndarray:
     return hu
 
 
-def medseg_meta(network_kwargs: dict | None = None, preprocessing: Preprocessing | None = None, in_channels: int = 1) -> dict:
+def medseg_meta(network_kwargs: dict | None = None, preprocessing: Preprocessing | None = None, in_channels: int = 1, **recipe: Any) -> dict:
+    """Return a checkpoint's ``medseg`` record as training writes it (a recipe as plain data)."""
     prep = preprocessing or Preprocessing(spacing=(SPACING_MM,) * 3, normalization="ct")
-    return {
-        "format_version": 1,
-        "network": "UNet",
-        "network_kwargs": network_kwargs or TINY_UNET,
-        "in_channels": in_channels,
-        "out_channels": 3,
-        "class_names": ["background", "box", "slab"],
-        "channel_names": [f"CT{i}" for i in range(in_channels)],
-        "preprocessing": prep.to_dict(),
-        "patch_size": PATCH,
-    }
+    channels = tuple(f"CT{i}" for i in range(in_channels))
+    return Recipe("UNet", network_kwargs or TINY_UNET, channels, ("background", "box", "slab"), tuple(PATCH), prep, **recipe).to_dict()
 
 
 def save_checkpoint(path: Path, network: torch.nn.Module, meta: dict) -> Path:

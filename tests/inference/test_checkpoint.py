@@ -18,8 +18,9 @@ from .conftest import TINY_UNET, medseg_meta, phantom_hu, phantom_labels, save_c
 
 def test_checkpoint_rebuilds_network_and_preprocessing_from_plain_data(random_checkpoint):
     model = load_trained_model(random_checkpoint)
-    assert model.class_names == ("background", "box", "slab") and model.in_channels == 1
-    assert model.patch_size == (16, 16, 16) and model.preprocessing.spacing == (1.5, 1.5, 1.5)
+    recipe = model.recipe
+    assert recipe.class_names == ("background", "box", "slab") and recipe.in_channels == 1
+    assert recipe.patch_size == (16, 16, 16) and recipe.preprocessing.spacing == (1.5, 1.5, 1.5)
     assert not model.network.training
 
 
@@ -52,3 +53,19 @@ def test_checkpoint_without_medseg_hyper_parameters_is_refused(tmp_path):
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(MedsegError, match="missing.ckpt does not exist"):
         load_trained_model(tmp_path / "missing.ckpt")
+
+
+def test_a_version_1_checkpoint_reads_as_fp32_with_default_windows(tmp_path):
+    network = build_network("UNet", 1, 3, **TINY_UNET)
+    version_1 = {"format_version": 1, "in_channels": 1, "out_channels": 3, **medseg_meta()}
+    for key in ("version", "precision", "window"):
+        del version_1[key]
+    recipe = load_trained_model(save_checkpoint(tmp_path / "v1.ckpt", network, version_1)).recipe
+    assert recipe.precision == "32-true" and (recipe.window.overlap, recipe.window.gaussian, recipe.window.batch_size) == (0.25, True, 4)
+
+
+def test_a_checkpoint_from_a_newer_medseg_is_one_line_error(tmp_path):
+    path = save_checkpoint(tmp_path / "v9.ckpt", build_network("UNet", 1, 3, **TINY_UNET), {**medseg_meta(), "version": 9})
+    with pytest.raises(MedsegError, match=r"recipe version 9 is not one this medseg reads \(1 or 2\); upgrade medseg") as err:
+        load_trained_model(path)
+    assert "\n" not in str(err.value)

@@ -14,7 +14,7 @@ import pytest
 from medseg.errors import MedsegError
 from medseg.infer import main
 from medseg.inference import InferenceOptions, segment_scans
-from medseg.inference import io as inference_io
+from medseg import nifti
 
 from medseg.model.networks import build_network
 
@@ -81,7 +81,7 @@ def test_a_failed_write_leaves_neither_a_partial_output_nor_a_temporary_file(ran
         Path(path).write_bytes(b"half")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(inference_io.nib, "save", disk_full)
+    monkeypatch.setattr(nifti.nib, "save", disk_full)
     summary = segment_scans(random_checkpoint, scans, tmp_path / "out", InferenceOptions(sw_batch_size=2))
     assert [name for name, _ in summary.failed] == ["a", "b"]
     assert list((tmp_path / "out").iterdir()) == []
@@ -89,7 +89,7 @@ def test_a_failed_write_leaves_neither_a_partial_output_nor_a_temporary_file(ran
 
 def test_the_route_taken_is_shown_for_each_scan(random_checkpoint, scans, tmp_path, capsys):
     assert _run(random_checkpoint, scans / "a.nii.gz", tmp_path / "out") == 0
-    assert "a: windows on cpu (float32, batch 2), stitched on cpu" in capsys.readouterr().err
+    assert "a: windows on cpu (32-true, batch 2), stitched on cpu" in capsys.readouterr().err
 
 
 def _bad_scans(folder: Path) -> dict[str, str]:
@@ -102,8 +102,8 @@ def _bad_scans(folder: Path) -> dict[str, str]:
     save_scan(folder / "flat.nii.gz", hu[:, :, 0], AFFINE)
     save_scan(folder / "two_channels.nii.gz", np.stack([hu, hu], axis=-1), AFFINE)
     return {
-        "corrupt": "cannot read .*corrupt.nii.gz",
-        "truncated": "cannot read .*truncated.nii.gz \\(corrupt or truncated\\?\\)",
+        "corrupt": "corrupt.nii.gz: cannot read as NIfTI",
+        "truncated": "truncated.nii.gz: cannot read as NIfTI \\(corrupt or truncated\\?\\)",
         "flat": "flat.nii.gz is not a 3D volume",
         "two_channels": "two_channels.nii.gz has 2 channel\\(s\\) but the model expects 1",
     }

@@ -1,18 +1,13 @@
-"""Fixtures for memory tests: a real (tiny) MONAI UNet setup, the training module, a quiet CPU trainer."""
+"""Fixtures for memory tests: a real (tiny) MONAI UNet setup for trial steps."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-import lightning as L
 import pytest
 import torch
-from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from medseg.memory.measure import TrainingSetup
-from medseg.model.module import SegmentationModule
+from medseg.model.loss import segmentation_loss
 from tests.memory.fakes import PATCH, TINY_UNET
 
 
@@ -22,29 +17,9 @@ def tiny_setup() -> TrainingSetup:
     torch.manual_seed(0)
     return TrainingSetup(
         net=UNet(3, 1, 2, **TINY_UNET),
-        loss_fn=DiceCELoss(to_onehot_y=True, softmax=True),
+        loss_fn=segmentation_loss(),
         make_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
         in_channels=1,
         out_channels=2,
         patch_size=PATCH,
     )
-
-
-@pytest.fixture
-def tiny_module() -> SegmentationModule:
-    torch.manual_seed(0)
-    return SegmentationModule(network="UNet", network_kwargs=TINY_UNET, in_channels=1, out_channels=2, patch_size=PATCH)
-
-
-@pytest.fixture
-def make_trainer(tmp_path: Path) -> Callable[..., L.Trainer]:
-    """Build a quiet CPU trainer writing into the test's folder."""
-
-    def make(**kwargs) -> L.Trainer:
-        settings = {
-            "accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False, "enable_progress_bar": False,
-            "enable_model_summary": False, "limit_val_batches": 0, "default_root_dir": tmp_path, "num_sanity_val_steps": 0,
-        }
-        return L.Trainer(**{**settings, **kwargs})
-
-    return make

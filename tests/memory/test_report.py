@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from medseg.errors import MedsegError
 from medseg.memory.__main__ import run
 from tests.memory.fakes import TINY_UNET
 
@@ -26,6 +25,20 @@ def test_memory_command_writes_the_comparison_table_json_and_plot(tmp_path: Path
     assert "per-sample vs fp32" in table and "16-mixed" in table
 
 
-def test_memory_command_names_a_missing_config(tmp_path: Path) -> None:
-    with pytest.raises(MedsegError, match="does not exist"):
+def test_memory_command_names_a_missing_config_in_one_line(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit:
         run(["--config", str(tmp_path / "nope.yaml")])
+    error = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and "\n" not in error
+    assert error.startswith("medseg: error:") and f"{tmp_path / 'nope.yaml'}" in error and "does not exist" in error
+
+
+def test_memory_command_takes_the_training_options_and_the_dataset_classes(demo_root: Path, tmp_path: Path, monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr("medseg.memory.__main__.estimated_plans", lambda recipe, *args: seen.setdefault("recipe", recipe) and [])
+    monkeypatch.setattr("medseg.memory.__main__.format_table", lambda plans: "")
+    monkeypatch.setattr("medseg.memory.__main__.save_report", lambda plans, out: (out, out))
+    run([f"--data.root={demo_root}", "--data.patch_size=[32, 32, 16]", f"--model.network_kwargs={json.dumps(TINY_UNET)}", "--out", str(tmp_path)])
+    recipe = seen["recipe"]
+    assert recipe.class_names == ("background", "organ", "lesion") and recipe.channel_names == ("CT",)
+    assert recipe.patch_size == (32, 32, 16) and recipe.network_kwargs == TINY_UNET

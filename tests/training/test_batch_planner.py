@@ -9,7 +9,8 @@ import pytest
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from medseg.memory.callback import BatchSizePlanner, accumulation_for, plan_on_device
+from medseg.memory.plan import plan_on_device
+from medseg.training.batch_planner import BatchSizePlanner, accumulation_for
 from medseg.memory.measure import TrainingSetup
 from medseg.memory.simulate import SimulatedDevice
 from tests.memory.fakes import MiB, RandomPatches, linear_curve
@@ -42,7 +43,7 @@ def test_planner_trains_at_the_verified_batch_size_with_accumulation(tiny_module
     assert planner.plan.batch_size == 5
     assert (data.batch_size, trainer.accumulate_grad_batches) == (4, 3)  # 4 x 3 = 12 samples per optimizer step
     assert seen.sizes == [4, 4, 4]
-    assert tiny_module.sw_batch_size == 5
+    assert tiny_module.recipe.window.batch_size == 5
 
 
 def test_planner_reuses_the_cached_plan_without_trial_steps(tiny_module, make_trainer, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import MedsegError
-from medseg.inference.cases import find_scans
+from medseg.data.formats import find_scans
 
 
 def _touch(*paths: Path) -> None:

@@ -1,6 +1,6 @@
 import torch
 
-from medseg.data.datamodule import SegmentationDataModule
+from medseg.training.datamodule import SegmentationDataModule
 from medseg.data.sampling import EpochSampler
 
 

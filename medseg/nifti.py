@@ -1,11 +1,11 @@
-"""NIfTI reading with one-line errors, and geometry-exact, atomic label-map writing."""
+"""NIfTI reading and writing for every stage: one-line errors naming the file, one affine tolerance,
+geometry-exact atomic label-map writing."""
 
 from __future__ import annotations
 
 import tempfile
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -13,25 +13,23 @@ import nibabel as nib
 import numpy as np
 
 from medseg.atomic import atomic_target
-from medseg.data.formats import NIFTI_SUFFIXES, case_name
 from medseg.errors import MedsegError
 
 NiftiImage = nib.Nifti1Image | nib.Nifti2Image
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Files that must share a voxel grid (channels, image and label, prediction and truth) agree to this many mm.
+AFFINE_TOLERANCE_MM = 1e-3
 # What nibabel and gzip raise on a damaged file; caught only around reading.
-READ_ERRORS = (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError)
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
-@dataclass(frozen=True)
-class Scan:
-    """One scan to segment: its channel files (what training's ``LoadImaged`` reads) and the header outputs copy."""
-
-    paths: tuple[Path, ...]
-    reference: NiftiImage
-    name: str
-
-    @property
-    def spatial_shape(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.reference.shape[:3])
+def case_name(path: str | Path) -> str:
+    """Return the file name without its NIfTI extension (``.nii`` or ``.nii.gz``)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def is_nifti(path: Path) -> bool:
@@ -39,17 +37,22 @@ def is_nifti(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.endswith(NIFTI_SUFFIXES)
 
 
+def unreadable(path: str | Path, error: BaseException) -> MedsegError:
+    """Return the one-line error for a file that exists but is not a readable NIfTI."""
+    return MedsegError(f"{path}: cannot read as NIfTI (corrupt or truncated?): {type(error).__name__}: {error}")
+
+
 def load_header(path: str | Path) -> NiftiImage:
     """Return the NIfTI image with only its header read (voxels stay on disk until needed)."""
     path = Path(path)
     if not path.is_file():
-        raise MedsegError(f"{path} does not exist")
+        raise MedsegError(f"{path}: file not found")
     try:
         image = nib.load(path)
     except READ_ERRORS as err:
-        raise MedsegError(f"cannot read {path} (corrupt or not NIfTI?): {err}") from None
+        raise unreadable(path, err) from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise MedsegError(f"{path} is not a NIfTI image")
+        raise MedsegError(f"{path}: not a NIfTI image")
     return image
 
 
@@ -59,7 +62,12 @@ def read_voxels(path: str | Path) -> tuple[NiftiImage, np.ndarray]:
     try:
         return image, np.asanyarray(image.dataobj)
     except READ_ERRORS as err:
-        raise MedsegError(f"cannot read {path} (corrupt or truncated?): {err}") from None
+        raise unreadable(path, err) from None
+
+
+def same_grid(a: NiftiImage, b: NiftiImage) -> bool:
+    """Return whether two images share shape and affine (within ``AFFINE_TOLERANCE_MM``)."""
+    return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=AFFINE_TOLERANCE_MM)
 
 
 def check_volume(image: NiftiImage, name: str | Path) -> None:
@@ -71,23 +79,22 @@ def check_volume(image: NiftiImage, name: str | Path) -> None:
         raise MedsegError(f"{name} has shape {list(shape)}; expected 3D, or 4D with channels last")
 
 
-def open_scan(paths: str | Path | Sequence[str | Path], channels: int, name: str | None = None) -> Scan:
-    """Return the scan in one file (3D, or 4D with channels last) or one file per channel, checked against the model.
+def open_scan(paths: Sequence[Path], channels: int) -> NiftiImage:
+    """Return the header outputs copy (the first file's) after checking the scan's files against the model.
 
-    Only headers are read here, so a folder of scans is checked cheaply before any voxel is loaded.
+    A scan is one file (3D, or 4D with channels last) or one file per channel. Only headers are read, so
+    a folder of scans is checked cheaply before any voxel is loaded.
     """
-    files = tuple(Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
-    images = [load_header(path) for path in files]
-    for image, path in zip(images, files):
+    images = [load_header(path) for path in paths]
+    for image, path in zip(images, paths):
         check_volume(image, path)
     found = sum(image.shape[3] if image.ndim == 4 else 1 for image in images)
-    listed = ", ".join(str(path) for path in files)
+    listed = ", ".join(str(path) for path in paths)
     if found != channels:
         raise MedsegError(f"{listed} has {found} channel(s) but the model expects {channels}")
-    first = images[0]
-    if any(image.shape[:3] != first.shape[:3] or not np.allclose(image.affine, first.affine, atol=1e-4) for image in images):
+    if not all(same_grid(image, images[0]) for image in images):
         raise MedsegError(f"channel files {listed} differ in shape or affine")
-    return Scan(files, first, name or case_name(files[0]))
+    return images[0]
 
 
 @contextmanager

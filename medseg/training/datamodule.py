@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
@@ -14,22 +13,12 @@ from monai.transforms import Compose
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
 from medseg.data.formats import Case, DatasetSpec, read_dataset
 from medseg.data.sampling import EpochSampler, SeededSamples
+from medseg.data.split import split_cases
 from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
 from medseg.data.validation import validate_dataset
 from medseg.errors import MedsegError
 
 CACHE_MODES = ("memory", "disk", "none")
-
-
-def split_cases(cases: tuple[Case, ...], num_folds: int, fold: int, seed: int) -> tuple[list[Case], list[Case]]:
-    """Return (train, validation): the cases shuffled with `seed`, cut into `num_folds`, fold `fold` held out."""
-    if num_folds < 2 or not 0 <= fold < num_folds:
-        raise MedsegError(f"need num_folds >= 2 and 0 <= fold < num_folds, got num_folds={num_folds}, fold={fold}")
-    if len(cases) < num_folds:
-        raise MedsegError(f"{len(cases)} case(s) cannot be split into {num_folds} folds")
-    order = np.random.default_rng(seed).permutation(len(cases))
-    held_out = set(np.array_split(order, num_folds)[fold].tolist())
-    return [c for i, c in enumerate(cases) if i not in held_out], [c for i, c in enumerate(cases) if i in held_out]
 
 
 class SegmentationDataModule(L.LightningDataModule):

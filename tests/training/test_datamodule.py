@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from medseg.data.datamodule import SegmentationDataModule, split_cases
+from medseg.data.split import split_cases
+from medseg.training.datamodule import SegmentationDataModule
 from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
 

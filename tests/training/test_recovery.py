@@ -9,9 +9,9 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medseg.errors import MedsegError
-from medseg.memory.callback import BatchSizePlanner
-from medseg.memory.recovery import fit_with_oom_recovery, next_smaller
-from medseg.memory.simulate import SimulatedDevice, SimulatedOOMCallback
+from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery, next_smaller
+from medseg.memory.simulate import SimulatedDevice
+from medseg.training.batch_planner import BatchSizePlanner
 from tests.memory.fakes import MiB, RandomPatches, linear_curve
 
 
@@ -46,7 +46,7 @@ def test_oom_mid_training_resumes_from_the_last_checkpoint_with_a_smaller_batch(
     def trainer() -> L.Trainer:
         return make_trainer(max_epochs=3, callbacks=[every_epoch(), SimulatedOOMCallback(device, from_step=4), EpochLog(trained)])
 
-    with caplog.at_level(logging.WARNING, logger="medseg.memory.recovery"):
+    with caplog.at_level(logging.WARNING, logger="medseg.training.recovery"):
         final = fit_with_oom_recovery(trainer, tiny_module, data, batch_sizes=[4, 3, 2, 1])
     assert data.batch_size == 3
     assert trained == [(0, 4), (0, 4), (1, 4), (1, 4), (2, 3), (2, 3), (2, 2)]  # epochs 0 and 1 not repeated

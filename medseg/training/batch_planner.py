@@ -6,8 +6,8 @@ import inspect
 import json
 import logging
 import math
-from functools import partial
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import lightning
@@ -16,16 +16,8 @@ from torch import nn
 
 from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
-from medseg.memory.measure import (
-    OptimizerFactory,
-    TrainingSetup,
-    check_budget_fraction,
-    cuda_budget_bytes,
-    measure_cuda_step,
-    preserved_weights,
-    setup_from_module,
-)
-from medseg.memory.plan import BatchPlan, PlanCache, Probe, plan_batch_size, plan_key
+from medseg.memory.measure import OptimizerFactory, check_budget_fraction, training_setup
+from medseg.memory.plan import BatchPlan, PlanCache, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
 
 log = logging.getLogger(__name__)
@@ -51,46 +43,6 @@ def accumulation_for(batch_size: int, effective_batch_size: int, world_size: int
     return min(batch_size, math.ceil(effective_batch_size / (world_size * accumulate))), accumulate
 
 
-def _probe(setup: TrainingSetup, precision: str, budget_fraction: float, train: bool, simulated_device: SimulatedDevice | None) -> tuple[Probe, int, str, str]:
-    """Return (probe, budget bytes, device name, backend) for the device the model is on, or the simulated one."""
-    if simulated_device is not None:
-        budget = int(budget_fraction * simulated_device.capacity_bytes)
-        return simulated_device.probe(precision, setup, train), budget, simulated_device.name, "simulated"
-    device = next(setup.net.parameters()).device
-    if device.type != "cuda":
-        raise MedsegError(f"planning the batch size needs a CUDA GPU, the model is on {device}")
-    # two steps per trial: the second one's time is free of cuDNN autotuning
-    probe = lambda b: measure_cuda_step(setup, b, precision, train, steps=2)  # noqa: E731
-    return probe, cuda_budget_bytes(device, budget_fraction), torch.cuda.get_device_name(device), "cuda"
-
-
-def plan_on_device(
-    setup: TrainingSetup,
-    precision: str,
-    budget_fraction: float = 0.9,
-    train: bool = True,
-    max_batch_size: int = 1024,
-    cache: PlanCache | None = None,
-    simulated_device: SimulatedDevice | None = None,
-) -> BatchPlan:
-    """Return the cached plan for this model, patch, precision and GPU, or plan now (weights restored) and cache it.
-
-    ``train=False`` plans forward-only steps under no_grad: the sliding-window batch size for inference.
-    """
-    probe, budget, device_name, backend = _probe(setup, precision, budget_fraction, train, simulated_device)
-    key = plan_key(setup.config, setup.patch_size, precision, device_name, budget_fraction, train, max_batch_size)
-    cached = cache.get(key) if cache else None
-    if cached is not None:
-        log.info("batch planner: using the cached %s plan from %s", precision, cache.path)
-        return cached
-    with preserved_weights(setup.net):
-        plan = plan_batch_size(probe, precision, budget, max_batch_size=max_batch_size)
-    plan.device_name, plan.backend, plan.train = device_name, backend, train
-    if cache:
-        cache.put(key, plan)
-    return plan
-
-
 class BatchSizePlanner(lightning.Callback):
     """Sets the data module's batch size to the largest verified one (and accumulation) before training starts.
 
@@ -100,7 +52,7 @@ class BatchSizePlanner(lightning.Callback):
             when the memory-limited batch is smaller; None trains at the planned batch without accumulation.
         max_batch_size: never plan above this (an OOM recovery lowers it).
         cache_path: JSON file of plans keyed by model, patch, precision and GPU; None re-plans every run.
-        size_sliding_window: also plan forward-only windows and set the module's ``sw_batch_size``.
+        size_sliding_window: also plan forward-only windows and record the size in the module's recipe.
         simulated_device: plan against this stand-in GPU instead of CUDA (tests, CPU demos).
         enabled: False keeps the configured batch size (a config that fixes it); accumulation still applies.
 
@@ -134,7 +86,7 @@ class BatchSizePlanner(lightning.Callback):
         if datamodule is None:
             raise MedsegError("the batch planner needs trainer.fit(model, datamodule=...) to set the batch size")
         precision = str(trainer.precision)
-        setup = setup_from_module(pl_module, optimizer_like(trainer.optimizers[0]))
+        setup = training_setup(pl_module.recipe, pl_module.net, optimizer_like(trainer.optimizers[0]))
         batch_size = datamodule.batch_size
         if not self.enabled:
             log.info("batch planner: disabled, keeping the configured batch size %d", batch_size)
@@ -147,7 +99,7 @@ class BatchSizePlanner(lightning.Callback):
             batch_size = max((b for b in self.plan.verified_batch_sizes if b <= self.max_batch_size), default=self.max_batch_size)
             batch_size = int(trainer.strategy.all_gather(torch.tensor(batch_size, device=pl_module.device)).min())
             if self.size_sliding_window:
-                pl_module.sw_batch_size = plan_here(train=False).batch_size
+                pl_module.recipe = pl_module.recipe.with_changes(window={"batch_size": plan_here(train=False).batch_size})
         accumulate = trainer.accumulate_grad_batches
         if self.effective_batch_size is not None:
             batch_size, accumulate = accumulation_for(batch_size, self.effective_batch_size, trainer.world_size)

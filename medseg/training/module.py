@@ -8,21 +8,24 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
-from medseg.model.networks import build_network
-
-CHECKPOINT_FORMAT_VERSION = 1
+from medseg.model.inferer import window_inferer
+from medseg.model.loss import segmentation_loss
+from medseg.recipe import Recipe, Window
 
 DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
 
 
 class SegmentationModule(L.LightningModule):
-    """3D segmentation network plus loss, metric and optimiser; the checkpoint carries all inference needs.
+    """3D segmentation network plus loss, metric and optimiser; every checkpoint carries its recipe.
+
+    ``recipe`` is what training decided: built from these arguments, then given the precision that runs
+    (at fit start) and the planned window batch (by the batch planner). Validation reads it, and it is
+    written into every checkpoint as ``checkpoint["medseg"]`` for inference to read.
 
     Args:
         network: MONAI network name ("UNet", "DynUNet", "SegResNet").
@@ -32,7 +35,8 @@ class SegmentationModule(L.LightningModule):
         preprocessing: ``Preprocessing.to_dict()`` of the data module, so inference needs no config.
         patch_size: training patch, also the sliding-window size for validation and inference.
         learning_rate, weight_decay: AdamW settings; the rate decays polynomially (power 0.9) to zero.
-        sw_batch_size, sw_overlap: windows per forward pass and window overlap for validation.
+        sw_batch_size, sw_overlap, sw_gaussian: windows per forward pass, window overlap and Gaussian
+            blending, for validation and (through the recipe) inference.
         max_nonfinite_steps: stop training when the loss is NaN/Inf this many steps in a row (single
             non-finite steps are skipped, as the fp16 gradient scaler does for overflowing gradients).
     """
@@ -51,6 +55,7 @@ class SegmentationModule(L.LightningModule):
         weight_decay: float = 1e-5,
         sw_batch_size: int = 4,
         sw_overlap: float = 0.25,
+        sw_gaussian: bool = True,
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
@@ -69,15 +74,31 @@ class SegmentationModule(L.LightningModule):
                 "patch_size": list(patch_size),
                 "learning_rate": learning_rate,
                 "weight_decay": weight_decay,
+                "sw_batch_size": sw_batch_size,
                 "sw_overlap": sw_overlap,
+                "sw_gaussian": sw_gaussian,
                 "max_nonfinite_steps": max_nonfinite_steps,
             }
         )
-        self.net = build_network(network, in_channels, out_channels, **network_kwargs)
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        if len(class_names) != out_channels or len(channel_names) != in_channels:
+            raise MedsegError(f"{len(class_names)} class names for {out_channels} classes, or {len(channel_names)} channel names for {in_channels} channels")
+        self.recipe = Recipe(
+            network=network,
+            network_kwargs=network_kwargs,
+            channel_names=tuple(channel_names),
+            class_names=tuple(class_names),
+            patch_size=tuple(int(v) for v in patch_size),
+            preprocessing=Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing(),
+            window=Window(overlap=sw_overlap, gaussian=sw_gaussian, batch_size=sw_batch_size),
+        )
+        self.net = self.recipe.build_network()
+        self.loss_fn = segmentation_loss()
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
-        self.sw_batch_size = sw_batch_size
         self.nonfinite_steps = 0
+
+    def on_fit_start(self) -> None:
+        """Record the precision that actually runs (the CLI resolved "16-mixed" for this machine)."""
+        self.recipe = self.recipe.with_changes(precision=str(self.trainer.precision))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
@@ -101,21 +122,19 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Return logits for whole volumes (B, C, X, Y, Z) by Gaussian-blended sliding windows."""
-        return sliding_window_inference(
-            image, self.hparams.patch_size, self.sw_batch_size, self.net, overlap=self.hparams.sw_overlap, mode="gaussian"
-        )
+        """Return logits for whole volumes (B, C, X, Y, Z) with the recipe's sliding windows, as inference runs them."""
+        return window_inferer(self.recipe)(image, self.net)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.predict_logits(batch["image"])
-        num_classes = self.hparams.out_channels
+        num_classes = self.recipe.out_channels
         prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes)
         self.dice(prediction, one_hot(batch["label"].long(), num_classes))
 
     def on_validation_epoch_end(self) -> None:
         per_class = torch.nanmean(self._all_case_scores(), dim=0)  # a class absent from a case is NaN there
         self.dice.reset()
-        for name, value in zip(self.hparams.class_names[1:], per_class):
+        for name, value in zip(self.recipe.class_names[1:], per_class):
             self.log(f"val_dice_{name}", value, sync_dist=True)
         self.log("val_mean_dice", torch.nanmean(per_class), prog_bar=True, sync_dist=True)
 
@@ -124,7 +143,7 @@ class SegmentationModule(L.LightningModule):
 
         Ranks hold different numbers of cases (no padding duplicates), so the scores are padded to gather them.
         """
-        classes = self.hparams.out_channels - 1
+        classes = self.recipe.out_channels - 1
         buffer = self.dice.get_buffer()
         local = buffer if isinstance(buffer, torch.Tensor) and buffer.numel() else torch.zeros(0, classes, device=self.device)
         if self.trainer.world_size == 1:
@@ -142,19 +161,8 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what inference needs as plain data, readable with ``torch.load(weights_only=True)``."""
-        h = self.hparams
-        checkpoint["medseg"] = {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "network": h.network,
-            "network_kwargs": dict(h.network_kwargs),
-            "in_channels": h.in_channels,
-            "out_channels": h.out_channels,
-            "class_names": list(h.class_names),
-            "channel_names": list(h.channel_names),
-            "preprocessing": dict(h.preprocessing),
-            "patch_size": list(h.patch_size),
-        }
+        """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``."""
+        checkpoint["medseg"] = self.recipe.to_dict()
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

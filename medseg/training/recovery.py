@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import lightning
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.memory import garbage_collection_cuda
 
 from medseg.errors import MedsegError
-from medseg.memory.callback import BatchSizePlanner
-from medseg.memory.measure import is_out_of_memory
+from medseg.memory.oom import is_out_of_memory, release_memory
+from medseg.memory.simulate import SimulatedDevice
+from medseg.training.batch_planner import BatchSizePlanner
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,21 @@ def fit_with_oom_recovery(
         ckpt_path = newest_checkpoint(trainer) or ckpt_path
         epoch, step = trainer.current_epoch, trainer.global_step
         del trainer
-        garbage_collection_cuda()
+        release_memory()
         log.warning(
             "out of memory at batch size %d (epoch %d, step %d): resuming from %s with batch size %d",
             failed, epoch, step, ckpt_path or "the start", cap,
         )
+
+
+class SimulatedOOMCallback(lightning.Callback):
+    """Raises the simulated device's OOM in training once ``global_step`` reaches ``from_step`` (fragmentation, larger cases)."""
+
+    def __init__(self, device: SimulatedDevice, from_step: int = 0) -> None:
+        self.device = device
+        self.from_step = from_step
+
+    def on_train_batch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, batch: Any, batch_idx: int) -> None:
+        """Check the batch against the simulated capacity before its step runs."""
+        if trainer.global_step >= self.from_step:
+            self.device.check(len(batch["image"]))

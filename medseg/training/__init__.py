@@ -1,0 +1,1 @@
+"""Training: everything that knows Lightning (CLI, LightningModule, data module, batch-planner callback, OOM recovery)."""

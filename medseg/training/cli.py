@@ -1,0 +1,194 @@
+"""Train a 3D segmentation model from a YAML config (LightningCLI); the built-in demo phantoms by default.
+
+This module is the training command line: config, precision, resuming, output checks, the run and its summary.
+
+Examples:
+    python -m medseg.train                                    # built-in demo phantoms
+    python -m medseg.train --config configs/spleen_ct.yaml     # your data
+    python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
+    python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from medseg.errors import MedsegError
+from medseg.precision import resolve_precision
+from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.datamodule import SegmentationDataModule
+from medseg.training.module import SegmentationModule
+from medseg.training.recovery import fit_with_oom_recovery
+
+log = logging.getLogger("medseg")
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Argument parser whose errors are one line (jsonargparse prints the whole usage otherwise)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        print(f"medseg: error: {' '.join(str(message).split())} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+class MedsegCLI(LightningCLI):
+    """LightningCLI with the data module's dataset facts linked into the model and a best/last checkpoint."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(BatchSizePlanner, "batch_planner")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_mean_dice",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-epoch{epoch:03d}-dice{val_mean_dice:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                # last.ckpt after every epoch (set every_n_train_steps for mid-epoch saves): what resuming starts from
+                "last_checkpoint.filename": "latest-epoch{epoch:03d}",
+                "last_checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.save_last": True,
+                "last_checkpoint.save_on_train_epoch_end": True,
+                "batch_planner.cache_path": "runs/batch_plans.json",
+                "trainer.precision": "16-mixed",
+                "trainer.max_epochs": 20,
+                "trainer.check_val_every_n_epoch": 5,
+                "trainer.log_every_n_steps": 10,
+                "trainer.default_root_dir": "runs",
+                "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "medseg"}},
+            }
+        )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint; 'last' resumes the newest run of this logger that has a last.ckpt, in the same folder",
+        )
+        parser.link_arguments("data.patch_size", "model.patch_size")
+        for source, target in [
+            ("in_channels", "in_channels"),
+            ("num_classes", "out_channels"),
+            ("class_names", "class_names"),
+            ("channel_names", "channel_names"),
+            ("preprocessing", "preprocessing"),
+        ]:
+            compute = (lambda p: p.to_dict()) if source == "preprocessing" else None
+            parser.link_arguments(f"data.{source}", f"model.{target}", compute_fn=compute, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config["trainer"]
+        accelerator = str(trainer["accelerator"])
+        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        trainer["precision"], reason = resolve_precision(trainer["precision"], "cuda" if on_gpu else "cpu")
+        log.info(reason)
+        if self.config["ckpt_path"] == "last":
+            self.config["ckpt_path"] = resume_last(trainer)
+
+
+def resume_last(trainer_config) -> str | None:
+    """Return the newest last.ckpt of the configured logger's runs, and make this run log into that run's folder."""
+    logger = trainer_config["logger"]
+    args = logger["init_args"] if logger and "init_args" in logger else None
+    if args is None or "save_dir" not in args or "name" not in args:
+        raise MedsegError("--ckpt_path last needs a logger with save_dir and name (e.g. the default CSVLogger); pass a checkpoint path instead")
+    runs = Path(args["save_dir"]) / (args["name"] or "")
+    candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        log.info(f"no last.ckpt under {runs}: starting a new run")
+        return None
+    last = candidates[-1]
+    args["version"] = last.parent.parent.name
+    log.info(f"resuming from {last}")
+    return str(last)
+
+
+def print_summary(result: "TrainResult", class_names: list[str]) -> None:
+    """Print the validated weights' Dice per class, the mean, and where the outputs are."""
+    width = max(len(name) for name in class_names)
+    validated = "the best checkpoint" if result.best_checkpoint else "the last weights (no validation ran during training, so there is no best checkpoint)"
+    lines = ["", f"Validation Dice of {validated}:"]
+    lines += [f"  {name:<{width}}  {result.metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
+    lines += [f"  {'mean':<{width}}  {result.metrics['val_mean_dice']:.4f}  (foreground classes)"]
+    lines += [f"Best checkpoint: {result.best_checkpoint or 'none'}", f"Last checkpoint: {result.last_checkpoint or 'none'}", f"Logs and config: {result.log_dir}"]
+    print("\n".join(lines), flush=True)
+
+
+def checkpoint_bytes(model: SegmentationModule) -> int:
+    """Return the disk space three checkpoints (best, latest, last) need: weights plus two AdamW moments each."""
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 3 * 3 * parameter_bytes + 64 * 2**20
+
+
+def check_output_dir(folder: Path, required_bytes: int) -> None:
+    """Fail before training, not at the first checkpoint, when the run folder is unwritable or the disk nearly full."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise MedsegError(f"{folder}: output folder is not writable ({err.strerror or err})") from None
+    free = shutil.disk_usage(folder).free
+    if free < required_bytes:
+        raise MedsegError(f"{folder}: only {free / 2**20:.0f} MiB free on disk, checkpoints need about {required_bytes / 2**20:.0f} MiB")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the validated weights' metrics and where things are (None: not written)."""
+
+    metrics: dict[str, float]
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    log_dir: Path
+    model: SegmentationModule  # holds the validated weights
+
+
+def build_cli(args: list[str] | None = None) -> MedsegCLI:
+    """Return the parsed CLI with model, data module and trainer built, without running anything."""
+    return MedsegCLI(
+        SegmentationModule,
+        SegmentationDataModule,
+        run=False,
+        args=args,
+        parser_class=OneLineErrorParser,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": __doc__},
+    )
+
+
+def run(args: list[str] | None = None) -> TrainResult:
+    """Train as `args` (default: the command line) say, validate the best checkpoint (else the last weights) and return the results."""
+    cli = build_cli(args)
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    best, last = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
+    if trainer.is_global_zero:
+        check_output_dir(Path(trainer.log_dir), checkpoint_bytes(model))
+    try:
+        # an out-of-memory error mid-training drops to the next smaller verified batch and resumes from last.ckpt
+        trainer = fit_with_oom_recovery(lambda: cli.trainer, model, datamodule, ckpt_path=cli.config["ckpt_path"])
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise MedsegError(f"disk full while writing {err.filename or trainer.log_dir}; earlier checkpoints are intact (written atomically)") from None
+    # read the paths before validate(): restoring the best checkpoint also restores the callbacks' state
+    best_path = Path(best.best_model_path) if best.best_model_path else None
+    last_path = Path(last.last_model_path) if last.last_model_path else None
+    # a run that ended before its first validation (short, max_time, Ctrl-C) validates the weights it has
+    results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+    metrics = {k: float(v) for k, v in results[0].items()}
+    result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)
+    if trainer.is_global_zero:
+        print_summary(result, datamodule.class_names)
+    return result
