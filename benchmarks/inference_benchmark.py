@@ -27,6 +27,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medseg.inference import InferenceOptions, Predictor, TrainedModel
+from medseg.model.networks import network_for
 from medseg.recipe import Recipe
 
 NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}
@@ -67,7 +68,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     recipe = Recipe("UNet", NETWORK, ("CT",), tuple(f"class_{i}" for i in range(args.classes)), tuple(args.patch), precision="16-mixed")
-    network = recipe.build_network().to(device).eval()
+    network = network_for(recipe).to(device).eval()
     model = TrainedModel(recipe, network, Path("benchmark"))
     image = torch.rand(1, 1, *args.size, device=device)
     voxels = image[0, 0].numel()

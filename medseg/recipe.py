@@ -11,11 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
-from medseg.model.networks import build_network
 from medseg.precision import check_precision
 
 RECIPE_VERSION = 2
@@ -80,10 +77,6 @@ class Recipe:
     @property
     def out_channels(self) -> int:
         return len(self.class_names)
-
-    def build_network(self) -> nn.Module:
-        """Return a freshly initialised network of this recipe."""
-        return build_network(self.network, self.in_channels, self.out_channels, **self.network_kwargs)
 
     def with_changes(self, **changes: Any) -> Recipe:
         """Return a copy with ``changes``; ``window`` may be given as a dict of the fields that change."""

@@ -24,6 +24,7 @@ from matplotlib.patches import Patch
 from numpy.typing import ArrayLike
 
 from medseg.data.formats import Case
+from medseg.nifti import read_voxels
 
 MiB = 2**20
 PLANES = ("sagittal", "coronal", "axial")
@@ -140,14 +141,14 @@ def load_volume(image_path: str | Path, label: str | Path | ArrayLike | None = N
         image_path: NIfTI scan (3D, or 4D with channels last).
         label: a label file, or an array in the scan's own voxel order (what ``predict_volume`` returns).
     """
-    image = nib.load(image_path)
+    image, voxels = read_voxels(image_path)
     # io_orientation maps each file axis to its RAS axis and direction; apply_orientation reorders the voxels
     orientation = nib.orientations.io_orientation(image.affine)
-    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    voxels = np.asarray(voxels, dtype=np.float32)
     voxels = voxels[..., 0] if voxels.ndim == 4 else voxels
     labels = None
     if label is not None:
-        labels = np.asarray(nib.load(label).dataobj) if isinstance(label, (str, Path)) else np.asarray(label)
+        labels = read_voxels(label)[1] if isinstance(label, (str, Path)) else np.asarray(label)
         labels = nib.orientations.apply_orientation(labels[..., 0] if labels.ndim == 4 else labels, orientation)
     zooms = image.header.get_zooms()[:3]
     spacing = [0.0, 0.0, 0.0]
@@ -248,9 +249,8 @@ def case_summary(case: Case, class_names: Sequence[str]) -> dict[str, object]:
 
     Reads the case's first image file and its label; the label volumes show class imbalance before training.
     """
-    image = nib.load(case.images[0])
-    label = np.asarray(nib.load(case.label).dataobj)
-    voxels = np.asarray(image.dataobj)
+    image, voxels = read_voxels(case.images[0])
+    _, label = read_voxels(case.label)
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
     voxel_ml = math.prod(spacing) / 1000.0
     row: dict[str, object] = {
@@ -262,13 +262,3 @@ def case_summary(case: Case, class_names: Sequence[str]) -> dict[str, object]:
     }
     row.update({f"{name}_ml": round(float((label == value).sum()) * voxel_ml, 1) for value, name in enumerate(class_names) if value})
     return row
-
-
-def format_rows(rows: Sequence[Mapping[str, object]]) -> str:
-    """Return `rows` (same keys each) as an aligned text table, for notebooks and terminals without pandas."""
-    if not rows:
-        return ""
-    columns = list(rows[0])
-    cells = [columns] + [[str(row[c]) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells)

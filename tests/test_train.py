@@ -9,6 +9,7 @@ import torch
 
 from medseg import precision as precision_module
 from medseg import train
+from medseg.inference import InferenceOptions
 from medseg.training.module import SegmentationModule, rng_states, set_rng_states
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,33 @@ def test_checkpoint_loads_weights_only_and_reproduces_predictions(trained, demo_
     image = torch.rand(1, 1, 40, 36, 20)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.predict_logits(image), trained.model.predict_logits(image), rtol=0, atol=0)
+
+
+def test_checkpoint_recipe_records_the_precision_that_ran_and_the_window_settings(trained):
+    recipe = torch.load(trained.best_checkpoint, map_location="cpu", weights_only=True)["medseg"]
+    assert recipe["precision"] == precision_module.resolve_precision("16-mixed", "cpu")[0]
+    assert recipe["window"] == {"overlap": 0.25, "gaussian": True, "batch_size": 4}
+
+
+def test_inference_runs_the_windows_and_precision_validation_ran(trained):
+    from medseg.inference import Predictor, load_trained_model
+
+    predictor = Predictor(load_trained_model(trained.best_checkpoint), InferenceOptions(device="cpu"))
+    assert predictor.recipe.window == trained.model.recipe.window and predictor.precision == trained.model.recipe.precision
+    image = torch.rand(1, 1, 40, 36, 20, generator=torch.Generator().manual_seed(0))
+    trained.model.eval()
+    with torch.no_grad(), precision_module.autocast(trained.model.recipe.precision, "cpu"):
+        validated = torch.softmax(trained.model.predict_logits(image).float(), dim=1)[0]
+    inferred, _ = predictor.probabilities(image)
+    torch.testing.assert_close(inferred, validated, rtol=1e-5, atol=1e-6)
+
+
+def test_run_that_ends_before_any_validation_validates_the_last_weights(demo_root, tmp_path):
+    args = _tiny_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=5"]
+    result = subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "Validation Dice of the last weights (no validation ran during training" in result.stdout
+    assert "Best checkpoint: none" in result.stdout and "last.ckpt" in result.stdout
 
 
 def test_resolved_config_is_saved_and_reusable(trained):

@@ -179,8 +179,3 @@ def test_case_summary_reports_geometry_and_label_volumes(demo_root):
     assert list(row) == ["case", "shape", "spacing_mm", "orientation", "intensity", "organ_ml", "lesion_ml"]
     assert row["case"] == "phantom_000" and row["orientation"] == "LPS"
     assert row["organ_ml"] > 0 and row["lesion_ml"] > 0
-
-
-def test_rows_format_as_an_aligned_table():
-    text = viz.format_rows([{"case": "a", "ml": 1.5}, {"case": "long_name", "ml": 10.25}])
-    assert text.splitlines() == ["     case     ml", "        a    1.5", "long_name  10.25"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from medseg.errors import MedsegError
+from medseg.model.networks import network_for
 from medseg.recipe import Recipe
 
 WEIGHTS_PREFIX = "net."
@@ -54,7 +55,7 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("medseg"), dict) or "state_dict" not in ckpt:
         raise MedsegError(f"checkpoint {path} is not a medseg checkpoint (no 'medseg' recipe or 'state_dict')")
     recipe = Recipe.from_dict(ckpt["medseg"], source=f"checkpoint {path}")
-    network = recipe.build_network()
+    network = network_for(recipe)
     weights = {k[len(WEIGHTS_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(WEIGHTS_PREFIX)}
     try:
         network.load_state_dict(weights, strict=True)

@@ -101,21 +101,22 @@ class Predictor:
         # Probabilities are resampled (not nearest) back to the scan's grid, then argmaxed there.
         self.invert = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
 
-    def _window_probabilities(self, windows: torch.Tensor) -> torch.Tensor:
-        """Return softmax probabilities of a batch of windows (averaged over flips with TTA)."""
+    def _window_logits(self, windows: torch.Tensor) -> torch.Tensor:
+        """Return float32 logits of a batch of windows (averaged over flips with TTA), blended as validation blends them."""
         network = self.model.network
         with autocast(self.precision, self.device.type):
-            probs = torch.softmax(network(windows).float(), dim=1)
+            logits = network(windows).float()
             if self.options.tta:
                 for dims in FLIP_AXES:
-                    probs += torch.softmax(network(windows.flip(dims)).float(), dim=1).flip(dims)
-                probs /= len(FLIP_AXES) + 1
-        return probs
+                    logits += network(windows.flip(dims)).float().flip(dims)
+                logits /= len(FLIP_AXES) + 1
+        return logits
 
     def probabilities(self, image: torch.Tensor) -> tuple[torch.Tensor, str]:
         """Return softmax probabilities (classes, X, Y, Z) on the CPU for a (1, C, X, Y, Z) image, and the route taken.
 
-        The output is stitched on the window device, or on the CPU when it does not fit there (MONAI's
+        Window logits are blended as validation blends them, then turned into probabilities. The output
+        is stitched on the window device, or on the CPU when it does not fit there (MONAI's
         adaptive inferer). If the windows themselves run out of memory, the window batch is halved and the
         scan retried; the next scan starts again from the recipe's batch.
         """
@@ -123,7 +124,7 @@ class Predictor:
         while True:
             try:
                 with torch.inference_mode():
-                    probs = window_inferer(self.recipe, batch, self.device)(image.to(self.device), self._window_probabilities)
+                    logits = window_inferer(self.recipe, batch, self.device)(image.to(self.device), self._window_logits)
                 break
             except RuntimeError as err:
                 if not is_out_of_memory(err):
@@ -133,8 +134,8 @@ class Predictor:
                 raise MedsegError(f"out of memory on {self.device} even with window batch 1 and stitching on the CPU")
             batch //= 2
             notes.append(f"out of memory, retried with window batch {batch}")
-        route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {probs.device}"
-        return probs[0].cpu(), route + "".join(f"; {note}" for note in notes)
+        route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {logits.device}"
+        return torch.softmax(logits[0].cpu(), dim=0), route + "".join(f"; {note}" for note in notes)
 
     def predict(self, case: Case, reference: NiftiImage | None = None) -> Prediction:
         """Return the segmentation of ``case`` on its own grid (shape, voxel order and affine of its first file).

@@ -6,6 +6,7 @@ from medseg.memory.estimate import estimate_memory
 from medseg.memory.measure import training_setup
 from medseg.memory.plan import BatchPlan, PlanCache, plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
+from medseg.model.networks import network_for
 from medseg.recipe import Recipe
 
 # a comparison shows how far each precision goes, beyond the 1024 cap that training plans use
@@ -27,5 +28,5 @@ def estimated_plans(recipe: Recipe, precisions: list[str], capacity_bytes: int, 
 
 def measured_plans(recipe: Recipe, precisions: list[str], budget_fraction: float, cache: PlanCache) -> list[BatchPlan]:
     """Return per-precision plans measured with real trial steps on the current CUDA GPU."""
-    setup = training_setup(recipe, recipe.build_network().cuda())
+    setup = training_setup(recipe, network_for(recipe).cuda())
     return [plan_on_device(setup, precision, budget_fraction, max_batch_size=COMPARISON_MAX_BATCH_SIZE, cache=cache) for precision in precisions]

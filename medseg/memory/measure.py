@@ -19,6 +19,7 @@ from torch import nn
 from medseg.errors import MedsegError
 from medseg.memory.oom import is_out_of_memory, release_memory
 from medseg.model.loss import segmentation_loss
+from medseg.model.networks import network_for
 from medseg.precision import autocast
 from medseg.recipe import Recipe
 
@@ -74,7 +75,7 @@ def training_setup(recipe: Recipe, net: nn.Module | None = None, make_optimizer:
     """
     config = {"network": recipe.network, "network_kwargs": dict(recipe.network_kwargs), "in_channels": recipe.in_channels, "out_channels": recipe.out_channels}
     return TrainingSetup(
-        net=net if net is not None else recipe.build_network(),
+        net=net if net is not None else network_for(recipe),
         loss_fn=segmentation_loss(),
         make_optimizer=make_optimizer or torch.optim.AdamW,
         in_channels=recipe.in_channels,

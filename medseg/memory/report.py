@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from medseg.atomic import atomic_target, write_text_atomic
 from medseg.memory.plan import BatchPlan
+from medseg.tables import format_rows
 
 MiB = 2**20
 
@@ -50,13 +51,10 @@ def format_table(plans: Sequence[BatchPlan]) -> str:
         ("batch", "batch_size", 0), ("peak MiB", "measured_peak_mib", 1), ("samples/s", "samples_per_second", 1),
         ("per-sample vs fp32", "per_sample_ratio_to_fp32", 3), ("fixed vs fp32", "fixed_ratio_to_fp32", 3),
     ]
-    cells = [[title for title, _, _ in columns]]
-    cells += [[_cell(row[key], digits) for _, key, digits in columns] for row in comparison(plans)]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    rows = [{title: _cell(row[key], digits) for title, key, digits in columns} for row in comparison(plans)]
     first = plans[0]
     header = f"device: {first.device_name} ({first.backend}), budget {first.budget_bytes / MiB:.0f} MiB"
-    return "\n".join([header, *lines])
+    return f"{header}\n{format_rows(rows)}"
 
 
 def plot_memory(

@@ -8,6 +8,7 @@ from monai.networks import nets
 from torch import nn
 
 from medseg.errors import MedsegError
+from medseg.recipe import Recipe
 
 NETWORKS = {"UNet": nets.UNet, "DynUNet": nets.DynUNet, "SegResNet": nets.SegResNet}
 
@@ -27,3 +28,8 @@ def build_network(name: str, in_channels: int, out_channels: int, **kwargs: Any)
         return NETWORKS[name](spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         raise MedsegError(f"bad arguments for network {name} {kwargs}: {err}") from None
+
+
+def network_for(recipe: Recipe) -> nn.Module:
+    """Return a freshly initialised network of the recipe's kind, arguments, channels and classes."""
+    return build_network(recipe.network, recipe.in_channels, recipe.out_channels, **recipe.network_kwargs)

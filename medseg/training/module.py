@@ -15,6 +15,7 @@ from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
 from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
+from medseg.model.networks import network_for
 from medseg.recipe import Recipe, Window
 
 DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
@@ -91,7 +92,7 @@ class SegmentationModule(L.LightningModule):
             preprocessing=Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing(),
             window=Window(overlap=sw_overlap, gaussian=sw_gaussian, batch_size=sw_batch_size),
         )
-        self.net = self.recipe.build_network()
+        self.net = network_for(self.recipe)
         self.loss_fn = segmentation_loss()
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
         self.nonfinite_steps = 0
