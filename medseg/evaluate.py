@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from monai.networks.utils import one_hot
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import is_dataset, read_dataset
 from medseg.errors import MedsegError
+from medseg.inference.runner import RECIPE_FILE
 from medseg.nifti import case_name, is_nifti, read_voxels, same_grid
+from medseg.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,23 @@ def _ground_truth(source: Path) -> tuple[dict[str, Path], list[str]]:
     return {case_name(p): p for p in sorted(source.iterdir()) if is_nifti(p)}, []
 
 
+def _recipe_class_names(predictions: Path) -> list[str]:
+    """Return the class names of the recipe inference wrote beside the predictions, or none."""
+    path = predictions / RECIPE_FILE
+    if not path.is_file():
+        return []
+    try:
+        return list(Recipe.from_dict(json.loads(path.read_text()), source=path).class_names)
+    except json.JSONDecodeError as err:
+        raise MedsegError(f"{path}: not valid JSON ({err})") from None
+
+
 def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
     """Return the scores of every prediction in `predictions` (a folder) that has a ground truth.
 
     `ground_truth` is a folder of label maps with the same file names, or a dataset (folder or
-    dataset.json) whose class names then label the columns. A prediction without ground truth is
-    an error, so a typo cannot shrink the test set.
+    dataset.json). Columns are named by the dataset's classes, else by the recipe ``medseg.infer`` wrote
+    beside the predictions. A prediction without ground truth is an error, so a typo cannot shrink the test set.
     """
     predictions, ground_truth = Path(predictions), Path(ground_truth)
     if not predictions.is_dir():
@@ -128,6 +142,7 @@ def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
     if not ground_truth.exists():
         raise MedsegError(f"ground truth {ground_truth} does not exist")
     truths, declared = _ground_truth(ground_truth)
+    declared = declared or _recipe_class_names(predictions)
     files = sorted(p for p in predictions.iterdir() if is_nifti(p))
     if not files:
         raise MedsegError(f"{predictions} holds no .nii or .nii.gz predictions")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from medseg.atomic import write_text_atomic
 from medseg.data.formats import find_scans
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import load_trained_model
@@ -15,6 +17,8 @@ from medseg.inference.predictor import InferenceOptions, Predictor
 from medseg.nifti import like_reference, write_atomic
 
 PROBABILITIES_FOLDER = "probabilities"
+# What inference ran (the checkpoint's recipe with this run's overrides and precision); evaluation reads its class names.
+RECIPE_FILE = "recipe.json"
 
 
 @dataclass
@@ -40,7 +44,7 @@ def segment_scans(
     options: InferenceOptions | None = None,
     overwrite: bool = False,
 ) -> RunSummary:
-    """Return the summary after writing ``OUTPUT/<case>.nii.gz`` for every scan in `source`.
+    """Return the summary after writing ``OUTPUT/<case>.nii.gz`` for every scan in `source`, and ``OUTPUT/recipe.json``.
 
     Existing outputs are skipped unless `overwrite`; a failing scan is recorded and the rest go on.
     Inputs are never written: an output path that is an input file is refused before anything runs.
@@ -55,6 +59,8 @@ def segment_scans(
             raise MedsegError(f"output {target} would overwrite the input scan; choose another --output folder")
     model = load_trained_model(checkpoint)
     predictor = Predictor(model, options)
+    ran = predictor.recipe.with_changes(precision=predictor.precision)
+    write_text_atomic(output / RECIPE_FILE, json.dumps(ran.to_dict(), indent=2))
     summary = RunSummary()
     progress = tqdm(cases, desc="segmenting", unit="scan", file=sys.stderr)
     for case in progress:

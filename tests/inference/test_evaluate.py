@@ -13,6 +13,7 @@ import pytest
 
 from medseg.errors import MedsegError
 from medseg.evaluate import evaluate, main
+from medseg.recipe import Recipe
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm slices: HD95 must count z steps double
 
@@ -73,6 +74,13 @@ def test_class_names_come_from_a_dataset_file(folders, tmp_path):
         {"image": f"./images/{c}.nii.gz", "label": f"./gt/{c}.nii.gz"} for c in ("c1", "c2")]}
     (tmp_path / "dataset.json").write_text(json.dumps(spec))
     assert evaluate(pred, tmp_path / "dataset.json").class_names == ["liver", "tumour"]
+
+
+def test_class_names_come_from_the_recipe_inference_wrote_beside_the_predictions(folders):
+    pred, gt = folders
+    recipe = Recipe("UNet", {}, ("CT",), ("background", "spleen", "cyst"), (16, 16, 16))
+    (pred / "recipe.json").write_text(json.dumps(recipe.to_dict()))
+    assert evaluate(pred, gt).class_names == ["spleen", "cyst"]
 
 
 def test_mismatched_grid_is_an_error_naming_both_files(folders, capsys):

@@ -65,7 +65,7 @@ def test_inputs_are_never_modified_and_no_temporary_files_remain(random_checkpoi
     before = _digest(scans)
     assert _run(random_checkpoint, scans, tmp_path / "out", "--probabilities") == 0
     assert _digest(scans) == before
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz", "probabilities"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz", "probabilities", "recipe.json"]
     probabilities = nib.load(tmp_path / "out" / "probabilities" / "a.nii.gz")
     assert probabilities.shape == (24, 22, 20, 3)
     np.testing.assert_array_equal(probabilities.affine, AFFINE)
@@ -84,7 +84,7 @@ def test_a_failed_write_leaves_neither_a_partial_output_nor_a_temporary_file(ran
     monkeypatch.setattr(nifti.nib, "save", disk_full)
     summary = segment_scans(random_checkpoint, scans, tmp_path / "out", InferenceOptions(sw_batch_size=2))
     assert [name for name, _ in summary.failed] == ["a", "b"]
-    assert list((tmp_path / "out").iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["recipe.json"]
 
 
 def test_the_route_taken_is_shown_for_each_scan(random_checkpoint, scans, tmp_path, capsys):
@@ -120,7 +120,7 @@ def test_bad_scans_fail_with_one_line_each_while_the_others_are_done(random_chec
     assert sorted(failures) == sorted(expected)
     for name, pattern in expected.items():
         assert re.search(pattern, failures[name]), failures[name]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "recipe.json"]
 
 
 def test_multichannel_scans_are_read_from_channel_files_or_a_4d_file(tmp_path):
