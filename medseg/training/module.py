@@ -122,8 +122,9 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Return logits for whole volumes (B, C, X, Y, Z) with the recipe's sliding windows, as inference runs them."""
-        return window_inferer(self.recipe)(image, self.net)
+        """Return logits for whole volumes (B, C, X, Y, Z), stitched where ``image`` is, with the recipe's sliding
+        windows run on the model's device, as inference runs them."""
+        return window_inferer(self.recipe, window_device=self.device)(image, self.net)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.predict_logits(batch["image"])
@@ -159,6 +160,13 @@ class SegmentationModule(L.LightningModule):
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """Size the learning-rate decay to the optimizer steps training will take now: the batch planner changes
+        them after ``configure_optimizers`` ran, and a resumed checkpoint brings back the old count."""
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.total_iters = total_steps
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``."""
