@@ -53,7 +53,8 @@ class BatchSizePlanner(lightning.Callback):
         effective_batch_size: samples per optimizer step across all ranks, made up by gradient accumulation
             when the memory-limited batch is smaller; None trains at the planned batch without accumulation.
         max_batch_size: never plan above this (an OOM recovery lowers it).
-        cache_path: JSON file of plans keyed by model, patch, precision, GPU and budget; None re-plans every run.
+        cache_path: JSON file of plans keyed by model, patch, precision, GPU and budget, relative to the trainer's
+            ``default_root_dir``; None re-plans every run.
         size_sliding_window: also plan forward-only windows and record the size in the module's recipe.
         simulated_device: plan against this stand-in GPU instead of CUDA (tests, CPU demos).
         enabled: False keeps the configured batch size (a config that fixes it); accumulation still applies.
@@ -78,7 +79,8 @@ class BatchSizePlanner(lightning.Callback):
         self.budget_fraction = check_budget_fraction(budget_fraction)
         self.effective_batch_size = effective_batch_size
         self.max_batch_size = max_batch_size
-        self.cache = PlanCache(cache_path) if cache_path else None
+        self.cache_path = cache_path
+        self.cache: PlanCache | None = None
         self.size_sliding_window = size_sliding_window
         self.simulated_device = simulated_device
         self.enabled = enabled
@@ -93,6 +95,8 @@ class BatchSizePlanner(lightning.Callback):
             raise MedsegError("the batch planner needs trainer.fit(model, datamodule=...) to set the batch size")
         precision = str(trainer.precision)
         batch_size = datamodule.batch_size
+        # next to the runs, not in whatever folder training was started from
+        self.cache = PlanCache(Path(trainer.default_root_dir) / self.cache_path) if self.cache_path else None
         if not self.enabled:
             log.info("batch planner: disabled, keeping the configured batch size %d", batch_size)
         elif self.simulated_device is None and pl_module.device.type != "cuda":

@@ -158,3 +158,13 @@ def test_a_rank_whose_planning_fails_still_joins_the_gather(tiny_module, make_tr
     with pytest.raises(MedsegError, match="batch size 1 does not fit"):
         make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=RandomPatches(batch_size=1))
     assert gathered == [[0, 0]]
+
+
+def test_plan_cache_is_written_in_the_trainer_s_root_folder(tiny_module, make_trainer, tmp_path, monkeypatch) -> None:
+    started_in = tmp_path / "elsewhere"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
+    planner = BatchSizePlanner(cache_path="plans.json", simulated_device=SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB)))
+    make_trainer(callbacks=[planner], max_steps=1, default_root_dir=tmp_path / "runs").fit(tiny_module, datamodule=RandomPatches(batch_size=1))
+    assert (tmp_path / "runs" / "plans.json").is_file()
+    assert list(started_in.iterdir()) == []
