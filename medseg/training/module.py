@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -16,6 +17,8 @@ from medseg.errors import MedsegError
 from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
 from medseg.recipe import Recipe, Window
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
 
@@ -195,8 +198,18 @@ def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what ``rng_states`` returned."""
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        set_cuda_rng_states(states["cuda"])
     kind, keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     version, state, gauss = states["python"]
     random.setstate((version, tuple(state), gauss))
+
+
+def set_cuda_rng_states(states: list[torch.Tensor]) -> None:
+    """Restore per-GPU random states on the GPUs this machine has; a checkpoint from a machine with more GPUs
+    has states for GPUs that are not here (``set_rng_state_all`` raises IndexError then), and those are left out."""
+    count = torch.cuda.device_count()
+    for index, state in enumerate(states[:count]):
+        torch.cuda.set_rng_state(state, index)
+    if len(states) > count:
+        log.warning("the checkpoint has random states of %d GPUs, this machine %d: restored those of GPUs 0-%d only", len(states), count, count - 1)

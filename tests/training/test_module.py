@@ -1,12 +1,16 @@
-"""The training module's learning-rate schedule follows the steps training really takes."""
+"""The training module: its learning-rate schedule follows the steps training really takes; random states resume on fewer GPUs."""
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medseg.memory.simulate import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.module import rng_states, set_rng_states
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery
 from tests.memory.fakes import MiB, RandomPatches, linear_curve
 
@@ -57,3 +61,15 @@ def test_schedule_of_a_resumed_run_spans_its_steps_not_the_checkpoint_s(tiny_mod
     resumed = make_trainer(max_epochs=2, callbacks=[schedule])
     resumed.fit(tiny_module, datamodule=RandomPatches(batch_size=2, num_samples=8), ckpt_path=tmp_path / "last.ckpt")
     assert schedule.seen == [(8, 8)]
+
+
+def test_resuming_on_fewer_gpus_restores_the_random_states_of_the_gpus_there(monkeypatch, caplog) -> None:
+    states = {**rng_states(), "cuda": [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)]}  # saved on 2 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((int(state[0]), device)))
+    with caplog.at_level(logging.WARNING, logger="medseg.training.module"):
+        set_rng_states(states)
+    assert restored == [(7, 0)]
+    assert "random states of 2 GPUs, this machine 1" in caplog.text
