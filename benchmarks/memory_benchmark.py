@@ -3,6 +3,8 @@
 On a CUDA GPU it records: peak memory at each tried batch size, the planner's predicted vs measured peak at its
 chosen size, the CPU-style byte estimate at that size, planner wall time, training throughput at the largest
 and at a common batch size, and Lightning's ``Tuner.scale_batch_size`` (binsearch) found size and time.
+Planning is uncapped (the comparison's 65536, not training's 1024), so on a large GPU the precisions are
+compared at the sizes memory allows; a step that runs out of memory anywhere is recorded as None.
 Without a GPU it records the CPU estimator's figures (fixed and per-sample bytes per precision, and the
 batch sizes those imply for a simulated GPU of ``--capacity-gib``).
 
@@ -18,9 +20,11 @@ import json
 import os
 import platform
 import sys
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 from lightning.pytorch.tuner import Tuner
@@ -28,14 +32,28 @@ import monai
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medseg.memory.compare import COMPARISON_MAX_BATCH_SIZE
 from medseg.memory.estimate import estimate_memory, estimate_step
 from medseg.memory.measure import measure_cuda_step, training_setup
+from medseg.memory.oom import is_out_of_memory, release_memory
 from medseg.memory.plan import plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
 from medseg.precision import PRECISIONS
 from medseg.training.module import SegmentationModule
 
 MiB = 2**20
+T = TypeVar("T")
+
+
+def unless_out_of_memory(run: Callable[[], T]) -> T | None:
+    """Return ``run()``, or None when it ran out of memory: the benchmark records the gap and goes on."""
+    try:
+        return run()
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+    release_memory()  # outside the except block, where the error no longer pins the failed step's tensors
+    return None
 
 
 def cpu_figures(module: SegmentationModule, precisions: list[str], capacity_gib: float) -> dict[str, Any]:
@@ -69,7 +87,8 @@ class RandomPatches(Dataset):
         return 1_000_000
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"image": torch.randn(self.channels, *self.shape), "label": torch.randint(0, self.classes, (1, *self.shape))}
+        # float32 labels, as the data module delivers them
+        return {"image": torch.randn(self.channels, *self.shape), "label": torch.randint(0, self.classes, (1, *self.shape)).float()}
 
 
 class RandomData(L.LightningDataModule):
@@ -78,19 +97,25 @@ class RandomData(L.LightningDataModule):
         self.dataset, self.batch_size = dataset, batch_size
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, num_workers=4)
+        # batches are built in this process: worker prefetching would hold several of the tuner's largest in host memory
+        return DataLoader(self.dataset, batch_size=self.batch_size, num_workers=0)
 
 
-def lightning_tuner(precision: str) -> dict[str, Any]:
-    """Lightning's binsearch batch-size finder on the same model and GPU, for comparison."""
+def lightning_tuner(precision: str, planned_batch_size: int) -> dict[str, Any]:
+    """Lightning's binsearch batch-size finder on the same model and GPU, for comparison.
+
+    Its doubling from 2 stops one doubling past the planner's size, so host memory stays bounded (a random
+    batch of 8192 default patches is 8 GiB) while the tuner can still find more than the planner.
+    """
     module = SegmentationModule()
     h = module.hparams
     data = RandomData(RandomPatches(h.in_channels, h.out_channels, tuple(h.patch_size)), batch_size=2)
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trials = max(1, math.ceil(math.log2(max(planned_batch_size, 2) / 2)) + 1)
     start = time.perf_counter()
-    found = Tuner(trainer).scale_batch_size(module, datamodule=data, mode="binsearch", max_trials=12)
-    return {"batch_size": found, "seconds": time.perf_counter() - start}
+    found = unless_out_of_memory(lambda: Tuner(trainer).scale_batch_size(module, datamodule=data, mode="binsearch", max_trials=trials))
+    return {"batch_size": found, "seconds": time.perf_counter() - start, "max_trials": trials}
 
 
 def cuda_figures(module: SegmentationModule, precisions: list[str]) -> dict[str, Any]:
@@ -99,8 +124,9 @@ def cuda_figures(module: SegmentationModule, precisions: list[str]) -> dict[str,
     setup = training_setup(module.recipe, module.net)
     results: dict[str, Any] = {}
     for precision in precisions:
-        plan = plan_on_device(setup, precision)
-        estimate = estimate_step(setup, plan.batch_size, precision)
+        plan = plan_on_device(setup, precision, max_batch_size=COMPARISON_MAX_BATCH_SIZE)
+        # the estimator runs a real step at the planned size, beside what planning left cached
+        estimate = unless_out_of_memory(lambda: estimate_step(setup, plan.batch_size, precision))
         results[precision] = {
             "trials": [{"batch_size": t.batch_size, "peak_mib": None if t.peak_bytes is None else t.peak_bytes / MiB} for t in plan.trials],
             "batch_size": plan.batch_size,
@@ -108,8 +134,8 @@ def cuda_figures(module: SegmentationModule, precisions: list[str]) -> dict[str,
             "predicted_peak_mib": plan.predicted_peak_bytes / MiB,
             "measured_peak_mib": plan.measured_peak_bytes / MiB,
             "budget_used": plan.measured_peak_bytes / plan.budget_bytes,
-            "estimator_peak_mib": estimate.peak_bytes / MiB,
-            "estimator_error": estimate.peak_bytes / plan.measured_peak_bytes - 1,
+            "estimator_peak_mib": None if estimate is None else estimate.peak_bytes / MiB,
+            "estimator_error": None if estimate is None else estimate.peak_bytes / plan.measured_peak_bytes - 1,
             "fixed_mib": plan.fixed_bytes / MiB,
             "per_sample_mib": plan.per_sample_bytes / MiB,
             "plan_seconds": plan.plan_seconds,
@@ -117,10 +143,10 @@ def cuda_figures(module: SegmentationModule, precisions: list[str]) -> dict[str,
     common = min(r["batch_size"] for r in results.values())
     for precision, row in results.items():
         for key, size in (("largest", row["batch_size"]), ("common", common)):
-            timed = measure_cuda_step(setup, size, precision, steps=5)
-            row[f"samples_per_second_{key}"] = size / timed.seconds
+            timed = measure_cuda_step(setup, size, precision, steps=5)  # out of memory: a failed measurement
+            row[f"samples_per_second_{key}"] = size / timed.seconds if timed.fits else None
         row["common_batch_size"] = common
-        row["lightning_tuner"] = lightning_tuner(precision)
+        row["lightning_tuner"] = lightning_tuner(precision, row["batch_size"])
     return results
 
 
@@ -139,13 +165,18 @@ def cpu_cells(row: dict[str, Any], fp32_per_sample: float) -> list[str]:
     ]
 
 
+def cell(value: float | None, spec: str) -> str:
+    """Format ``value``, or "OOM" where its step ran out of memory."""
+    return "OOM" if value is None else format(value, spec)
+
+
 def cuda_cells(row: dict[str, Any], fp32_per_sample: float) -> list[str]:
     tuner = row["lightning_tuner"]
     return [
         str(row["batch_size"]), f"{row['predicted_peak_mib']:.0f}", f"{row['measured_peak_mib']:.0f}", f"{row['budget_used']:.1%}",
-        f"{row['estimator_error']:+.1%}", f"{row['per_sample_mib'] / fp32_per_sample:.3f}", f"{row['plan_seconds']:.1f}",
-        f"{row['samples_per_second_largest']:.1f}", f"{row['samples_per_second_common']:.1f} (b={row['common_batch_size']})",
-        f"{tuner['batch_size']} ({tuner['seconds']:.1f})",
+        cell(row["estimator_error"], "+.1%"), f"{row['per_sample_mib'] / fp32_per_sample:.3f}", f"{row['plan_seconds']:.1f}",
+        cell(row["samples_per_second_largest"], ".1f"), f"{cell(row['samples_per_second_common'], '.1f')} (b={row['common_batch_size']})",
+        f"{cell(tuner['batch_size'], 'd')} ({tuner['seconds']:.1f}, {tuner['max_trials']} trials)",
     ]
 
 

@@ -27,11 +27,16 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
+# Bit-for-bit comparable on a GPU too: deterministic kernels (cuDNN's autotuned and atomic-add backward ones are
+# not), fp32, and a fixed batch (each run would plan its own on a GPU).
+REPRODUCIBLE = ["--trainer.max_epochs=3", "--trainer.deterministic=true", "--trainer.precision=32-true", "--batch_planner.enabled=false"]
+
+
 def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path):
-    args = _tiny_args(demo_root, tmp_path / "straight") + ["--trainer.max_epochs=3"]
+    args = _tiny_args(demo_root, tmp_path / "straight") + REPRODUCIBLE
     straight = train.run(args)
 
-    crashing = _tiny_args(demo_root, tmp_path / "crashed") + ["--trainer.max_epochs=3"]
+    crashing = _tiny_args(demo_root, tmp_path / "crashed") + REPRODUCIBLE
     killed = _train_subprocess(crashing + ["--trainer.callbacks+=crash.KillAtStep", "--trainer.callbacks.step=5"])
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "crashed" / "medseg" / "version_0"

@@ -101,29 +101,47 @@ def device_of(net: nn.Module) -> torch.device:
 
 
 def run_training_step(
-    setup: TrainingSetup, batch_size: int, precision: str, train: bool = True, batch: dict[str, torch.Tensor] | None = None
+    setup: TrainingSetup,
+    batch_size: int,
+    precision: str,
+    train: bool = True,
+    batch: dict[str, torch.Tensor] | None = None,
+    steps: int = 1,
+    after_step: Callable[[], None] | None = None,
 ) -> None:
-    """Run one step at ``batch_size``: forward+loss under autocast, then backward, optimizer step, zero_grad.
+    """Run ``steps`` steps at ``batch_size`` with one optimizer: forward+loss under autocast, then backward and optimizer step.
 
-    With ``train=False`` only the forward pass runs, under no_grad (sliding-window inference sizing).
-    ``batch`` defaults to a random one on the network's device. Every tensor the step creates is local,
-    so it is freed when this returns or raises.
+    Steps follow Lightning's order: the previous step's gradients are released after the forward pass, not
+    before it. So from the second step on, the forward pass holds them and the optimizer state, as steady-state
+    training does (a single step with a fresh optimizer counts neither). With ``train=False`` only forward passes
+    run, under no_grad (sliding-window inference sizing). ``batch`` defaults to a random one on the network's
+    device; ``after_step`` is called after each step (timing). Every tensor the steps create is local, so it is
+    freed when this returns or raises.
     """
     device = device_of(setup.net)
     batch = batch if batch is not None else synthetic_batch(setup, batch_size, device)
     setup.net.train(train)
     if not train:
         with torch.no_grad(), autocast(precision, device.type):
-            setup.net(batch["image"])
+            for _ in range(steps):
+                setup.net(batch["image"])
+                if after_step is not None:
+                    after_step()
         return
     optimizer = setup.make_optimizer(setup.net.parameters())
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    # training's scaler starts at 65536, whose first steps may overflow and skip optimizer.step: the trial would
+    # then never create the optimizer state it is meant to count. Memory does not depend on the scale.
+    scaler = torch.amp.GradScaler(device.type, init_scale=1.0, enabled=precision == "16-mixed")
     try:
-        with autocast(precision, device.type):
-            loss = setup.loss_fn(setup.net(batch["image"]), batch["label"])
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        for _ in range(steps):
+            with autocast(precision, device.type):
+                loss = setup.loss_fn(setup.net(batch["image"]), batch["label"])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if after_step is not None:
+                after_step()
     finally:
         # set_to_none frees the gradients even when backward ran out of memory half way
         optimizer.zero_grad(set_to_none=True)
@@ -142,9 +160,10 @@ def preserved_weights(net: nn.Module) -> Iterator[None]:
 
 
 def measure_cuda_step(setup: TrainingSetup, batch_size: int, precision: str, train: bool = True, steps: int = 1) -> StepMeasurement:
-    """Return the peak CUDA memory of ``steps`` steps at ``batch_size`` (None when out of memory).
+    """Return the peak CUDA memory of ``steps`` steps with one optimizer at ``batch_size`` (None when out of memory).
 
-    The time is that of the last step, so ``steps=2`` leaves cuDNN autotuning out of throughput figures.
+    ``steps=2`` counts the optimizer state and previous gradients steady-state training holds, and, since the
+    time is that of the last step, leaves cuDNN autotuning out of throughput figures.
     Memory is released before returning either way, so one trial leaves nothing behind for the next.
     """
     device = device_of(setup.net)
@@ -153,14 +172,15 @@ def measure_cuda_step(setup: TrainingSetup, batch_size: int, precision: str, tra
 
     def timed_steps() -> tuple[int, float | None]:
         torch.cuda.reset_peak_memory_stats(device)
-        seconds = 0.0
-        for _ in range(steps):
+        times: list[float] = []
+
+        def mark() -> None:
             torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            run_training_step(setup, batch_size, precision, train)
-            torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-        return torch.cuda.max_memory_allocated(device), seconds
+            times.append(time.perf_counter())
+
+        mark()
+        run_training_step(setup, batch_size, precision, train, steps=steps, after_step=mark)
+        return torch.cuda.max_memory_allocated(device), times[-1] - times[-2]
 
     return run_trial(timed_steps, batch_size, precision)
 

@@ -74,6 +74,9 @@ class BatchPlan:
         device_name: the device planned on (cache key).
         backend: "cuda", "simulated" or "cpu-estimator+simulated".
         train: False for forward-only (inference) planning.
+        cache_key: the plan cache key it is stored under ("" when not cached).
+        failed_batch_size: smallest size that ran out of memory in training after planning (a larger case,
+            fragmentation); later runs stay below it.
     """
 
     precision: str
@@ -89,11 +92,22 @@ class BatchPlan:
     device_name: str = ""
     backend: str = ""
     train: bool = True
+    cache_key: str = ""
+    failed_batch_size: int | None = None
 
     @property
     def verified_batch_sizes(self) -> list[int]:
         """Return the sizes whose trials fitted within the budget, largest first (for OOM back-off)."""
         return sorted({t.batch_size for t in self.trials if _within(t, self.budget_bytes)}, reverse=True)
+
+    def usable_batch_size(self, max_batch_size: int) -> int:
+        """Return the largest verified size within ``max_batch_size`` and below ``failed_batch_size``.
+
+        Without one, the limit itself: a smaller size than a verified one fits too, and the limit comes from an
+        out-of-memory recovery.
+        """
+        limit = min(max_batch_size, (self.failed_batch_size or max_batch_size + 1) - 1)
+        return max((b for b in self.verified_batch_sizes if b <= limit), default=limit)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -197,12 +211,16 @@ def _fit_measured(trials: Sequence[StepMeasurement]) -> MemoryFit | None:
 
 
 def plan_key(
-    config: dict[str, Any], patch_size: Sequence[int], precision: str, device_name: str, budget_fraction: float, train: bool, max_batch_size: int
+    config: dict[str, Any], patch_size: Sequence[int], precision: str, device_name: str, budget_bytes: int, train: bool, max_batch_size: int
 ) -> str:
-    """Return the cache key of a plan: a hash of everything that changes its outcome."""
+    """Return the cache key of a plan: a hash of everything that changes its outcome.
+
+    The budget (the share of the memory free at planning time) counts in whole GiB, so a plan made on an idle
+    GPU is not reused on a busy one, while the few MiB free memory varies between runs still find the plan.
+    """
     parts = {
         "config": config, "patch_size": list(patch_size), "precision": precision, "device": device_name,
-        "budget_fraction": budget_fraction, "train": train, "max_batch_size": max_batch_size,
+        "budget_gib": budget_bytes // 2**30, "train": train, "max_batch_size": max_batch_size,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -233,6 +251,11 @@ class PlanCache:
         # DDP ranks share the file: no reader may ever see half of it
         write_text_atomic(self.path, json.dumps(entries, indent=2))
 
+    def record_out_of_memory(self, plan: BatchPlan, batch_size: int) -> None:
+        """Store that training at ``batch_size`` ran out of memory, so that the next run of this plan stays below it."""
+        plan.failed_batch_size = min(batch_size, plan.failed_batch_size or batch_size)
+        self.put(plan.cache_key, plan)
+
 
 def _probe(setup: TrainingSetup, precision: str, budget_fraction: float, train: bool, simulated_device: SimulatedDevice | None) -> tuple[Probe, int, str, str]:
     """Return (probe, budget bytes, device name, backend) for the device the model is on, or the simulated one."""
@@ -255,20 +278,33 @@ def plan_on_device(
     max_batch_size: int = 1024,
     cache: PlanCache | None = None,
     simulated_device: SimulatedDevice | None = None,
+    reserved_bytes: int = 0,
 ) -> BatchPlan:
-    """Return the cached plan for this model, patch, precision and GPU, or plan now (weights restored) and cache it.
+    """Return the cached plan for this model, patch, precision, GPU and budget once one step re-verifies it, or plan
+    now (weights restored) and cache it.
 
     ``train=False`` plans forward-only steps under no_grad: the sliding-window batch size for inference.
+    ``reserved_bytes`` is left out of the budget for what the steps do not hold themselves but share the GPU
+    with (validation windows run beside the training state).
     """
     probe, budget, device_name, backend = _probe(setup, precision, budget_fraction, train, simulated_device)
-    key = plan_key(setup.config, setup.patch_size, precision, device_name, budget_fraction, train, max_batch_size)
+    budget -= reserved_bytes
+    key = plan_key(setup.config, setup.patch_size, precision, device_name, budget, train, max_batch_size)
     cached = cache.get(key) if cache else None
+    failed = None
     if cached is not None:
-        log.info("batch planner: using the cached %s plan from %s", precision, cache.path)
-        return cached
+        size = cached.usable_batch_size(max_batch_size)
+        with preserved_weights(setup.net):
+            check = probe(size)
+        if _within(check, budget):
+            log.info("batch planner: using the cached %s plan from %s (batch size %d re-verified)", precision, cache.path, size)
+            return cached
+        log.info("batch planner: the cached %s plan's batch size %d no longer fits: planning again", precision, size)
+        failed = cached.failed_batch_size
     with preserved_weights(setup.net):
         plan = plan_batch_size(probe, precision, budget, max_batch_size=max_batch_size)
-    plan.device_name, plan.backend, plan.train = device_name, backend, train
+    plan.device_name, plan.backend, plan.train, plan.failed_batch_size = device_name, backend, train, failed
     if cache:
+        plan.cache_key = key
         cache.put(key, plan)
     return plan

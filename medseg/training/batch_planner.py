@@ -6,12 +6,14 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import lightning
 import torch
+from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from torch import nn
 
 from medseg.atomic import write_text_atomic
@@ -51,10 +53,12 @@ class BatchSizePlanner(lightning.Callback):
         effective_batch_size: samples per optimizer step across all ranks, made up by gradient accumulation
             when the memory-limited batch is smaller; None trains at the planned batch without accumulation.
         max_batch_size: never plan above this (an OOM recovery lowers it).
-        cache_path: JSON file of plans keyed by model, patch, precision and GPU; None re-plans every run.
+        cache_path: JSON file of plans keyed by model, patch, precision, GPU and budget, relative to the trainer's
+            ``default_root_dir``; None re-plans every run.
         size_sliding_window: also plan forward-only windows and record the size in the module's recipe.
         simulated_device: plan against this stand-in GPU instead of CUDA (tests, CPU demos).
         enabled: False keeps the configured batch size (a config that fixes it); accumulation still applies.
+        max_window_batch_size: never plan validation windows above this (an OOM in validation lowers it).
 
     Without CUDA and without a simulated device the configured batch size is kept as well.
     """
@@ -68,17 +72,21 @@ class BatchSizePlanner(lightning.Callback):
         size_sliding_window: bool = True,
         simulated_device: SimulatedDevice | None = None,
         enabled: bool = True,
+        max_window_batch_size: int = 1024,
     ) -> None:
         if effective_batch_size is not None and effective_batch_size < 1:
             raise MedsegError(f"effective_batch_size must be at least 1, got {effective_batch_size}")
         self.budget_fraction = check_budget_fraction(budget_fraction)
         self.effective_batch_size = effective_batch_size
         self.max_batch_size = max_batch_size
-        self.cache = PlanCache(cache_path) if cache_path else None
+        self.cache_path = cache_path
+        self.cache: PlanCache | None = None
         self.size_sliding_window = size_sliding_window
         self.simulated_device = simulated_device
         self.enabled = enabled
+        self.max_window_batch_size = max_window_batch_size
         self.plan: BatchPlan | None = None
+        self.window_plan: BatchPlan | None = None
 
     def on_fit_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         """Plan on this rank's device, take the minimum over ranks, and set batch size and accumulation."""
@@ -86,33 +94,88 @@ class BatchSizePlanner(lightning.Callback):
         if datamodule is None:
             raise MedsegError("the batch planner needs trainer.fit(model, datamodule=...) to set the batch size")
         precision = str(trainer.precision)
-        setup = training_setup(pl_module.recipe, pl_module.net, optimizer_like(trainer.optimizers[0]))
         batch_size = datamodule.batch_size
+        # next to the runs, not in whatever folder training was started from
+        self.cache = PlanCache(Path(trainer.default_root_dir) / self.cache_path) if self.cache_path else None
         if not self.enabled:
             log.info("batch planner: disabled, keeping the configured batch size %d", batch_size)
         elif self.simulated_device is None and pl_module.device.type != "cuda":
             log.info("batch planner: no CUDA device, keeping the configured batch size %d", batch_size)
         else:
-            plan_here = partial(plan_on_device, setup, precision, self.budget_fraction, cache=self.cache, simulated_device=self.simulated_device)
-            self.plan = plan_here(train=True, max_batch_size=self.max_batch_size)
-            # a smaller size than a verified one fits too; the cap comes from an OOM recovery
-            batch_size = max((b for b in self.plan.verified_batch_sizes if b <= self.max_batch_size), default=self.max_batch_size)
-            batch_size = int(trainer.strategy.all_gather(torch.tensor(batch_size, device=pl_module.device)).min())
-            if self.size_sliding_window:
-                pl_module.recipe = pl_module.recipe.with_changes(window={"batch_size": plan_here(train=False).batch_size})
+            batch_size, window_batch_size = self._plan_on_every_rank(trainer, pl_module, precision)
+            if window_batch_size:
+                pl_module.recipe = pl_module.recipe.with_changes(window={"batch_size": window_batch_size})
         accumulate = trainer.accumulate_grad_batches
         if self.effective_batch_size is not None:
             batch_size, accumulate = accumulation_for(batch_size, self.effective_batch_size, trainer.world_size)
-        changed = accumulate != trainer.accumulate_grad_batches
         datamodule.batch_size, trainer.accumulate_grad_batches = batch_size, accumulate
-        # configure_optimizers may already have built the train loader (estimated_stepping_batches):
-        # rebuild it with the new size, and the schedulers with the new number of optimizer steps
+        # configure_optimizers may already have built the train loader (estimated_stepping_batches): rebuild it
+        # with the new size (the module sizes its schedule again when training starts)
         trainer.fit_loop._combined_loader = None
-        if changed:
-            trainer.strategy.setup_optimizers(trainer)
         log.info(
             "batch planner: %s training at batch size %d x %d accumulation x %d ranks = %d samples per optimizer step",
             precision, batch_size, accumulate, trainer.world_size, batch_size * accumulate * trainer.world_size,
         )
-        if self.plan is not None and trainer.is_global_zero and trainer.log_dir:
-            write_text_atomic(Path(trainer.log_dir) / "batch_plan.json", json.dumps(self.plan.to_dict(), indent=2))
+        # log_dir is a collective (a broadcast from rank 0): every rank reads it, or rank 0 waits forever
+        log_dir = trainer.log_dir
+        if self.plan is not None and trainer.is_global_zero and log_dir:
+            write_text_atomic(Path(log_dir) / "batch_plan.json", json.dumps(self.plan.to_dict(), indent=2))
+
+    def _plan_on_every_rank(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, precision: str) -> tuple[int, int]:
+        """Return (training batch, window batch or 0): the smallest any rank planned.
+
+        A rank whose planning fails still joins the gather (with size 0), and then every rank raises together:
+        otherwise the others would wait in the gather forever.
+        """
+        error: Exception | None = None
+        try:
+            sizes = self._plan(trainer, pl_module, precision)
+        except Exception as failure:  # noqa: BLE001 (re-raised below, once every rank knows)
+            error, sizes = failure, (0, 0)
+        gathered = trainer.strategy.all_gather(torch.tensor(sizes, device=pl_module.device)).reshape(-1, 2)
+        if error is not None:
+            raise error
+        if int(gathered[:, 0].min()) == 0:
+            failed = [rank for rank, (size, _) in enumerate(gathered.tolist()) if size == 0]
+            raise MedsegError(f"batch planning failed on rank {', '.join(map(str, failed))} (its log says why); no rank trains")
+        return int(gathered[:, 0].min()), int(gathered[:, 1].min())
+
+    def _plan(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, precision: str) -> tuple[int, int]:
+        """Return (training batch, window batch or 0) planned on this rank's device."""
+        setup = training_setup(pl_module.recipe, pl_module.net, optimizer_like(trainer.optimizers[0]))
+        plan_here = partial(plan_on_device, setup, precision, self.budget_fraction, cache=self.cache, simulated_device=self.simulated_device)
+        # each rank runs its own number of trials: SyncBatchNorm's collectives in them would never match up
+        with local_batch_norm(pl_module.net):
+            self.plan = plan_here(train=True, max_batch_size=self.max_batch_size)
+            if not self.size_sliding_window:
+                return self.plan.usable_batch_size(self.max_batch_size), 0
+            # validation windows run beside what training holds by then and the trials do not: gradients and
+            # AdamW's two moments (the volume stays on the CPU, where the windows are stitched)
+            held = 3 * sum(p.numel() * p.element_size() for p in pl_module.net.parameters())
+            self.window_plan = plan_here(train=False, max_batch_size=self.max_window_batch_size, reserved_bytes=held)
+        return self.plan.usable_batch_size(self.max_batch_size), self.window_plan.usable_batch_size(self.max_window_batch_size)
+
+    def record_out_of_memory(self, batch_size: int, validation: bool = False) -> Path | None:
+        """Record in the plan cache that training (or validation windows) ran out of memory at ``batch_size``,
+        so later runs plan below it; return the cache file (None: no cache, nothing recorded)."""
+        plan = self.window_plan if validation else self.plan
+        if plan is None or self.cache is None or not plan.cache_key:
+            return None
+        self.cache.record_out_of_memory(plan, batch_size)
+        return self.cache.path
+
+
+@contextmanager
+def local_batch_norm(net: nn.Module) -> Iterator[None]:
+    """Run ``net``'s SyncBatchNorm layers as plain batch norm (same weights and statistics) inside the block.
+
+    The original layers are put back afterwards, so DDP and the optimizer keep the modules they know.
+    """
+    synced = [(parent, name, child) for parent in net.modules() for name, child in parent.named_children() if isinstance(child, nn.SyncBatchNorm)]
+    for parent, name, child in synced:
+        setattr(parent, name, TorchSyncBatchNorm().revert(child))
+    try:
+        yield
+    finally:
+        for parent, name, child in synced:
+            setattr(parent, name, child)

@@ -60,7 +60,7 @@ class MedsegCLI(LightningCLI):
                 "last_checkpoint.auto_insert_metric_name": False,
                 "last_checkpoint.save_last": True,
                 "last_checkpoint.save_on_train_epoch_end": True,
-                "batch_planner.cache_path": "runs/batch_plans.json",
+                "batch_planner.cache_path": "batch_plans.json",  # in trainer.default_root_dir
                 "trainer.precision": "16-mixed",
                 "trainer.max_epochs": 20,
                 "trainer.check_val_every_n_epoch": 5,

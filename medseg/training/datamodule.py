@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
@@ -137,6 +139,13 @@ class SegmentationDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=samples is None and len(self.train_dataset) > self.batch_size,
         )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move training batches to the device, but leave validation volumes on the CPU, where their windows are
+        stitched: the GPU then holds only the training state and one window batch, which the batch planner budgets."""
+        if self.trainer is not None and self.trainer.state.stage in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self) -> DataLoader:
         sampler = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -17,6 +18,8 @@ from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import network_for
 from medseg.recipe import Recipe, Window
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
 
@@ -123,8 +126,9 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Return logits for whole volumes (B, C, X, Y, Z) with the recipe's sliding windows, as inference runs them."""
-        return window_inferer(self.recipe)(image, self.net)
+        """Return logits for whole volumes (B, C, X, Y, Z), stitched where ``image`` is, with the recipe's sliding
+        windows run on the model's device, as inference runs them."""
+        return window_inferer(self.recipe, window_device=self.device)(image, self.net)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.predict_logits(batch["image"])
@@ -161,6 +165,13 @@ class SegmentationModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """Size the learning-rate decay to the optimizer steps training will take now: the batch planner changes
+        them after ``configure_optimizers`` ran, and a resumed checkpoint brings back the old count."""
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.total_iters = total_steps
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``."""
         checkpoint["medseg"] = self.recipe.to_dict()
@@ -188,8 +199,18 @@ def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what ``rng_states`` returned."""
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        set_cuda_rng_states(states["cuda"])
     kind, keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     version, state, gauss = states["python"]
     random.setstate((version, tuple(state), gauss))
+
+
+def set_cuda_rng_states(states: list[torch.Tensor]) -> None:
+    """Restore per-GPU random states on the GPUs this machine has; a checkpoint from a machine with more GPUs
+    has states for GPUs that are not here (``set_rng_state_all`` raises IndexError then), and those are left out."""
+    count = torch.cuda.device_count()
+    for index, state in enumerate(states[:count]):
+        torch.cuda.set_rng_state(state, index)
+    if len(states) > count:
+        log.warning("the checkpoint has random states of %d GPUs, this machine %d: restored those of GPUs 0-%d only", len(states), count, count - 1)

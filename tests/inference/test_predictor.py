@@ -93,3 +93,12 @@ def test_out_of_memory_halves_the_window_batch_and_retries_the_scan(trained_chec
     prediction = Predictor(model, InferenceOptions(sw_batch_size=4)).predict(Case("phantom", (phantom_scan,)))
     np.testing.assert_array_equal(prediction.labels, expected)
     assert "batch 1" in prediction.route and "out of memory, retried with window batch 2" in prediction.route
+
+
+def test_a_scan_that_ran_out_of_memory_does_not_lower_the_window_batch_of_the_next_scan(random_checkpoint):
+    model = load_trained_model(random_checkpoint)
+    object.__setattr__(model, "network", RunsOutOfMemoryAboveOneWindow(model.network))
+    predictor = Predictor(model, InferenceOptions(sw_batch_size=4, device="cpu"))
+    routes = [predictor.probabilities(_image(seed))[1] for seed in (0, 1)]
+    assert routes[0] == routes[1]  # the second scan started again from 4, not from the first scan's 1
+    assert routes[1].endswith("out of memory, retried with window batch 2; out of memory, retried with window batch 1")

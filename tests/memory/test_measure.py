@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from medseg.memory.estimate import estimate_memory, estimate_step
-from medseg.memory.measure import TrainingSetup, measure_cuda_step
+from medseg.memory.measure import TrainingSetup, measure_cuda_step, run_training_step
 from medseg.memory.plan import plan_batch_size
 from medseg.memory.simulate import SimulatedDevice
 from tests.memory.fakes import MiB, linear_curve
@@ -32,6 +33,37 @@ def test_a_trial_that_runs_out_of_memory_mid_step_keeps_nothing(tiny_setup: Trai
     assert live_tensor_bytes() == before
     assert all(p.grad is None for p in tiny_setup.net.parameters())
     assert all(torch.equal(v, weights[k]) for k, v in tiny_setup.net.state_dict().items())
+
+
+def _watch_forward_passes(setup: TrainingSetup) -> tuple[TrainingSetup, list[tuple[bool, int]]]:
+    """Return the setup with a recording optimizer, and a list that gets, at every forward pass,
+    (all gradients alive, parameters with optimizer state)."""
+    optimizers: list[torch.optim.Optimizer] = []
+    seen: list[tuple[bool, int]] = []
+
+    def make(parameters):
+        optimizers.append(setup.make_optimizer(parameters))
+        return optimizers[-1]
+
+    def record(*_):
+        seen.append((all(p.grad is not None for p in setup.net.parameters()), len(optimizers[-1].state)))
+
+    setup.net.register_forward_hook(record)
+    return replace(setup, make_optimizer=make), seen
+
+
+def test_a_second_trial_step_runs_forward_beside_the_optimizer_state_and_previous_gradients(tiny_setup: TrainingSetup) -> None:
+    setup, seen = _watch_forward_passes(tiny_setup)
+    run_training_step(setup, 2, "32-true", steps=2)
+    parameters = len(list(setup.net.parameters()))
+    assert seen == [(False, 0), (True, parameters)]  # as in training from its second step on
+
+
+def test_an_fp16_trial_counts_the_optimizer_state_even_when_training_scale_would_overflow(tiny_setup: TrainingSetup) -> None:
+    # a loss whose gradients overflow at GradScaler's default scale 65536: training skips optimizer.step then
+    setup, seen = _watch_forward_passes(replace(tiny_setup, loss_fn=lambda logits, label: tiny_setup.loss_fn(logits, label) * 1e5))
+    run_training_step(setup, 1, "16-mixed", steps=2)
+    assert seen[-1][1] == len(list(setup.net.parameters()))
 
 
 def test_planning_with_real_steps_finds_the_size_the_capacity_allows(tiny_setup: TrainingSetup) -> None:

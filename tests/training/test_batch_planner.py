@@ -9,11 +9,13 @@ import pytest
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
+from medseg.errors import MedsegError
 from medseg.memory.plan import plan_on_device
 from medseg.training.batch_planner import BatchSizePlanner, accumulation_for
 from medseg.memory.measure import TrainingSetup
 from medseg.memory.simulate import SimulatedDevice
-from tests.memory.fakes import MiB, RandomPatches, linear_curve
+from medseg.training.module import SegmentationModule
+from tests.memory.fakes import PATCH, TINY_UNET, MiB, RandomPatches, linear_curve
 
 
 class BatchSizes(L.Callback):
@@ -46,7 +48,7 @@ def test_planner_trains_at_the_verified_batch_size_with_accumulation(tiny_module
     assert tiny_module.recipe.window.batch_size == 5
 
 
-def test_planner_reuses_the_cached_plan_without_trial_steps(tiny_module, make_trainer, tmp_path: Path) -> None:
+def test_planner_reuses_the_cached_plan_after_one_verifying_step(tiny_module, make_trainer, tmp_path: Path) -> None:
     calls: list[int] = []
     curve = linear_curve(10 * MiB, 15 * MiB)
     device = SimulatedDevice(100 * MiB, lambda b: calls.append(b) or curve(b))
@@ -55,7 +57,32 @@ def test_planner_reuses_the_cached_plan_without_trial_steps(tiny_module, make_tr
         planner = BatchSizePlanner(cache_path=tmp_path / "plans.json", size_sliding_window=False, simulated_device=device)
         make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=RandomPatches(batch_size=2))
         assert planner.plan.batch_size == 5
-    assert calls == []
+    assert calls == [5, 5]  # one step at the cached size, re-verifying it (the device reads its curve twice a step)
+
+
+def test_a_cached_plan_that_no_longer_fits_is_planned_again(tiny_module, make_trainer, tmp_path: Path) -> None:
+    # same device name and budget, but something else now holds part of the memory: the cached 5 fails its check
+    roomy = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB), name="gpu")
+    crowded = SimulatedDevice(100 * MiB, linear_curve(40 * MiB, 15 * MiB), name="gpu")
+    sizes = []
+    for device in (roomy, crowded):
+        planner = BatchSizePlanner(cache_path=tmp_path / "plans.json", size_sliding_window=False, simulated_device=device)
+        data = RandomPatches(batch_size=1)
+        make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=data)
+        sizes.append(data.batch_size)
+    assert sizes == [5, 3]
+
+
+def test_a_plan_made_with_more_free_memory_is_not_reused_with_less(tiny_module, make_trainer, tmp_path: Path) -> None:
+    # the simulated budget stands for the memory free at planning time: 9 GiB on an idle GPU, 4.5 GiB on a busy one
+    sizes = []
+    for capacity in (10 * 2**30, 5 * 2**30):
+        device = SimulatedDevice(capacity, linear_curve(0, 2**30), name="gpu")
+        planner = BatchSizePlanner(cache_path=tmp_path / "plans.json", size_sliding_window=False, simulated_device=device)
+        data = RandomPatches(batch_size=1)
+        make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=data)
+        sizes.append(data.batch_size)
+    assert sizes == [9, 4]
 
 
 def test_planner_without_a_gpu_keeps_the_configured_batch_size(tiny_module, make_trainer) -> None:
@@ -85,8 +112,59 @@ def test_planning_on_cuda_returns_a_measured_size_within_the_budget(tiny_setup: 
 
 def test_every_rank_trains_at_the_smallest_batch_any_rank_planned(tiny_module, make_trainer, monkeypatch) -> None:
     # another rank whose GPU holds less planned 3: the gathered minimum wins
-    monkeypatch.setattr(SingleDeviceStrategy, "all_gather", lambda self, tensor, **_: torch.stack([tensor, torch.tensor(3)]))
+    monkeypatch.setattr(SingleDeviceStrategy, "all_gather", lambda self, tensor, **_: torch.stack([tensor, torch.tensor([3, 3])]))
     device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))
     data = RandomPatches(batch_size=1)
     make_trainer(callbacks=[BatchSizePlanner(simulated_device=device, size_sliding_window=False)], max_steps=1).fit(tiny_module, datamodule=data)
     assert data.batch_size == 3
+
+
+def test_validation_windows_are_planned_beside_the_training_state(tiny_module, make_trainer) -> None:
+    held = 3 * sum(p.numel() * p.element_size() for p in tiny_module.parameters())  # gradients and two AdamW moments
+    planner = BatchSizePlanner(budget_fraction=1.0, simulated_device=SimulatedDevice(10 * held, linear_curve(0, held)))
+    make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=RandomPatches(batch_size=1))
+    assert planner.plan.batch_size == 10
+    assert tiny_module.recipe.window.batch_size == 9
+
+
+def test_trial_steps_run_sync_batch_norm_layers_without_their_collectives(make_trainer, monkeypatch) -> None:
+    torch.manual_seed(0)
+    module = SegmentationModule(network_kwargs={**TINY_UNET, "norm": "batch"}, in_channels=1, out_channels=2, patch_size=PATCH)
+    module.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module.net)
+    synced = [m for m in module.net.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+
+    def collective(self, input):
+        raise RuntimeError("SyncBatchNorm gathered statistics from the other ranks in a trial step")
+
+    monkeypatch.setattr(torch.nn.SyncBatchNorm, "forward", collective)
+    planner = BatchSizePlanner(simulated_device=SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB)))
+    make_trainer(callbacks=[planner], limit_train_batches=0).fit(module, datamodule=RandomPatches(batch_size=1))
+    assert planner.plan.batch_size == 5
+    assert synced and [m for m in module.net.modules() if isinstance(m, torch.nn.SyncBatchNorm)] == synced  # training keeps them
+
+
+def test_planning_that_fails_on_one_rank_fails_on_every_rank(tiny_module, make_trainer, monkeypatch) -> None:
+    # this rank plans fine; another rank's GPU is too small for batch size 1 and reports 0
+    monkeypatch.setattr(SingleDeviceStrategy, "all_gather", lambda self, tensor, **_: torch.stack([tensor, torch.tensor([0, 0])]))
+    planner = BatchSizePlanner(simulated_device=SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB)))
+    with pytest.raises(MedsegError, match=r"batch planning failed on rank 1 \(its log says why\); no rank trains"):
+        make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=RandomPatches(batch_size=1))
+
+
+def test_a_rank_whose_planning_fails_still_joins_the_gather(tiny_module, make_trainer, monkeypatch) -> None:
+    gathered = []
+    monkeypatch.setattr(SingleDeviceStrategy, "all_gather", lambda self, tensor, **_: gathered.append(tensor.tolist()) or tensor)
+    planner = BatchSizePlanner(simulated_device=SimulatedDevice(10 * MiB, linear_curve(10 * MiB, 15 * MiB)))
+    with pytest.raises(MedsegError, match="batch size 1 does not fit"):
+        make_trainer(callbacks=[planner], max_steps=1).fit(tiny_module, datamodule=RandomPatches(batch_size=1))
+    assert gathered == [[0, 0]]
+
+
+def test_plan_cache_is_written_in_the_trainer_s_root_folder(tiny_module, make_trainer, tmp_path, monkeypatch) -> None:
+    started_in = tmp_path / "elsewhere"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
+    planner = BatchSizePlanner(cache_path="plans.json", simulated_device=SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB)))
+    make_trainer(callbacks=[planner], max_steps=1, default_root_dir=tmp_path / "runs").fit(tiny_module, datamodule=RandomPatches(batch_size=1))
+    assert (tmp_path / "runs" / "plans.json").is_file()
+    assert list(started_in.iterdir()) == []

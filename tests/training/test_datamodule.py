@@ -1,5 +1,6 @@
 import pytest
 import torch
+from lightning.pytorch.trainer.states import RunningStage
 
 from medseg.data.split import split_cases
 from medseg.training.datamodule import SegmentationDataModule
@@ -83,3 +84,13 @@ def test_four_dimensional_msd_images_become_channels(tmp_path):
     assert batch["image"].shape == (2, 2, 16, 16, 8) and batch["label"].shape == (2, 1, 16, 16, 8)
     volume = next(iter(dm.val_dataloader()))
     assert volume["image"].shape[1] == 2 and volume["image"].shape[2:] == volume["label"].shape[2:]
+
+
+def test_validation_volumes_stay_on_the_cpu_while_training_batches_move_to_the_device(demo_root, make_trainer) -> None:
+    data = SegmentationDataModule(str(demo_root), num_workers=0, check_dataset=False)
+    trainer = make_trainer()
+    data.trainer = trainer
+    batch = {"image": torch.zeros(1, 1, 4, 4, 4)}
+    for stage, device in [(RunningStage.TRAINING, "meta"), (RunningStage.SANITY_CHECKING, "cpu"), (RunningStage.VALIDATING, "cpu")]:
+        trainer.state.stage = stage
+        assert data.transfer_batch_to_device(batch, torch.device("meta"), 0)["image"].device.type == device

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
 
 from medseg.errors import MedsegError
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery, next_smaller
@@ -77,3 +80,64 @@ def test_recovery_caps_the_planner_of_the_new_trainer(tiny_module, make_trainer)
     fit_with_oom_recovery(trainer, tiny_module, data)
     assert [p.max_batch_size for p in planners] == [1024, 4]
     assert data.batch_size == 4  # the largest size the planner verified below 5
+
+
+class WithValidation(RandomPatches):
+    """Random patches, and one random 24^3 volume to validate on."""
+
+    def val_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(1)
+        volume = {"image": torch.randn(1, 24, 24, 24, generator=generator), "label": torch.randint(0, 2, (1, 24, 24, 24), generator=generator)}
+        return DataLoader([volume], batch_size=1)
+
+
+class WindowsRunOutOfMemoryAbove(L.Callback):
+    """Raises a CUDA-like OOM in validation while the module's window batch is above ``largest``."""
+
+    def __init__(self, largest: int) -> None:
+        self.largest = largest
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if pl_module.recipe.window.batch_size > self.largest:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated): validation windows")
+
+
+def test_oom_in_validation_lowers_the_window_batch_not_the_training_batch(tiny_module, make_trainer) -> None:
+    tiny_module.recipe = tiny_module.recipe.with_changes(window={"batch_size": 4})
+    data = WithValidation(batch_size=4, num_samples=8)
+
+    def trainer() -> L.Trainer:
+        return make_trainer(limit_val_batches=1, num_sanity_val_steps=1, callbacks=[every_epoch(), WindowsRunOutOfMemoryAbove(1)])
+
+    fit_with_oom_recovery(trainer, tiny_module, data)
+    assert tiny_module.recipe.window.batch_size == 1
+    assert data.batch_size == 4
+
+
+def test_oom_before_the_first_checkpoint_starts_again_from_the_initial_state(tiny_module, make_trainer) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 25 * MiB))  # from step 1 on, 4 no longer fits
+    initial = copy.deepcopy(tiny_module)
+    trainer = make_trainer(max_epochs=1, callbacks=[every_epoch(), SimulatedOOMCallback(device, from_step=1)])
+    recovered = fit_with_oom_recovery(lambda: trainer, tiny_module, RandomPatches(batch_size=4, num_samples=8))
+
+    straight = make_trainer(max_epochs=1, callbacks=[every_epoch()])
+    straight.fit(initial, datamodule=RandomPatches(batch_size=2, num_samples=8))
+    assert recovered.global_step == straight.global_step == 4
+    for name, value in initial.state_dict().items():
+        torch.testing.assert_close(tiny_module.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_oom_records_the_failed_batch_size_so_the_next_run_plans_below_it(tiny_module, make_trainer, tmp_path) -> None:
+    planned = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))  # plans 5
+    fragmented = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 20 * MiB))  # 5 fails mid-training
+    cache = tmp_path / "plans.json"
+
+    def trainer() -> L.Trainer:
+        planner = BatchSizePlanner(cache_path=cache, size_sliding_window=False, simulated_device=planned)
+        return make_trainer(max_epochs=1, callbacks=[planner, every_epoch(), SimulatedOOMCallback(fragmented, from_step=1)])
+
+    fit_with_oom_recovery(trainer, tiny_module, RandomPatches(batch_size=1, num_samples=10))
+    relaunched = BatchSizePlanner(cache_path=cache, size_sliding_window=False, simulated_device=planned)
+    data = RandomPatches(batch_size=1, num_samples=10)
+    make_trainer(max_steps=1, callbacks=[relaunched]).fit(tiny_module, datamodule=data)
+    assert data.batch_size == 4

@@ -1,0 +1,75 @@
+"""The training module: its learning-rate schedule follows the steps training really takes; random states resume on fewer GPUs."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from medseg.memory.simulate import SimulatedDevice
+from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.module import rng_states, set_rng_states
+from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery
+from tests.memory.fakes import MiB, RandomPatches, linear_curve
+
+
+class ScheduleLength(L.Callback):
+    """Records (scheduler total_iters, trainer.estimated_stepping_batches) at the first training batch of every fit."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+        self.first_batch = True
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.first_batch = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_batch:
+            self.seen.append((trainer.lr_scheduler_configs[0].scheduler.total_iters, int(trainer.estimated_stepping_batches)))
+            self.first_batch = False
+
+
+def test_schedule_spans_the_steps_of_the_planned_batch_size(tiny_module, make_trainer) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))  # plans 5: 2 steps per epoch, not 8
+    schedule = ScheduleLength()
+    data = RandomPatches(batch_size=1, num_samples=10)
+    make_trainer(max_epochs=2, callbacks=[BatchSizePlanner(simulated_device=device, size_sliding_window=False), schedule]).fit(tiny_module, datamodule=data)
+    assert data.batch_size == 5
+    assert schedule.seen == [(4, 4)]
+
+
+def test_schedule_spans_the_steps_of_the_smaller_batch_after_an_oom_recovery(tiny_module, make_trainer) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 25 * MiB))  # from step 2 on, 4 no longer fits
+    schedule = ScheduleLength()
+    data = RandomPatches(batch_size=4, num_samples=8)
+
+    def trainer() -> L.Trainer:
+        checkpoint = ModelCheckpoint(save_last=True, save_on_train_epoch_end=True)
+        return make_trainer(max_epochs=2, callbacks=[checkpoint, SimulatedOOMCallback(device, from_step=2), schedule])
+
+    fit_with_oom_recovery(trainer, tiny_module, data)
+    assert data.batch_size == 2
+    assert schedule.seen == [(4, 4), (8, 8)]  # 2 epochs of 2 steps, then of 4
+
+
+def test_schedule_of_a_resumed_run_spans_its_steps_not_the_checkpoint_s(tiny_module, make_trainer, tmp_path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_on_train_epoch_end=True)
+    make_trainer(max_epochs=1, callbacks=[checkpoint]).fit(tiny_module, datamodule=RandomPatches(batch_size=4, num_samples=8))
+    schedule = ScheduleLength()
+    resumed = make_trainer(max_epochs=2, callbacks=[schedule])
+    resumed.fit(tiny_module, datamodule=RandomPatches(batch_size=2, num_samples=8), ckpt_path=tmp_path / "last.ckpt")
+    assert schedule.seen == [(8, 8)]
+
+
+def test_resuming_on_fewer_gpus_restores_the_random_states_of_the_gpus_there(monkeypatch, caplog) -> None:
+    states = {**rng_states(), "cuda": [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)]}  # saved on 2 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((int(state[0]), device)))
+    with caplog.at_level(logging.WARNING, logger="medseg.training.module"):
+        set_rng_states(states)
+    assert restored == [(7, 0)]
+    assert "random states of 2 GPUs, this machine 1" in caplog.text
