@@ -11,6 +11,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
+from medseg.data.fingerprint import DatasetFingerprint, fingerprint_cache_path
 from medseg.data.formats import Case, DatasetSpec, read_dataset
 from medseg.data.sampling import EpochSampler, SeededSamples
 from medseg.data.split import split_cases
@@ -41,7 +42,8 @@ class SegmentationDataModule(L.LightningDataModule):
         cache_dir: where disk caches and the demo data live; None = $MEDSEG_CACHE or ~/.cache/medseg.
         num_workers: data-loading worker processes.
         augmentation: random augmentation settings.
-        check_dataset: check every case (readable, shapes, affines, labels, finite) before training.
+        check_dataset: check every case (readable, shapes, affines, labels, finite) before training; a case
+            already checked and unchanged since (same file sizes and times) is not read again.
     """
 
     def __init__(
@@ -88,7 +90,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augmentation = augmentation
         self.check_dataset = check_dataset
-        self._checked = False
+        self.fingerprint: DatasetFingerprint | None = None  # set by the dataset check
         self.sampling_seed = torch.initial_seed()  # set by seed_everything before the CLI builds this
 
     @property
@@ -116,9 +118,8 @@ class SegmentationDataModule(L.LightningDataModule):
         return Dataset(data, transform)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.check_dataset and not self._checked:
-            validate_dataset(self.spec)
-            self._checked = True
+        if self.check_dataset and self.fingerprint is None:
+            self.fingerprint = validate_dataset(self.spec, cache_path=fingerprint_cache_path(self.cache_dir, self.spec.root))
         prep = preprocessing_transforms(self.preprocessing)
         if stage in ("fit", None) and not hasattr(self, "train_dataset"):
             augment = training_transforms(self.patch_size, self.positive_fraction, self.augmentation)
