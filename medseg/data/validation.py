@@ -7,7 +7,6 @@ parallel, one process per core.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -90,8 +89,8 @@ def _inspect_all(cases: list[Case], num_channels: int, num_classes: int, workers
     if workers <= 1 or len(cases) <= 1:
         yield from tqdm((inspect_case(case, num_channels, num_classes) for case in cases), **progress)
         return
-    # spawn: workers start clean, whatever threads the parent (torch, data loaders) runs
-    with ProcessPoolExecutor(min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    # forked workers run only numpy and nibabel, as DataLoader workers do; spawn would re-run an unguarded user script
+    with ProcessPoolExecutor(min(workers, len(cases))) as pool:
         results = pool.map(inspect_case, cases, [num_channels] * len(cases), [num_classes] * len(cases))
         yield from tqdm(results, **progress)
 

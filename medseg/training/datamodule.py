@@ -30,8 +30,9 @@ class SegmentationDataModule(L.LightningDataModule):
         batch_size: patches per training step (the batch planner may change it before training).
         patch_size: training patch and sliding-window size in voxels (x, y, z), after resampling.
         spacing: target spacing in mm; None keeps each scan's own.
-        normalization: "ct", "zscore" or "none"; None picks "ct" for CT datasets, else "zscore".
-        ct_window: HU window for "ct" normalisation.
+        normalization: "ct", "ct_zscore", "zscore" or "none"; None picks "ct" for CT datasets, else "zscore".
+        ct_window: HU window for "ct" and "ct_zscore" normalisation.
+        ct_mean, ct_std: foreground HU mean and std for "ct_zscore" (``python -m medseg.plan`` measures them).
         crop_foreground: crop each scan to the body before training.
         positive_fraction: share of patches centred on a labelled voxel.
         iterations_per_epoch: training steps per epoch (cases drawn with replacement); None = one pass over cases.
@@ -54,6 +55,8 @@ class SegmentationDataModule(L.LightningDataModule):
         spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0),
         normalization: str | None = None,
         ct_window: tuple[float, float] = (-200.0, 300.0),
+        ct_mean: float = 0.0,
+        ct_std: float = 1.0,
         crop_foreground: bool = True,
         positive_fraction: float = 0.67,
         iterations_per_epoch: int | None = 25,
@@ -81,6 +84,8 @@ class SegmentationDataModule(L.LightningDataModule):
             spacing=tuple(spacing) if spacing else None,
             normalization=normalization or ("ct" if self.spec.is_ct else "zscore"),
             ct_window=tuple(ct_window),
+            ct_mean=ct_mean,
+            ct_std=ct_std,
             crop_foreground=crop_foreground,
         )
         self.positive_fraction = positive_fraction
