@@ -12,6 +12,8 @@ from monai import transforms as T
 from medseg.errors import MedsegError
 
 NORMALIZATIONS = ("ct", "ct_zscore", "zscore", "none")
+# "ct_zscore" clips to the foreground's percentiles (organ HU), too high to tell body from air: crop above this
+BODY_HU = -500.0
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,8 @@ class Preprocessing:
             (MRI); "none" leaves intensities alone.
         ct_window: (low, high) HU window for "ct" and "ct_zscore".
         ct_mean, ct_std: the dataset's foreground HU mean and standard deviation for "ct_zscore".
-        crop_foreground: crop to the bounding box of the body (CT: above the window's low end;
-            otherwise: non-zero) before normalising.
+        crop_foreground: crop to the bounding box of the body (CT: above the window's low end, or above
+            ``BODY_HU`` for "ct_zscore"; otherwise: non-zero) before normalising.
     """
 
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0)
@@ -64,7 +66,9 @@ class Preprocessing:
 
     @property
     def foreground_threshold(self) -> float:
-        return self.ct_window[0] if self.normalization in ("ct", "ct_zscore") else 0.0
+        if self.normalization == "ct_zscore":
+            return BODY_HU
+        return self.ct_window[0] if self.normalization == "ct" else 0.0
 
 
 def _above(image: torch.Tensor, threshold: float) -> torch.Tensor:
