@@ -52,7 +52,7 @@ class PrecisionPlan:
     fixed_bytes: float
     per_sample_bytes: float
     samples_per_second: dict[int, float] = field(default_factory=dict)
-    candidates: list[tuple[list[int], int | None]] = field(default_factory=list)
+    candidates: list[list] = field(default_factory=list)  # [patch, peak bytes or None], as JSON keeps them
 
 
 @dataclass
@@ -108,11 +108,11 @@ def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precis
     would fit; then that patch is costed, so a search takes a few steps instead of one per shrink.
     """
     patch = rules.first_patch(spacing, median_shape)
-    tried: list[tuple[list[int], int | None]] = []
+    tried: list[list] = []
     while True:
         recipe = _recipe(fingerprint, patch, precision)
         step = step_cost(recipe, rules.MIN_BATCH_SIZE, precision)
-        tried.append((list(recipe.patch_size), step.peak_bytes))
+        tried.append([list(recipe.patch_size), step.peak_bytes])
         if step.fits and step.peak_bytes <= budget_bytes:
             return recipe, tried
         share = budget_bytes / step.peak_bytes if step.fits else 0.5
