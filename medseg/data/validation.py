@@ -113,7 +113,8 @@ def validate_dataset(
     known = {key: cache.get(key) for key in keys} if cache else {}
     unread = [case for case, key in zip(spec.cases, keys) if known.get(key) is None]
     problems: list[str] = []
-    fresh = iter(_inspect_all(unread, num_channels, num_classes, workers or os.cpu_count() or 1, show_progress))
+    # read to the end before reporting, so the progress bar is cleared before an error line
+    fresh = iter(list(_inspect_all(unread, num_channels, num_classes, workers or os.cpu_count() or 1, show_progress)))
     fingerprints: dict[str | None, CaseFingerprint] = {}
     for case, key in zip(spec.cases, keys):
         if known.get(key) is not None:

@@ -178,18 +178,20 @@ SIMULATED_CAPACITY_GIB = 8.0
 
 
 def with_plan(args: list[str] | None) -> list[str] | None:
-    """Return ``args`` with the dataset's plan as ``--config`` in front when a dataset is given without a config.
+    """Return ``args`` with the dataset's plan as ``--config`` in front when a dataset is given without a config or a patch size.
 
     The plan is the cached one for this dataset (unchanged files) and GPU, else made now (``python -m medseg.plan``).
-    Options given on the command line still override the plan's values.
+    Other options given on the command line still override the plan's values; a patch size given by hand
+    means the configuration is chosen by hand, and nothing is planned.
     """
     argv = sys.argv[1:] if args is None else list(args)
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config")
     parser.add_argument("--data.root", dest="root")
     parser.add_argument("--data.cache_dir", dest="cache_dir")
+    parser.add_argument("--data.patch_size", dest="patch_size")
     known, _ = parser.parse_known_args(argv)
-    if known.config or not known.root:
+    if known.config or known.patch_size or not known.root:
         return args
     stored = plan_for_training(read_dataset(known.root), known.cache_dir or default_cache_dir(), SIMULATED_CAPACITY_GIB)
     chosen = stored.plan.chosen

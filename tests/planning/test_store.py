@@ -39,3 +39,8 @@ def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulate
     )
     trainer.fit(cli.model, cli.datamodule)
     assert trainer.global_step == 1
+
+
+def test_a_patch_size_given_by_hand_plans_nothing(demo_root):
+    args = ["--data.root", str(demo_root), "--data.patch_size=[32, 32, 16]"]
+    assert with_plan(args) == args
