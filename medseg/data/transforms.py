@@ -11,7 +11,9 @@ from monai import transforms as T
 
 from medseg.errors import MedsegError
 
-NORMALIZATIONS = ("ct", "zscore", "none")
+NORMALIZATIONS = ("ct", "ct_zscore", "zscore", "none")
+# "ct_zscore" clips to the foreground's percentiles (organ HU), too high to tell body from air: crop above this
+BODY_HU = -500.0
 
 
 @dataclass(frozen=True)
@@ -21,11 +23,14 @@ class Preprocessing:
     Attributes:
         spacing: target voxel spacing in mm (x, y, z) after reorientation; None keeps the scan's own.
         axcodes: orientation the network sees (MONAI ``Orientationd`` codes).
-        normalization: "ct" clips to ``ct_window`` (HU) and scales to [0, 1]; "zscore" normalises
-            each channel over its non-zero voxels (MRI); "none" leaves intensities alone.
-        ct_window: (low, high) HU window for "ct".
-        crop_foreground: crop to the bounding box of the body (CT: above the window's low end;
-            otherwise: non-zero) before normalising.
+        normalization: "ct" clips to ``ct_window`` (HU) and scales to [0, 1]; "ct_zscore" clips to
+            ``ct_window`` then subtracts ``ct_mean`` and divides by ``ct_std`` (nnU-Net's CT scheme, with the
+            dataset's foreground statistics); "zscore" normalises each channel over its non-zero voxels
+            (MRI); "none" leaves intensities alone.
+        ct_window: (low, high) HU window for "ct" and "ct_zscore".
+        ct_mean, ct_std: the dataset's foreground HU mean and standard deviation for "ct_zscore".
+        crop_foreground: crop to the bounding box of the body (CT: above the window's low end, or above
+            ``BODY_HU`` for "ct_zscore"; otherwise: non-zero) before normalising.
     """
 
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0)
@@ -33,6 +38,8 @@ class Preprocessing:
     normalization: str = "ct"
     ct_window: tuple[float, float] = (-200.0, 300.0)
     crop_foreground: bool = True
+    ct_mean: float = 0.0
+    ct_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
@@ -41,6 +48,8 @@ class Preprocessing:
             raise MedsegError(f"spacing must be three positive numbers in mm, got {self.spacing}")
         if self.ct_window[0] >= self.ct_window[1]:
             raise MedsegError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+        if self.ct_std <= 0:
+            raise MedsegError(f"ct_std must be positive, got {self.ct_std}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) for YAML, JSON and weights-only checkpoints."""
@@ -57,6 +66,8 @@ class Preprocessing:
 
     @property
     def foreground_threshold(self) -> float:
+        if self.normalization == "ct_zscore":
+            return BODY_HU
         return self.ct_window[0] if self.normalization == "ct" else 0.0
 
 
@@ -86,6 +97,10 @@ def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", labe
     if prep.normalization == "ct":
         low, high = prep.ct_window
         steps.append(T.ScaleIntensityRanged(image_key, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+    elif prep.normalization == "ct_zscore":
+        low, high = prep.ct_window
+        steps.append(T.ScaleIntensityRanged(image_key, a_min=low, a_max=high, b_min=low, b_max=high, clip=True))
+        steps.append(T.NormalizeIntensityd(image_key, subtrahend=prep.ct_mean, divisor=prep.ct_std))
     elif prep.normalization == "zscore":
         steps.append(T.NormalizeIntensityd(image_key, nonzero=True, channel_wise=True))
     return T.Compose(steps)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from medseg.atomic import atomic_target, write_text_atomic
@@ -106,3 +107,33 @@ def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, P
     write_text_atomic(json_path, json.dumps(data, indent=2))
     save_plot(plans, png_path)
     return json_path, png_path
+
+
+def plot_precision_plans(plans: Mapping[str, Mapping[str, Any]], budget_bytes: float, title: str) -> Figure:
+    """Return, per precision, the planned patch (voxels) and the step's peak against the budget, and samples/s where timed.
+
+    Args:
+        plans: precision -> {"patch_size": [x, y, z], "batch_size": b, "peak_bytes": p, "samples_per_second": {b: s}}.
+        budget_bytes: memory a step may use (a dashed line).
+        title: figure title (dataset and GPU).
+    """
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    patch_axes, peak_axes, speed_axes = figure.subplots(1, 3)
+    names = list(plans)
+    patch_axes.bar(names, [np.prod(plans[n]["patch_size"]) / 1e6 for n in names])
+    patch_axes.set(title="patch", ylabel="voxels per patch (millions)")
+    for name, bar in zip(names, peak_axes.bar(names, [plans[n]["peak_bytes"] / MiB for n in names])):
+        peak_axes.annotate(f"batch {plans[name]['batch_size']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    peak_axes.axhline(budget_bytes / MiB, color="black", linestyle="--", label=f"budget {budget_bytes / MiB:.0f} MiB")
+    peak_axes.set(title="peak memory at the planned batch", ylabel="MiB")
+    peak_axes.legend()
+    for name in names:
+        curve = plans[name]["samples_per_second"]
+        if curve:
+            sizes = sorted(curve, key=int)
+            speed_axes.plot([int(b) for b in sizes], [curve[b] for b in sizes], marker="o", label=name)
+    speed_axes.set(title="throughput (measured on a GPU only)", xlabel="batch size", ylabel="samples/s")
+    if any(plans[n]["samples_per_second"] for n in names):
+        speed_axes.legend()
+    figure.suptitle(title)
+    return figure

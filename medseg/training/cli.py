@@ -5,12 +5,14 @@ This module is the training command line: config, precision, resuming, output ch
 Examples:
     python -m medseg.train                                    # built-in demo phantoms
     python -m medseg.train --config configs/spleen_ct.yaml     # your data
+    python -m medseg.train --data.root data/Task09_Spleen      # your data, planned (python -m medseg.plan)
     python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
     python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import shutil
@@ -24,7 +26,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from medseg.data.demo import default_cache_dir
+from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
+from medseg.planning.store import plan_for_training
 from medseg.precision import resolve_precision
 from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.datamodule import SegmentationDataModule
@@ -168,9 +173,41 @@ def build_cli(args: list[str] | None = None) -> MedsegCLI:
     )
 
 
+# GPU memory planned for when there is no CUDA GPU to measure
+SIMULATED_CAPACITY_GIB = 8.0
+
+
+def with_plan(args: list[str] | None) -> list[str] | None:
+    """Return ``args`` with the dataset's plan as ``--config`` in front when a dataset is given without a config or a patch size.
+
+    The plan is the cached one for this dataset (unchanged files) and GPU, else made now (``python -m medseg.plan``).
+    Other options given on the command line still override the plan's values; a patch size given by hand
+    means the configuration is chosen by hand, and nothing is planned.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    parser.add_argument("--data.root", dest="root")
+    parser.add_argument("--data.cache_dir", dest="cache_dir")
+    parser.add_argument("--data.patch_size", dest="patch_size")
+    known, _ = parser.parse_known_args(argv)
+    if known.config or known.patch_size or not known.root:
+        return args
+    stored = plan_for_training(read_dataset(known.root), known.cache_dir or default_cache_dir(), SIMULATED_CAPACITY_GIB)
+    chosen = stored.plan.chosen
+    log.info(
+        f"{'using the cached plan' if stored.cached else 'planned'} {stored.config_path} ({stored.plan.memory_source},"
+        f" {stored.plan.capacity_bytes / 2**30:g} GiB): patch {chosen.patch_size}, batch {chosen.batch_size}, {chosen.precision}"
+    )
+    return ["--config", str(stored.config_path), *argv]
+
+
 def run(args: list[str] | None = None) -> TrainResult:
-    """Train as `args` (default: the command line) say, validate the best checkpoint (else the last weights) and return the results."""
-    cli = build_cli(args)
+    """Train as `args` (default: the command line) say, validate the best checkpoint (else the last weights) and return the results.
+
+    A dataset (``--data.root``) without ``--config`` trains with its plan (``with_plan``).
+    """
+    cli = build_cli(with_plan(args))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     best, last = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
     if trainer.is_global_zero:

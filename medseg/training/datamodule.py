@@ -13,6 +13,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
+from medseg.data.fingerprint import DatasetFingerprint, fingerprint_cache_path
 from medseg.data.formats import Case, DatasetSpec, read_dataset
 from medseg.data.sampling import EpochSampler, SeededSamples
 from medseg.data.split import split_cases
@@ -31,8 +32,9 @@ class SegmentationDataModule(L.LightningDataModule):
         batch_size: patches per training step (the batch planner may change it before training).
         patch_size: training patch and sliding-window size in voxels (x, y, z), after resampling.
         spacing: target spacing in mm; None keeps each scan's own.
-        normalization: "ct", "zscore" or "none"; None picks "ct" for CT datasets, else "zscore".
-        ct_window: HU window for "ct" normalisation.
+        normalization: "ct", "ct_zscore", "zscore" or "none"; None picks "ct" for CT datasets, else "zscore".
+        ct_window: HU window for "ct" and "ct_zscore" normalisation.
+        ct_mean, ct_std: foreground HU mean and std for "ct_zscore" (``python -m medseg.plan`` measures them).
         crop_foreground: crop each scan to the body before training.
         positive_fraction: share of patches centred on a labelled voxel.
         iterations_per_epoch: training steps per epoch (cases drawn with replacement); None = one pass over cases.
@@ -43,7 +45,8 @@ class SegmentationDataModule(L.LightningDataModule):
         cache_dir: where disk caches and the demo data live; None = $MEDSEG_CACHE or ~/.cache/medseg.
         num_workers: data-loading worker processes.
         augmentation: random augmentation settings.
-        check_dataset: check every case (readable, shapes, affines, labels, finite) before training.
+        check_dataset: check every case (readable, shapes, affines, labels, finite) before training; a case
+            already checked and unchanged since (same file sizes and times) is not read again.
     """
 
     def __init__(
@@ -54,6 +57,8 @@ class SegmentationDataModule(L.LightningDataModule):
         spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0),
         normalization: str | None = None,
         ct_window: tuple[float, float] = (-200.0, 300.0),
+        ct_mean: float = 0.0,
+        ct_std: float = 1.0,
         crop_foreground: bool = True,
         positive_fraction: float = 0.67,
         iterations_per_epoch: int | None = 25,
@@ -81,6 +86,8 @@ class SegmentationDataModule(L.LightningDataModule):
             spacing=tuple(spacing) if spacing else None,
             normalization=normalization or ("ct" if self.spec.is_ct else "zscore"),
             ct_window=tuple(ct_window),
+            ct_mean=ct_mean,
+            ct_std=ct_std,
             crop_foreground=crop_foreground,
         )
         self.positive_fraction = positive_fraction
@@ -90,7 +97,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augmentation = augmentation
         self.check_dataset = check_dataset
-        self._checked = False
+        self.fingerprint: DatasetFingerprint | None = None  # set by the dataset check
         self.sampling_seed = torch.initial_seed()  # set by seed_everything before the CLI builds this
 
     @property
@@ -118,9 +125,8 @@ class SegmentationDataModule(L.LightningDataModule):
         return Dataset(data, transform)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.check_dataset and not self._checked:
-            validate_dataset(self.spec)
-            self._checked = True
+        if self.check_dataset and self.fingerprint is None:
+            self.fingerprint = validate_dataset(self.spec, cache_path=fingerprint_cache_path(self.cache_dir, self.spec.root))
         prep = preprocessing_transforms(self.preprocessing)
         if stage in ("fit", None) and not hasattr(self, "train_dataset"):
             augment = training_transforms(self.patch_size, self.positive_fraction, self.augmentation)

@@ -59,6 +59,13 @@ def test_ct_normalisation_windows_hu_to_unit_range(blocky_case):
     assert torch.allclose(torch.unique(image), torch.tensor([0.0, 0.5, 1.0]))
 
 
+def test_ct_zscore_clips_to_the_window_then_applies_the_dataset_mean_and_std(blocky_case):
+    prep = Preprocessing(spacing=None, normalization="ct_zscore", ct_window=(50.0, 150.0), ct_mean=100.0, ct_std=25.0, crop_foreground=False)
+    image = preprocessing_transforms(prep, label_key=None)({"image": blocky_case["image"]})["image"]
+    # 0, 100 and 200 HU clip to 50, 100 and 150, then (HU - 100) / 25
+    assert torch.allclose(torch.unique(image), torch.tensor([-2.0, 0.0, 2.0]), atol=1e-6)
+
+
 def test_zscore_normalises_nonzero_voxels(blocky_case):
     prep = Preprocessing(spacing=None, normalization="zscore", crop_foreground=False)
     image = preprocessing_transforms(prep, label_key=None)({"image": blocky_case["image"]})["image"]

@@ -1,0 +1,97 @@
+"""`python -m medseg.plan`: plan spacing, normalisation, patch, network and batch for a dataset and a GPU.
+
+Takes the training options (``--data.root``, ``--data.cache_dir``, ...) so the dataset is read as training
+reads it. On a CUDA GPU every candidate is checked with real steps; without one, with fake-tensor steps
+against a simulated GPU of ``--capacity-gib``. Prints FP32 and mixed precision side by side and writes
+plan.json, plan.png and plan.yaml (a config for ``python -m medseg.train --config``) to ``--out``.
+
+Examples:
+    python -m medseg.plan --data.root data/Task09_Spleen --capacity-gib 24
+    python -m medseg.train --config runs/plan/plan.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from medseg.atomic import atomic_target
+from medseg.errors import MedsegError
+from medseg.memory.measure import check_budget_fraction
+from medseg.memory.report import plot_precision_plans
+from medseg.planning.plan import TrainingPlan
+from medseg.planning.store import StoredPlan, plan_for_training
+from medseg.precision import PRECISIONS
+from medseg.tables import format_rows
+from medseg.training.cli import build_cli
+
+log = logging.getLogger("medseg.plan")
+
+
+def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Return this command's own options, and the rest for the training CLI."""
+    parser = argparse.ArgumentParser(
+        prog="python -m medseg.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other option is a training option (python -m medseg.train --help lists them).",
+    )
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
+    parser.add_argument("--budget-fraction", type=float, default=0.9, help="share of the GPU memory a step may use")
+    parser.add_argument("--capacity-gib", type=float, default=8.0, help="simulated GPU memory when there is no CUDA GPU")
+    parser.add_argument("--out", default="runs/plan", help="folder for plan.json, plan.png and plan.yaml")
+    return parser.parse_known_args(args)
+
+
+def format_plan(plan: TrainingPlan) -> str:
+    """Return the precisions side by side as a text table, with the dataset-wide decisions on top."""
+    rows = [
+        {
+            "precision": p.precision, "patch": "x".join(map(str, p.patch_size)), "levels": len(p.network_kwargs["strides"]),
+            "batch": p.batch_size, "peak MiB": f"{p.peak_bytes / 2**20:.0f}", "budget MiB": f"{p.budget_bytes / 2**20:.0f}",
+            "samples/s": f"{p.samples_per_second[p.batch_size]:.1f}" if p.batch_size in p.samples_per_second else "n/a",
+        }
+        for p in plan.precisions
+    ]
+    header = [
+        f"dataset: {plan.dataset}", f"memory: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB",
+        f"spacing: {plan.spacing} mm ({plan.spacing_reason}); median shape there {plan.median_shape}",
+        f"normalization: {plan.normalization} ({plan.normalization_reason})",
+    ]
+    return "\n".join(header) + "\n" + format_rows(rows)
+
+
+def run(args: list[str] | None = None) -> StoredPlan:
+    """Plan as the command line says, print the table and write plan.json, plan.png and plan.yaml."""
+    options, training_args = parse_args(args)
+    check_budget_fraction(options.budget_fraction)
+    datamodule = build_cli(training_args).datamodule
+    stored = plan_for_training(datamodule.spec, datamodule.cache_dir, options.capacity_gib, options.precisions, options.budget_fraction)
+    plan = stored.plan
+    print(format_plan(plan))
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stored.json_path, out / "plan.json")
+    shutil.copyfile(stored.config_path, out / "plan.yaml")
+    curves = {p.precision: {"patch_size": p.patch_size, "batch_size": p.batch_size, "peak_bytes": p.peak_bytes, "samples_per_second": p.samples_per_second} for p in plan.precisions}
+    title = f"{Path(plan.dataset).name}: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB"
+    with atomic_target(out / "plan.png") as temp:
+        plot_precision_plans(curves, plan.precisions[0].budget_bytes, title).savefig(temp, dpi=110, format="png")
+    made = "cached plan" if stored.cached else f"planned in {plan.plan_seconds:.1f} s"
+    print(f"{made}; saved {out}/plan.json, plan.png and plan.yaml")
+    return stored
+
+
+def main() -> None:
+    """Entry point: user errors end as one line on stderr and exit code 1."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        run()
+    except MedsegError as err:
+        print(f"medseg: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

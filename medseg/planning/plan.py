@@ -1,0 +1,185 @@
+"""The training plan: spacing, normalisation, and per precision the patch, network and batch that fit the memory budget.
+
+Like nnU-Net's plans.json the result is plain data (``TrainingPlan.to_dict``), written as JSON and as a
+training config. Unlike nnU-Net, every candidate's memory is measured (CUDA) or estimated on fake
+tensors, not read off a feature-map count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medseg.data.fingerprint import DatasetFingerprint
+from medseg.errors import MedsegError
+from medseg.memory.plan import fit_memory
+from medseg.planning import rules
+from medseg.planning.estimate import StepCost
+from medseg.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrecisionPlan:
+    """What one precision gets: the largest patch with its UNet at batch 2 in budget, then the batch.
+
+    Attributes:
+        precision: Lightning precision string.
+        patch_size: training patch (x, y, z) in voxels at the target spacing.
+        network_kwargs: MONAI UNet arguments (channels, strides per level and axis, residual units).
+        batch_size, batch_reason: the batch and the rule that set it.
+        peak_bytes: the step's peak at ``batch_size`` (fitted line through the costed steps).
+        budget_bytes: memory a step may use.
+        fixed_bytes, per_sample_bytes: the fitted line ``peak = fixed + per_sample x batch``.
+        samples_per_second: per batch size, where steps were timed (GPU only).
+        candidates: every (patch, peak bytes at batch 2 or None when out of memory) tried, in order.
+    """
+
+    precision: str
+    patch_size: list[int]
+    network_kwargs: dict[str, Any]
+    batch_size: int
+    batch_reason: str
+    peak_bytes: float
+    budget_bytes: int
+    fixed_bytes: float
+    per_sample_bytes: float
+    samples_per_second: dict[int, float] = field(default_factory=dict)
+    candidates: list[list] = field(default_factory=list)  # [patch, peak bytes or None], as JSON keeps them
+
+
+@dataclass
+class TrainingPlan:
+    """A whole training configuration for one dataset and one GPU (real or simulated), with the reasons behind it."""
+
+    dataset: str
+    channel_names: list[str]
+    class_names: list[str]
+    spacing: list[float]
+    spacing_reason: str
+    median_shape: list[float]
+    dataset_voxels: float
+    normalization: dict[str, Any]
+    normalization_reason: str
+    capacity_bytes: int
+    budget_fraction: float
+    memory_source: str
+    precisions: list[PrecisionPlan]
+    plan_seconds: float = 0.0
+
+    @property
+    def chosen(self) -> PrecisionPlan:
+        """Return the plan the config trains with: mixed precision where planned (what a GPU runs), else the first."""
+        return next((p for p in self.precisions if p.precision.endswith("-mixed")), self.precisions[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingPlan:
+        precisions = [PrecisionPlan(**{**p, "samples_per_second": {int(k): v for k, v in p["samples_per_second"].items()}}) for p in data["precisions"]]
+        return cls(**{**data, "precisions": precisions})
+
+
+def check_plannable(fingerprint: DatasetFingerprint) -> None:
+    """Raise a one-line error when the dataset cannot be planned for: one case, or no foreground anywhere."""
+    if len(fingerprint.cases) < 2:
+        raise MedsegError(f"{fingerprint.root}: planning needs at least 2 cases (training and validation), the dataset has {len(fingerprint.cases)}")
+    if fingerprint.class_voxels()[1:].sum() == 0:
+        raise MedsegError(f"{fingerprint.root}: every label is background (no voxel of {', '.join(fingerprint.class_names[1:])}); label some foreground first")
+
+
+def _recipe(fingerprint: DatasetFingerprint, patch: Sequence[int], precision: str) -> Recipe:
+    size, kwargs = rules.unet_for_patch(patch)
+    return Recipe("UNet", kwargs, fingerprint.channel_names, fingerprint.class_names, tuple(size), precision=precision)
+
+
+def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precision: str, budget_bytes: int, step_cost: StepCost):
+    """Return the recipe of the largest patch (from nnU-Net's first patch down) whose step at batch 2 fits, and every try.
+
+    After a try over budget the patch shrinks (nnU-Net's steps) until its voxels, scaled from that try's peak,
+    would fit; then that patch is costed, so a search takes a few steps instead of one per shrink.
+    """
+    patch = rules.first_patch(spacing, median_shape)
+    tried: list[list] = []
+    while True:
+        recipe = _recipe(fingerprint, patch, precision)
+        step = step_cost(recipe, rules.MIN_BATCH_SIZE, precision)
+        tried.append([list(recipe.patch_size), step.peak_bytes])
+        if step.fits and step.peak_bytes <= budget_bytes:
+            return recipe, tried
+        share = budget_bytes / step.peak_bytes if step.fits else 0.5
+        target_voxels = 0.95 * share * math.prod(recipe.patch_size)
+        patch = rules.smaller_patch(recipe.patch_size, median_shape)
+        while math.prod(patch) > target_voxels:
+            patch = rules.smaller_patch(patch, median_shape)
+
+
+def plan_precision(
+    fingerprint: DatasetFingerprint, spacing, median_shape, dataset_voxels: float, precision: str, budget_bytes: int, step_cost: StepCost
+) -> PrecisionPlan:
+    """Return one precision's patch, network and batch under ``budget_bytes``."""
+    recipe, tried = largest_patch(fingerprint, spacing, median_shape, precision, budget_bytes, step_cost)
+    steps = [step_cost(recipe, size, precision) for size in (1, rules.MIN_BATCH_SIZE)]
+    fit = fit_memory(steps)
+    batch, reason = rules.largest_batch(fit.fixed_bytes, fit.per_sample_bytes, budget_bytes, recipe.patch_size, dataset_voxels)
+    throughput: dict[int, float] = {}
+    if steps[-1].seconds:  # timed steps (a GPU): stop where doubling the batch stops paying
+        size = rules.MIN_BATCH_SIZE
+        while size <= batch:
+            step = step_cost(recipe, size, precision)
+            if not step.fits or not step.seconds:
+                break
+            throughput[size] = size / step.seconds
+            size *= 2
+        knee = rules.throughput_knee(throughput)
+        if knee < batch:
+            batch, reason = knee, f"samples/s rises < {rules.THROUGHPUT_GAIN:.0%} per doubling beyond it"
+    return PrecisionPlan(
+        precision, list(recipe.patch_size), recipe.network_kwargs, batch, reason, fit.peak_bytes(batch), budget_bytes,
+        fit.fixed_bytes, fit.per_sample_bytes, throughput, tried,
+    )
+
+
+def make_plan(
+    fingerprint: DatasetFingerprint,
+    capacity_bytes: int,
+    step_cost: StepCost,
+    memory_source: str,
+    precisions: Sequence[str] = ("32-true", "16-mixed"),
+    budget_fraction: float = 0.9,
+) -> TrainingPlan:
+    """Return the training plan of a checked dataset for a GPU of ``capacity_bytes``.
+
+    Args:
+        fingerprint: the dataset's fingerprint (``medseg.data.validation.validate_dataset``).
+        capacity_bytes: GPU memory (the real one's, or a simulated one's).
+        step_cost: costs a candidate's step (``medseg.planning.estimate``).
+        memory_source: how ``step_cost`` knows, for the report.
+        precisions: the precisions to plan side by side.
+        budget_fraction: share of the capacity a step may use.
+    """
+    start = time.perf_counter()
+    check_plannable(fingerprint)
+    spacing, spacing_reason = rules.target_spacing(fingerprint)
+    shapes = rules.resampled_shapes(fingerprint, spacing)
+    median_shape = np.median(shapes, axis=0)
+    dataset_voxels = float(np.prod(shapes, axis=1).sum())
+    normalization, normalization_reason = rules.normalization(fingerprint)
+    budget = int(budget_fraction * capacity_bytes)
+    plans = [plan_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_cost) for p in precisions]
+    plan = TrainingPlan(
+        fingerprint.root, list(fingerprint.channel_names), list(fingerprint.class_names), list(spacing), spacing_reason,
+        [round(float(v), 1) for v in median_shape], dataset_voxels, normalization, normalization_reason, capacity_bytes,
+        budget_fraction, memory_source, plans, time.perf_counter() - start,
+    )
+    for p in plans:
+        log.info("%s: patch %s, batch %d (%s), peak %.0f of %.0f MiB", p.precision, p.patch_size, p.batch_size, p.batch_reason, p.peak_bytes / 2**20, budget / 2**20)
+    return plan

@@ -1,0 +1,108 @@
+"""nnU-Net's planning rules as plain functions of the fingerprint: spacing, normalisation, patch, network, batch.
+
+Each rule says where its numbers come from, so the written config can carry that as a comment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from medseg.data.fingerprint import DatasetFingerprint
+from medseg.errors import MedsegError
+
+ANISOTROPY_RATIO = 3.0  # a median spacing this many times the others' is "strongly anisotropic" (nnU-Net)
+BOTTLENECK_VOXELS = 4  # pool an axis while it stays at least this many voxels (nnU-Net's minimum feature map)
+MAX_POOLINGS = 5
+BASE_CHANNELS, MAX_CHANNELS = 32, 320  # nnU-Net's 3d_fullres widths
+REFERENCE_PATCH_VOXELS = 256**3  # nnU-Net's first patch: this many voxels, isotropic in mm, cut to the median shape
+MIN_BATCH_SIZE = 2
+MAX_DATASET_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels
+THROUGHPUT_GAIN = 0.10  # stop doubling the batch when samples/s rises less than this
+
+
+def target_spacing(fingerprint: DatasetFingerprint) -> tuple[tuple[float, float, float], str]:
+    """Return the target spacing (mm) and why: the median, but the coarse axis's 10th percentile when it is > 3x the others."""
+    spacings = fingerprint.spacings()
+    target = np.median(spacings, axis=0)
+    coarse = int(np.argmax(target))
+    others = [axis for axis in range(3) if axis != coarse]
+    if target[coarse] > ANISOTROPY_RATIO * max(target[others]):
+        # nnU-Net: resample the thick-slice axis a little finer than its median, never finer than the other axes
+        target[coarse] = max(np.percentile(spacings[:, coarse], 10), max(target[others]))
+        return tuple(round(float(v), 4) for v in target), f"median spacing; axis {coarse} is > {ANISOTROPY_RATIO:g}x the others: its 10th percentile"
+    return tuple(round(float(v), 4) for v in target), "median spacing of the cases"
+
+
+def resampled_shapes(fingerprint: DatasetFingerprint, spacing: Sequence[float]) -> np.ndarray:
+    """Return each case's shape (cases, 3) in voxels after resampling to ``spacing``."""
+    return fingerprint.shapes() * fingerprint.spacings() / np.asarray(spacing, dtype=float)
+
+
+def normalization(fingerprint: DatasetFingerprint) -> tuple[dict[str, Any], str]:
+    """Return the data module's normalisation settings and why: CT clipped to foreground percentiles then z-scored, else per-case z-score."""
+    if not fingerprint.is_ct:
+        return {"normalization": "zscore"}, "not CT: per-case z-score of each channel"
+    stats = fingerprint.foreground_intensity(0)
+    settings = {
+        "normalization": "ct_zscore",
+        "ct_window": [round(stats["percentile_00_5"], 2), round(stats["percentile_99_5"], 2)],
+        "ct_mean": round(stats["mean"], 3),
+        "ct_std": round(max(stats["std"], 1e-3), 3),
+    }
+    return settings, "CT: clip to the 0.5-99.5 percentiles of foreground HU, then z-score with the foreground mean and std"
+
+
+def first_patch(spacing: Sequence[float], median_shape: Sequence[float]) -> list[int]:
+    """Return nnU-Net's starting patch: 256^3 voxels' worth, isotropic in mm, no larger than the median shape."""
+    inverse = 1.0 / np.asarray(spacing, dtype=float)
+    isotropic = inverse * (REFERENCE_PATCH_VOXELS / np.prod(inverse)) ** (1 / 3)
+    return [int(min(round(a), round(m))) for a, m in zip(isotropic, median_shape)]
+
+
+def poolings(patch: Sequence[int]) -> list[int]:
+    """Return per axis how many 2x poolings keep that axis at least ``BOTTLENECK_VOXELS`` voxels."""
+    return [max(0, min(MAX_POOLINGS, int(math.floor(math.log2(max(size, 1) / BOTTLENECK_VOXELS))))) for size in patch]
+
+
+def unet_for_patch(patch: Sequence[int]) -> tuple[list[int], dict[str, Any]]:
+    """Return the patch cut to what the network divides, and MONAI UNet arguments bringing it to ~4 voxels per axis."""
+    counts = poolings(patch)
+    depth = max(max(counts), 1)
+    rounded = [max(size // 2**count * 2**count, 1) for size, count in zip(patch, counts)]
+    strides = [[2 if level < count else 1 for count in counts] for level in range(depth)]
+    channels = [min(BASE_CHANNELS * 2**level, MAX_CHANNELS) for level in range(depth + 1)]
+    return rounded, {"channels": channels, "strides": strides, "num_res_units": 1}
+
+
+def smaller_patch(patch: Sequence[int], median_shape: Sequence[float]) -> list[int]:
+    """Return the patch one step smaller: the axis largest relative to the median shape loses its divisor (nnU-Net)."""
+    counts = poolings(patch)
+    ratios = [size / max(m, 1) for size, m in zip(patch, median_shape)]
+    axis = int(np.argsort(ratios, kind="stable")[-1])
+    smaller = list(patch)
+    smaller[axis] = max(smaller[axis] - 2 ** counts[axis], BOTTLENECK_VOXELS)
+    if smaller == list(patch):
+        raise MedsegError(f"no smaller patch than {list(patch)}: the memory budget is too small for any network")
+    return smaller
+
+
+def largest_batch(fixed_bytes: float, per_sample_bytes: float, budget_bytes: float, patch: Sequence[int], dataset_voxels: float) -> tuple[int, str]:
+    """Return the batch size and why: as many as the memory holds, at least 2, at most 5 % of the dataset's voxels per step."""
+    by_memory = int((budget_bytes - fixed_bytes) // per_sample_bytes) if per_sample_bytes > 0 else MIN_BATCH_SIZE
+    by_dataset = max(MIN_BATCH_SIZE, int(MAX_DATASET_SHARE * dataset_voxels // math.prod(patch)))
+    if by_dataset <= by_memory:
+        return max(MIN_BATCH_SIZE, by_dataset), f"at most {MAX_DATASET_SHARE:.0%} of the dataset's voxels per step (memory holds {by_memory})"
+    return max(MIN_BATCH_SIZE, by_memory), "as many as the memory budget holds"
+
+
+def throughput_knee(samples_per_second: dict[int, float]) -> int:
+    """Return the batch size after which doubling adds less than 10 % samples/s (sizes are doublings from 2)."""
+    sizes = sorted(samples_per_second)
+    for smaller, larger in zip(sizes, sizes[1:]):
+        if samples_per_second[larger] < (1 + THROUGHPUT_GAIN) * samples_per_second[smaller]:
+            return smaller
+    return sizes[-1]

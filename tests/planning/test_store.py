@@ -1,0 +1,46 @@
+import shutil
+
+import lightning as L
+
+from medseg import nifti
+from medseg.data.formats import read_dataset
+from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.estimate import estimated_step
+from medseg.planning.store import plan_dataset
+from medseg.training.cli import build_cli, with_plan
+from medseg.training.recovery import SimulatedOOMCallback
+
+GiB = 2**30
+
+
+def test_second_plan_of_an_unchanged_dataset_is_cached_and_reads_no_voxels(demo_root, tmp_path, monkeypatch):
+    spec = read_dataset(demo_root)
+    first = plan_dataset(spec, tmp_path, 8 * GiB, estimated_step, "fake", precisions=("16-mixed",), show_progress=False)
+    monkeypatch.setattr(nifti, "read_voxels", lambda path: (_ for _ in ()).throw(AssertionError(f"read {path}")))
+    second = plan_dataset(spec, tmp_path, 8 * GiB, estimated_step, "fake", precisions=("16-mixed",), show_progress=False)
+    assert not first.cached and second.cached and second.plan == first.plan
+
+
+def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulated_gpu(demo_root, tmp_path):
+    root = shutil.copytree(demo_root, tmp_path / "demo")
+    args = with_plan(["--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache")])
+    assert args[0] == "--config" and args[1].endswith(".yaml")
+    cli = build_cli([*args, "--data.iterations_per_epoch=1", "--data.num_workers=0", "--data.cache=none", "--trainer.accelerator=cpu"])
+    plan = [p for p in (tmp_path / "cache" / "plans").glob("*.json")]
+    assert len(plan) == 1 and list(cli.datamodule.patch_size) == cli.model.hparams.patch_size
+    import json
+
+    chosen = [p for p in json.loads(plan[0].read_text())["precisions"] if p["precision"] == "16-mixed"][0]
+    assert list(cli.datamodule.patch_size) == chosen["patch_size"] and cli.datamodule.batch_size == chosen["batch_size"]
+    device = SimulatedDevice(8 * GiB, lambda b: chosen["fixed_bytes"] + chosen["per_sample_bytes"] * b)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[SimulatedOOMCallback(device)], default_root_dir=tmp_path,
+    )
+    trainer.fit(cli.model, cli.datamodule)
+    assert trainer.global_step == 1
+
+
+def test_a_patch_size_given_by_hand_plans_nothing(demo_root):
+    args = ["--data.root", str(demo_root), "--data.patch_size=[32, 32, 16]"]
+    assert with_plan(args) == args
