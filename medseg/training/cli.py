@@ -30,6 +30,7 @@ from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
 from medseg.training.recovery import fit_with_oom_recovery
+from medseg.training.throughput import ThroughputMonitor
 
 log = logging.getLogger("medseg")
 
@@ -165,6 +166,7 @@ def build_cli(args: list[str] | None = None) -> MedsegCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": __doc__},
+        trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
     )
 
 
