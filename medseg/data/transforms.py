@@ -135,13 +135,13 @@ def training_transforms(
                 image_key=image_key,
                 image_threshold=float("-inf"),
             ),
-            # plain tensors from here: metadata tracking adds Python work to every augmentation, network op and collation
-            T.EnsureTyped(keys, track_meta=False),
             *[T.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(3)],
             T.RandRotate90d(keys, prob=aug.rotate90_prob, spatial_axes=(0, 1)),
             T.RandRotated(keys, range_z=radians, prob=aug.rotate_prob, keep_size=True, mode=["bilinear", "nearest"]),
             T.RandScaleIntensityd(image_key, factors=aug.intensity_scale, prob=aug.intensity_prob),
             T.RandShiftIntensityd(image_key, offsets=aug.intensity_shift, prob=aug.intensity_prob),
             T.RandGaussianNoised(image_key, std=aug.noise_std, prob=aug.noise_prob),
+            # plain tensors for collation and the network: a MetaTensor adds Python work to every operation
+            T.EnsureTyped(keys, track_meta=False),
         ]
     )
