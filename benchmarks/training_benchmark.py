@@ -15,7 +15,12 @@ samples x batch 2); ``demo`` is the demo's default UNet and 64x64x32 patch, 4 pa
 
     python benchmarks/training_benchmark.py --setting spleen --output benchmarks/results/training_cpu_spleen
     python benchmarks/training_benchmark.py --setting demo --output benchmarks/results/training_cpu_demo
-    python benchmarks/training_benchmark.py --setting spleen --gpu-options   # on a GPU: each speed option on and off
+    # on a GPU, each speed setting against the defaults, and AMP against TF32:
+    python benchmarks/training_benchmark.py --setting spleen --option speed.channels_last=true
+    python benchmarks/training_benchmark.py --setting spleen --option speed.compile=true
+    python benchmarks/training_benchmark.py --setting spleen --option data.augment_on_gpu=true
+    python benchmarks/training_benchmark.py --setting spleen --option trainer.benchmark=false
+    python benchmarks/training_benchmark.py --setting spleen --precision 32-true
 """
 
 from __future__ import annotations
@@ -171,7 +176,13 @@ def bare_step(setting: Setting, precision: str, device: torch.device, options: l
     recipe = Recipe("UNet", setting.network_kwargs, ("CT",), CLASS_NAMES, setting.patch)
     network = recipe.build_network().to(device).train()
     loss_fn = segmentation_loss()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-5, fused="fused_adamw" in options)
+    # the same speed settings as medseg's run: --option speed.channels_last=true, speed.compile=true, trainer.benchmark=false
+    torch.backends.cudnn.benchmark = "trainer.benchmark=false" not in options
+    if "speed.channels_last=true" in options:
+        network.to(memory_format=torch.channels_last_3d)
+    if "speed.compile=true" in options:
+        network.compile()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-5)
     image = torch.rand(setting.patches_per_step, 1, *setting.patch, device=device)
     label = torch.randint(0, len(CLASS_NAMES), (setting.patches_per_step, 1, *setting.patch), device=device).float()
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
@@ -207,7 +218,7 @@ def medseg_fit(setting: Setting, root: Path, out: Path, precision: str, options:
         "--trainer.limit_val_batches=1", "--trainer.profiler=simple", "--trainer.callbacks+=benchmarks.training_benchmark.StepClock",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
     ]
-    args += [f"--{option}" for option in options if option.startswith("model.") or option.startswith("data.")]
+    args += [f"--{option}" for option in options]
     result = train.run(args)
     return result.model.trainer
 
@@ -261,7 +272,7 @@ class TutorialNet(L.LightningModule):
 
 
 def peer_fit(module: TutorialNet, out: Path, precision: str) -> L.Trainer:
-    trainer = L.Trainer(max_epochs=1, precision=precision, num_sanity_val_steps=0, log_every_n_steps=16, profiler=SimpleProfiler(),
+    trainer = L.Trainer(max_epochs=1, precision=precision, benchmark=True, num_sanity_val_steps=0, log_every_n_steps=16, profiler=SimpleProfiler(),
                         callbacks=[ThroughputMonitor(), StepClock()], default_root_dir=out, logger=L.pytorch.loggers.CSVLogger(out, name="peer"))
     trainer.fit(module)
     return trainer
@@ -274,7 +285,9 @@ def main() -> None:
     parser.add_argument("--precision", default="16-mixed", help="requested as medseg's configs do; resolved for this machine")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default: the setting's)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--option", action="append", default=[], help="extra medseg override, e.g. model.compile=true (repeatable)")
+    parser.add_argument("--option", action="append", default=[],
+                        help="medseg override, also applied to the bare step where it applies: speed.channels_last=true, speed.compile=true, "
+                             "trainer.benchmark=false, data.augment_on_gpu=true (repeatable)")
     parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
