@@ -87,6 +87,21 @@ class Prediction:
     route: str
 
 
+def most_likely_class(probabilities: torch.Tensor) -> torch.Tensor:
+    """Return the class index of the largest of (classes, X, Y, Z) probabilities per voxel, the first on ties.
+
+    The same as ``argmax(dim=0)``, with one comparison per class: on CPUs ``argmax`` over the leading
+    dimension of a whole scan takes about ten times as long.
+    """
+    best = probabilities[0]
+    labels = torch.zeros(probabilities.shape[1:], dtype=torch.int64 if len(probabilities) > 256 else torch.uint8, device=probabilities.device)
+    for index in range(1, len(probabilities)):
+        better = probabilities[index] > best
+        labels.masked_fill_(better, index)
+        best = torch.where(better, probabilities[index], best)
+    return labels
+
+
 class Predictor:
     """Segments whole scans with one loaded model as its recipe says; reuse it across a folder so the model loads once."""
 
@@ -151,13 +166,14 @@ class Predictor:
                 raise
             raise unreadable(", ".join(map(str, case.images)), err.__cause__) from None
         probs, route = self.probabilities(data["image"].as_tensor()[None])
-        data["pred"] = MetaTensor(probs)
-        restored = self.invert(data)["pred"].as_tensor()
-        # Inverse cropping pads every class with 0; background is what the foreground classes leave.
-        restored[0] = 1.0 - restored[1:].sum(dim=0)
+        # Only the foreground classes are resampled back: inverse cropping pads every class with 0, so background
+        # is what the foreground leaves, computed on the scan's grid.
+        data["pred"] = MetaTensor(probs[1:])
+        foreground = self.invert(data)["pred"].as_tensor()
+        restored = torch.cat([1.0 - foreground.sum(dim=0, keepdim=True), foreground])
         if tuple(restored.shape[1:]) != tuple(reference.shape[:3]):
             raise RuntimeError(f"inverted prediction has shape {tuple(restored.shape[1:])}, scan {reference.shape[:3]}")
-        labels = restored.argmax(dim=0).numpy().astype(label_dtype(self.recipe.out_channels))
+        labels = most_likely_class(restored).numpy().astype(label_dtype(self.recipe.out_channels), copy=False)
         probabilities = np.ascontiguousarray(restored.permute(1, 2, 3, 0).numpy()) if self.options.probabilities else None
         return Prediction(labels, reference, probabilities, route)
 

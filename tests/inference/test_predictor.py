@@ -9,6 +9,7 @@ import torch
 
 from medseg.data.formats import Case
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, predict_volume
+from medseg.inference.predictor import most_likely_class
 
 from .conftest import SPACING_MM, phantom_hu, phantom_labels, save_scan
 
@@ -93,3 +94,8 @@ def test_out_of_memory_halves_the_window_batch_and_retries_the_scan(trained_chec
     prediction = Predictor(model, InferenceOptions(sw_batch_size=4)).predict(Case("phantom", (phantom_scan,)))
     np.testing.assert_array_equal(prediction.labels, expected)
     assert "batch 1" in prediction.route and "out of memory, retried with window batch 2" in prediction.route
+
+
+def test_most_likely_class_is_argmax_with_the_first_class_on_ties():
+    probabilities = torch.rand(4, 5, 6, 7).round(decimals=1)  # rounding makes ties
+    assert torch.equal(most_likely_class(probabilities).long(), probabilities.argmax(dim=0))
