@@ -102,6 +102,15 @@ def most_likely_class(probabilities: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+@dataclass(frozen=True)
+class ScanInput:
+    """A scan preprocessed into the network's space (MONAI dictionary, its transforms recorded for inversion) and
+    the header its outputs copy."""
+
+    data: dict[str, Any]
+    reference: NiftiImage
+
+
 class Predictor:
     """Segments whole scans with one loaded model as its recipe says; reuse it across a folder so the model loads once."""
 
@@ -151,13 +160,13 @@ class Predictor:
         route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {probs.device}"
         return probs[0].cpu(), route + "".join(f"; {note}" for note in notes)
 
-    def predict(self, case: Case, reference: NiftiImage | None = None) -> Prediction:
-        """Return the segmentation of ``case`` on its own grid (shape, voxel order and affine of its first file).
+    def read(self, case: Case, reference: NiftiImage | None = None) -> ScanInput:
+        """Return ``case`` read and preprocessed into the network's space, with the header outputs copy.
 
         ``reference`` replaces the header read from the case's files (an in-memory image saved to a temporary file).
+        Reading holds no model state, so a folder's next scan can be read while this one is segmented.
         """
         header = open_scan(case.images, self.recipe.in_channels)  # checks channels and grids before any voxel is read
-        reference = reference or header
         source = [str(p) for p in case.images] if len(case.images) > 1 else str(case.images[0])
         try:
             data = self.preprocess({"image": source})
@@ -165,6 +174,13 @@ class Predictor:
             if not isinstance(err.__cause__, READ_ERRORS):
                 raise
             raise unreadable(", ".join(map(str, case.images)), err.__cause__) from None
+        return ScanInput(data, reference or header)
+
+    def predict(self, case: Case | ScanInput, reference: NiftiImage | None = None) -> Prediction:
+        """Return the segmentation of ``case`` (or of a scan ``read`` already) on its own grid: shape, voxel order and
+        affine of its first file."""
+        scan = case if isinstance(case, ScanInput) else self.read(case, reference)
+        data, reference = scan.data, scan.reference
         probs, route = self.probabilities(data["image"].as_tensor()[None])
         # Only the foreground classes are resampled back: inverse cropping pads every class with 0, so background
         # is what the foreground leaves, computed on the scan's grid.
