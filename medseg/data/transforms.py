@@ -156,5 +156,7 @@ def training_transforms(
             T.RandScaleIntensityd(image_key, factors=aug.intensity_scale, prob=aug.intensity_prob),
             T.RandShiftIntensityd(image_key, offsets=aug.intensity_shift, prob=aug.intensity_prob),
             T.RandGaussianNoised(image_key, std=aug.noise_std, prob=aug.noise_prob),
+            # plain tensors for collation and the network: a MetaTensor adds Python work to every operation
+            T.EnsureTyped(keys, track_meta=False),
         ]
     )

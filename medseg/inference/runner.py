@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from medseg.atomic import write_text_atomic
 from medseg.data.formats import find_scans
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import load_trained_model
-from medseg.inference.predictor import InferenceOptions, Predictor
+from medseg.inference.predictor import InferenceOptions, Prediction, Predictor
 from medseg.nifti import like_reference, write_atomic
 
 PROBABILITIES_FOLDER = "probabilities"
@@ -62,23 +63,42 @@ def segment_scans(
     ran = predictor.recipe.with_changes(precision=predictor.precision)
     write_text_atomic(output / RECIPE_FILE, json.dumps(ran.to_dict(), indent=2))
     summary = RunSummary()
-    progress = tqdm(cases, desc="segmenting", unit="scan", file=sys.stderr)
-    for case in progress:
-        target = targets[case.name]
-        if target.exists() and not overwrite:
-            summary.skipped.append(case.name)
-            continue
-        try:
-            prediction = predictor.predict(case)
-            write_atomic(like_reference(prediction.labels, prediction.reference), target)
-            if prediction.probabilities is not None:
-                probabilities = like_reference(prediction.probabilities, prediction.reference)
-                write_atomic(probabilities, output / PROBABILITIES_FOLDER / target.name)
-        except MedsegError as err:
-            summary.failed.append((case.name, str(err)))
-        except Exception as err:  # one broken scan must not stop a folder; the reason is kept for the summary
-            summary.failed.append((case.name, f"{type(err).__name__}: {err}"))
-        else:
-            summary.done.append(case.name)
+    todo = [case for case in cases if overwrite or not targets[case.name].exists()]
+    summary.skipped = [case.name for case in cases if case not in todo]
+    progress = tqdm(todo, desc="segmenting", unit="scan", file=sys.stderr)
+    # One thread reads and preprocesses the next scan and one writes the last while this one is segmented:
+    # decompression and resampling release the GIL, so the network waits for neither.
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        reads = [reader.submit(predictor.read, case) for case in todo[:1]]
+        writes: list[tuple[str, Future]] = []
+        for index, case in enumerate(progress):
+            if index + 1 < len(todo):
+                reads.append(reader.submit(predictor.read, todo[index + 1]))
+            try:
+                prediction = predictor.predict(reads[index].result())
+            except Exception as err:  # one broken scan must not stop a folder; the reason is kept for the summary
+                summary.failed.append((case.name, describe(err)))
+                continue
+            reads[index] = None  # the scan's volumes can go
+            writes.append((case.name, writer.submit(write_prediction, prediction, targets[case.name], output)))
             progress.write(f"{case.name}: {prediction.route}", file=sys.stderr)
+        for name, write in writes:
+            try:
+                write.result()
+            except Exception as err:
+                summary.failed.append((name, describe(err)))
+            else:
+                summary.done.append(name)
     return summary
+
+
+def write_prediction(prediction: Prediction, target: Path, output: Path) -> None:
+    """Write the label map (and the probabilities, when asked for) atomically beside the scan's name."""
+    write_atomic(like_reference(prediction.labels, prediction.reference), target)
+    if prediction.probabilities is not None:
+        write_atomic(like_reference(prediction.probabilities, prediction.reference), output / PROBABILITIES_FOLDER / target.name)
+
+
+def describe(err: Exception) -> str:
+    """Return a failure's reason as the summary prints it: a user error's own line, else its type and message."""
+    return str(err) if isinstance(err, MedsegError) else f"{type(err).__name__}: {err}"

@@ -35,6 +35,8 @@ from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
 from medseg.training.recovery import fit_with_oom_recovery
+from medseg.training.speed import SpeedSettings
+from medseg.training.throughput import ThroughputMonitor
 
 log = logging.getLogger("medseg")
 
@@ -54,6 +56,7 @@ class MedsegCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(BatchSizePlanner, "batch_planner")
+        parser.add_lightning_class_args(SpeedSettings, "speed")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_mean_dice",
@@ -67,6 +70,7 @@ class MedsegCLI(LightningCLI):
                 "last_checkpoint.save_on_train_epoch_end": True,
                 "batch_planner.cache_path": "batch_plans.json",  # in trainer.default_root_dir
                 "trainer.precision": "16-mixed",
+                "trainer.benchmark": True,  # cuDNN autotuning: training patches all have one shape
                 "trainer.max_epochs": 20,
                 "trainer.check_val_every_n_epoch": 5,
                 "trainer.log_every_n_steps": 10,
@@ -170,6 +174,7 @@ def build_cli(args: list[str] | None = None) -> MedsegCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": __doc__},
+        trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
     )
 
 

@@ -18,6 +18,7 @@ from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import network_for
 from medseg.recipe import Recipe, Window
+from medseg.training.nonfinite import NonfiniteLossCounter, nonfinite_gradients
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class SegmentationModule(L.LightningModule):
         self.net = network_for(self.recipe)
         self.loss_fn = segmentation_loss()
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
-        self.nonfinite_steps = 0
+        self.nonfinite_losses = NonfiniteLossCounter(max_nonfinite_steps)
 
     def on_fit_start(self) -> None:
         """Record the precision that actually runs (the CLI resolved "16-mixed" for this machine)."""
@@ -107,23 +108,21 @@ class SegmentationModule(L.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # Nothing here waits for the device: a NaN/Inf step is counted on it and its update skipped there
+        # (on_before_optimizer_step); the count is read back without blocking, so the stop may come a step late.
         image, label = batch["image"], batch["label"]
         loss = self.loss_fn(self.net(image), label)
-        # every rank must agree to skip, or DDP's gradient all-reduce would wait forever
-        nonfinite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
-        if nonfinite:
-            self.nonfinite_steps += 1
-            if self.nonfinite_steps >= self.hparams.max_nonfinite_steps:
-                raise MedsegError(
-                    f"training stopped: loss was NaN/Inf for {self.nonfinite_steps} steps in a row "
-                    f"(global step {self.global_step}, cases {', '.join(batch.get('name', ['?']))}); "
-                    "the checkpoints written before are intact: lower the learning rate or check these cases"
-                )
-            return None  # skips backward and the optimiser step
-        self.nonfinite_steps = 0
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
+        stop = self.nonfinite_losses.count(loss, self.global_step, batch.get("name", ()))
+        if stop:
+            raise MedsegError(stop)
+        # on_step values reach the logger every log_every_n_steps; in the progress bar they would be read every step
+        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=image.shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update on the device when a gradient is NaN/Inf (fused AdamW reads ``found_inf``; the fp16 scaler sets its own)."""
+        optimizer.found_inf = nonfinite_gradients(self.parameters())
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Return logits for whole volumes (B, C, X, Y, Z), stitched where ``image`` is, with the recipe's sliding
@@ -160,7 +159,8 @@ class SegmentationModule(L.LightningModule):
         return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        # fused: one kernel per step, and it honours found_inf (skipped NaN/Inf updates) without a host sync
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay, fused=True)
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -9,6 +9,7 @@ import torch
 
 from medseg.data.formats import Case
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, predict_volume
+from medseg.inference.predictor import most_likely_class
 
 from .conftest import SPACING_MM, phantom_hu, phantom_labels, save_scan
 
@@ -102,3 +103,8 @@ def test_a_scan_that_ran_out_of_memory_does_not_lower_the_window_batch_of_the_ne
     routes = [predictor.probabilities(_image(seed))[1] for seed in (0, 1)]
     assert routes[0] == routes[1]  # the second scan started again from 4, not from the first scan's 1
     assert routes[1].endswith("out of memory, retried with window batch 2; out of memory, retried with window batch 1")
+
+
+def test_most_likely_class_is_argmax_with_the_first_class_on_ties():
+    probabilities = torch.rand(4, 5, 6, 7).round(decimals=1)  # rounding makes ties
+    assert torch.equal(most_likely_class(probabilities).long(), probabilities.argmax(dim=0))

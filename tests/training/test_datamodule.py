@@ -94,3 +94,27 @@ def test_validation_volumes_stay_on_the_cpu_while_training_batches_move_to_the_d
     for stage, device in [(RunningStage.TRAINING, "meta"), (RunningStage.SANITY_CHECKING, "cpu"), (RunningStage.VALIDATING, "cpu")]:
         trainer.state.stage = stage
         assert data.transfer_batch_to_device(batch, torch.device("meta"), 0)["image"].device.type == device
+
+
+def test_training_batches_are_plain_tensors(demo_root):
+    dm = SegmentationDataModule(str(demo_root), batch_size=2, patch_size=(32, 32, 16), num_folds=3, iterations_per_epoch=1, num_workers=0, cache="none")
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert type(batch["image"]) is torch.Tensor and type(batch["label"]) is torch.Tensor  # no MetaTensor work per step
+
+
+def test_gpu_augmentation_needs_the_memory_cache(demo_root):
+    with pytest.raises(MedsegError, match="augment_on_gpu caches volumes in GPU memory: it needs cache 'memory', not 'disk'"):
+        SegmentationDataModule(str(demo_root), cache="disk", augment_on_gpu=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_augmentation_yields_patches_already_on_the_gpu(demo_root):
+    import lightning as L
+
+    dm = SegmentationDataModule(str(demo_root), batch_size=2, patch_size=(32, 32, 16), num_folds=3, iterations_per_epoch=1, num_workers=0, augment_on_gpu=True)
+    dm.trainer = L.Trainer(accelerator="gpu", devices=1, logger=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].device.type == "cuda" and batch["image"].shape == (2, 1, 32, 32, 16)

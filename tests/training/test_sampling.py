@@ -24,7 +24,7 @@ def _epoch_batches(root, num_workers, epoch):
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(epoch)
-    return [batch["image"].as_tensor() for batch in loader]
+    return [batch["image"] for batch in loader]
 
 
 def test_epoch_patches_are_identical_with_or_without_workers_and_differ_between_epochs(demo_root):
