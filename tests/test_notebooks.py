@@ -40,7 +40,10 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path):
     kernel = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
     client = NotebookClient(notebook, km=kernel, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOKS)}})
     start = time.perf_counter()
-    client.execute(env=env)
+    try:
+        client.execute(env=env)
+    finally:
+        kernel.shutdown_kernel(now=True)  # nbclient leaves a kernel it did not start running (and busy) until pytest exits
     print(f"{name}: {time.perf_counter() - start:.1f} s")
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert sum("image/png" in output.get("data", {}) for output in outputs) == FIGURES[name]
