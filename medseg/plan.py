@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 from medseg.atomic import atomic_target
-from medseg.errors import MedsegError
+from medseg.errors import run_command
 from medseg.memory.measure import check_budget_fraction
 from medseg.memory.report import plot_precision_plans
 from medseg.planning.plan import TrainingPlan
@@ -85,12 +84,7 @@ def run(args: list[str] | None = None) -> StoredPlan:
 
 def main() -> None:
     """Entry point: user errors end as one line on stderr and exit code 1."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        run()
-    except MedsegError as err:
-        print(f"medseg: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_command(run)
 
 
 if __name__ == "__main__":
