@@ -70,6 +70,14 @@ def same_grid(a: NiftiImage, b: NiftiImage) -> bool:
     return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=AFFINE_TOLERANCE_MM)
 
 
+def in_ras_order(per_axis: Sequence, affine: np.ndarray) -> tuple:
+    """Return values given per voxel axis (spacing, shape) in the axis order MONAI's ``Orientationd(axcodes="RAS")`` gives."""
+    ordered: list = [None] * 3
+    for value, ras_axis in zip(per_axis, nib.orientations.io_orientation(affine)[:, 0]):
+        ordered[int(ras_axis)] = value
+    return tuple(ordered)
+
+
 def check_volume(image: NiftiImage, name: str | Path) -> None:
     """Raise a one-line error unless `image` is 3D, or 4D with channels last."""
     shape = image.shape

@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 from numpy.typing import ArrayLike
 
 from medseg.data.formats import Case
-from medseg.nifti import read_voxels
+from medseg.nifti import in_ras_order, read_voxels
 
 MiB = 2**20
 PLANES = ("sagittal", "coronal", "axial")
@@ -150,11 +150,8 @@ def load_volume(image_path: str | Path, label: str | Path | ArrayLike | None = N
     if label is not None:
         labels = read_voxels(label)[1] if isinstance(label, (str, Path)) else np.asarray(label)
         labels = nib.orientations.apply_orientation(labels[..., 0] if labels.ndim == 4 else labels, orientation)
-    zooms = image.header.get_zooms()[:3]
-    spacing = [0.0, 0.0, 0.0]
-    for axis, (ras_axis, _) in enumerate(orientation):
-        spacing[int(ras_axis)] = float(zooms[axis])
-    return Volume(nib.orientations.apply_orientation(voxels, orientation), labels, tuple(spacing))
+    spacing = in_ras_order([float(zoom) for zoom in image.header.get_zooms()[:3]], image.affine)
+    return Volume(nib.orientations.apply_orientation(voxels, orientation), labels, spacing)
 
 
 def plot_prediction_vs_truth(truth: Volume, prediction: ArrayLike, class_names: Sequence[str]) -> Figure:

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import nibabel as nib
 import numpy as np
 
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import Case
+from medseg.nifti import in_ras_order
 
 # foreground intensities kept per case and channel for the dataset's percentiles (nnU-Net keeps 10,000)
 SAMPLES_PER_CASE = 1000
@@ -62,11 +62,6 @@ class CaseFingerprint:
         return cls(data["name"], tuple(data["spacing"]), tuple(data["shape"]), channels, tuple(data["class_voxels"]))
 
 
-def ras_axes(affine: np.ndarray) -> list[int]:
-    """Return, for each voxel axis, the RAS axis it becomes after MONAI's ``Orientationd(axcodes="RAS")``."""
-    return [int(axis) for axis in nib.orientations.io_orientation(affine)[:, 0]]
-
-
 def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     """Return the voxel size in mm along each voxel axis (the affine's column lengths, as MONAI's Spacingd reads it)."""
     return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
@@ -82,17 +77,15 @@ def case_fingerprint(
     case: Case, affine: np.ndarray, images: Sequence[np.ndarray], label: np.ndarray, class_voxels: Sequence[int]
 ) -> CaseFingerprint:
     """Return the fingerprint of a case from voxels already read and checked (images 3D, or 4D channels last)."""
-    axes = ras_axes(affine)
-    spacing, shape = [0.0] * 3, [0] * 3
-    for axis, size, length in zip(axes, label.shape[:3], voxel_spacing(affine)):
-        spacing[axis], shape[axis] = float(length), int(size)
+    spacing = in_ras_order([float(length) for length in voxel_spacing(affine)], affine)
+    shape = in_ras_order([int(size) for size in label.shape[:3]], affine)
     foreground = label.reshape(label.shape[:3]) > 0
     rng = np.random.default_rng(0)
     channels = []
     for voxels in images:
         stack = voxels[..., np.newaxis] if voxels.ndim == 3 else voxels
         channels += [_intensity(stack[..., c][foreground], rng) for c in range(stack.shape[3])]
-    return CaseFingerprint(case.name, tuple(spacing), tuple(shape), tuple(channels), tuple(int(v) for v in class_voxels))
+    return CaseFingerprint(case.name, spacing, shape, tuple(channels), tuple(int(v) for v in class_voxels))
 
 
 def fingerprint_cache_path(cache_dir: str | Path, root: str | Path) -> Path:
