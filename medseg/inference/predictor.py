@@ -20,7 +20,7 @@ from medseg.inference.checkpoint import TrainedModel, load_trained_model
 from medseg.memory.oom import is_out_of_memory, release_memory
 from medseg.model.inferer import window_inferer
 from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
-from medseg.precision import PRECISIONS, autocast, inference_precision
+from medseg.precision import autocast, check_precision, inference_precision
 
 FLIP_AXES = [dims for n in (1, 2, 3) for dims in itertools.combinations((2, 3, 4), n)]
 
@@ -49,8 +49,8 @@ class InferenceOptions:
     probabilities: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise MedsegError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.precision is not None:
+            check_precision(self.precision)
 
     def window_changes(self) -> dict[str, Any]:
         """Return the window settings these options override (the recipe validates them)."""
