@@ -164,3 +164,10 @@ def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(9), np.random.seed(9), random.seed(9)
     set_rng_states(torch.load(tmp_path / "state.ckpt", weights_only=True)["rng_states"])
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_deterministic_training_turns_cudnn_autotuning_off(demo_root, tmp_path):
+    from medseg.training.cli import build_cli
+
+    assert build_cli(_tiny_args(demo_root, tmp_path)).config.trainer.benchmark is True  # the default: patches have one shape
+    assert build_cli(_tiny_args(demo_root, tmp_path) + ["--trainer.deterministic=true"]).config.trainer.benchmark is False

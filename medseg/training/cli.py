@@ -101,6 +101,10 @@ class MedsegCLI(LightningCLI):
         on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         trainer["precision"], reason = resolve_precision(trainer["precision"], "cuda" if on_gpu else "cpu")
         log.info(reason)
+        if trainer.get("deterministic") and trainer.get("benchmark"):
+            # cuDNN autotuning (on by default here) picks algorithms by timing, which defeats deterministic=True
+            trainer["benchmark"] = False
+            log.info("deterministic training: cuDNN autotuning (trainer.benchmark) turned off")
         if self.config["ckpt_path"] == "last":
             self.config["ckpt_path"] = resume_last(trainer)
 
