@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 from monai import transforms as T
+from monai.transforms.utils import map_binary_to_indices
 
 from medseg.errors import MedsegError
 
@@ -106,6 +108,37 @@ def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", labe
     return T.Compose(steps)
 
 
+# nnU-Net keeps 10,000 positions per class (at least 1 % of its voxels) to centre patches on
+CROP_CENTRES, CROP_CENTRE_SHARE = 10_000, 0.01
+
+
+class CropCentresd(T.MapTransform):
+    """Store where patches may be centred, as ``fg_indices`` and ``bg_indices`` for ``RandCropByPosNegLabeld``.
+
+    Deterministic, so it runs once per case in the cache; without it every patch draw scans the whole label
+    volume for them (a quarter of a patch's sampling and augmentation time at 96^3). Like nnU-Net's class
+    locations, each list is a seeded draw of ``CROP_CENTRES`` positions (or ``CROP_CENTRE_SHARE`` of them, if more).
+    """
+
+    def __init__(self, label_key: str = "label") -> None:
+        super().__init__([label_key])
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        generator = torch.Generator().manual_seed(0)
+        foreground, background = map_binary_to_indices(d[self.label_key])
+        d["fg_indices"], d["bg_indices"] = (_drawn(torch.as_tensor(i), generator) for i in (foreground, background))
+        return d
+
+
+def _drawn(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    keep = max(CROP_CENTRES, math.ceil(CROP_CENTRE_SHARE * len(indices)))
+    if len(indices) <= keep:
+        return indices
+    return indices[torch.randint(len(indices), (keep,), generator=generator)]
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Random training augmentation; probabilities are per patch."""
@@ -128,9 +161,10 @@ def training_transforms(
     image_key: str = "image",
     label_key: str = "label",
 ) -> T.Compose:
-    """Return random patch sampling plus augmentation, applied after the cached preprocessing.
+    """Return patch sampling plus augmentation, applied after the cached preprocessing.
 
-    ``positive_fraction`` is the share of patches centred on a foreground voxel (nnU-Net uses 1/3).
+    The deterministic head (padding to the patch, crop centres) is cached with the preprocessing by MONAI's
+    cached datasets. ``positive_fraction`` is the share of patches centred on a foreground voxel (nnU-Net uses 1/3).
     """
     if not 0.0 <= positive_fraction <= 1.0:
         raise MedsegError(f"positive_fraction must be between 0 and 1, got {positive_fraction}")
@@ -140,6 +174,7 @@ def training_transforms(
     return T.Compose(
         [
             T.SpatialPadd(keys, spatial_size=patch_size),
+            CropCentresd(label_key),
             T.RandCropByPosNegLabeld(
                 keys,
                 label_key=label_key,
@@ -147,8 +182,8 @@ def training_transforms(
                 pos=positive_fraction,
                 neg=1.0 - positive_fraction,
                 num_samples=1,
-                image_key=image_key,
-                image_threshold=float("-inf"),
+                fg_indices_key="fg_indices",
+                bg_indices_key="bg_indices",
             ),
             *[T.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(3)],
             T.RandRotate90d(keys, prob=aug.rotate90_prob, spatial_axes=(0, 1)),

@@ -47,9 +47,12 @@ def normalization(fingerprint: DatasetFingerprint) -> tuple[dict[str, Any], str]
     if not fingerprint.is_ct:
         return {"normalization": "zscore"}, "not CT: per-case z-score of each channel"
     stats = fingerprint.foreground_intensity(0)
+    low, high = round(stats["percentile_00_5"], 2), round(stats["percentile_99_5"], 2)
+    if high <= low:  # a foreground of one HU value: widen to a window training accepts (low < high)
+        low, high = low - 1.0, high + 1.0
     settings = {
         "normalization": "ct_zscore",
-        "ct_window": [round(stats["percentile_00_5"], 2), round(stats["percentile_99_5"], 2)],
+        "ct_window": [low, high],
         "ct_mean": round(stats["mean"], 3),
         "ct_std": round(max(stats["std"], 1e-3), 3),
     }

@@ -18,6 +18,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -169,17 +170,20 @@ class TrainResult:
 
 def build_cli(args: list[str] | None = None) -> MedsegCLI:
     """Return the parsed CLI with model, data module and trainer built, without running anything."""
-    return MedsegCLI(
-        SegmentationModule,
-        SegmentationDataModule,
-        run=False,
-        args=args,
-        parser_class=OneLineErrorParser,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": __doc__},
-        trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
-    )
+    with warnings.catch_warnings():
+        # with_plan hands the command line plus the plan's --config as ``args``: meant, so not worth a warning
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return MedsegCLI(
+            SegmentationModule,
+            SegmentationDataModule,
+            run=False,
+            args=args,
+            parser_class=OneLineErrorParser,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": __doc__},
+            trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
+        )
 
 
 # GPU memory planned for when there is no CUDA GPU to measure

@@ -97,3 +97,15 @@ def test_preprocessing_round_trips_as_plain_data():
     prep = Preprocessing(spacing=(1.0, 1.0, 2.5), ct_window=(-100.0, 200.0))
     assert Preprocessing.from_dict(prep.to_dict()) == prep
     assert isinstance(prep.to_dict()["spacing"], list)
+
+
+def test_crop_centres_are_labelled_and_unlabelled_voxels_drawn_once_for_the_cache(blocky_case):
+    from medseg.data.transforms import CROP_CENTRES, CropCentresd
+
+    label = torch.zeros(1, 300, 200, 50)
+    label[0, 100:200, 50:150, 10:40] = 1  # 300,000 labelled voxels, 2.7 million unlabelled
+    first, second = CropCentresd()({"label": label}), CropCentresd()({"label": label})
+    flat = label.flatten()
+    assert len(first["fg_indices"]) == CROP_CENTRES and bool((flat[first["fg_indices"]] == 1).all())
+    assert len(first["bg_indices"]) == 27_000 and bool((flat[first["bg_indices"]] == 0).all())  # 1 % of them
+    assert torch.equal(first["fg_indices"], second["fg_indices"])  # deterministic: cacheable

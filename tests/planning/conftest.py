@@ -2,59 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from medseg.data.formats import read_dataset
 from medseg.data.validation import validate_dataset
-
-
-def write_msd(root: Path, cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], modality: dict, labels: dict) -> Path:
-    """Write (image, label, affine) cases and an MSD dataset.json under ``root``; return ``root``."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
-    for index, (image, label, affine) in enumerate(cases):
-        name = f"case_{index:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / name)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (root / "dataset.json").write_text(json.dumps({"modality": modality, "labels": labels, "training": training}))
-    return root
+from tests.helpers.datasets import write_ct_like, write_mri_like
 
 
 @pytest.fixture(scope="session")
 def mri_root(tmp_path_factory) -> Path:
     """Five MRI-like cases: 4 channels (4D files), 0.9 mm in-plane, 5 mm slices, a tumour and its core."""
-    rng = np.random.default_rng(0)
-    cases = []
-    for index in range(5):
-        shape = (int(rng.integers(150, 170)), int(rng.integers(150, 170)), int(rng.integers(26, 32)))
-        label = np.zeros(shape, np.uint8)
-        label[50:100, 60:110, 8:20] = 1
-        label[65:85, 75:95, 11:17] = 2
-        image = rng.normal(300.0, 40.0, (*shape, 4)).astype(np.float32) + label[..., None] * np.array([80.0, -50.0, 120.0, 30.0], np.float32)
-        cases.append((image, label, np.diag([0.9, 0.9, 5.0 + 0.2 * index, 1.0])))
-    labels = {"0": "background", "1": "tumour", "2": "core"}
-    return write_msd(tmp_path_factory.mktemp("mri"), cases, {"0": "FLAIR", "1": "T1w", "2": "T1gd", "3": "T2w"}, labels)
+    return write_mri_like(tmp_path_factory.mktemp("mri"))
 
 
 @pytest.fixture(scope="session")
 def ct_root(tmp_path_factory) -> Path:
     """Two CT-like cases of 420x400x210 voxels (0.8 x 0.8 x 1.5 mm), air and a box of tissue: a few MiB gzipped."""
-    cases = []
-    for index in range(2):
-        image = np.full((420, 400, 210), -1000, np.int16)
-        image[60:360, 80:330, 20:190] = 40 + 10 * index
-        label = np.zeros(image.shape, np.uint8)
-        label[150:250, 150:250, 60:140] = 1
-        image[label == 1] = 120
-        cases.append((image, label, np.diag([0.8, 0.8, 1.5, 1.0])))
-    return write_msd(tmp_path_factory.mktemp("ct"), cases, {"0": "CT"}, {"0": "background", "1": "liver"})
+    return write_ct_like(tmp_path_factory.mktemp("ct"))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from medseg.data.fingerprint import DatasetFingerprint
+from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
 from medseg.planning.estimate import estimated_step
 from medseg.planning.plan import make_plan
@@ -29,8 +30,9 @@ def test_anisotropic_mri_keeps_its_slices_thick_and_is_zscored_per_case(fingerpr
 
 def test_ct_is_clipped_to_foreground_percentiles_and_zscored(fingerprints):
     plan = make_plan(fingerprints["ct"], 8 * GiB, estimated_step, "fake", precisions=("16-mixed",))
-    # every foreground voxel is 120 HU: both percentiles and the mean are 120, the std is floored
-    assert plan.normalization == {"normalization": "ct_zscore", "ct_window": [120.0, 120.0], "ct_mean": 120.0, "ct_std": 0.001}
+    # every foreground voxel is 120 HU: both percentiles and the mean are 120 (the window widened to stay a window), the std is floored
+    assert plan.normalization == {"normalization": "ct_zscore", "ct_window": [119.0, 121.0], "ct_mean": 120.0, "ct_std": 0.001}
+    Preprocessing(**plan.normalization)  # training accepts it
 
 
 def test_mixed_precision_gets_at_least_the_patch_of_fp32_under_a_tight_budget(fingerprints):

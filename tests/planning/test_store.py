@@ -1,6 +1,7 @@
 import shutil
 
 import lightning as L
+import pytest
 
 from medseg import nifti
 from medseg.data.formats import read_dataset
@@ -21,8 +22,9 @@ def test_second_plan_of_an_unchanged_dataset_is_cached_and_reads_no_voxels(demo_
     assert not first.cached and second.cached and second.plan == first.plan
 
 
-def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulated_gpu(demo_root, tmp_path):
-    root = shutil.copytree(demo_root, tmp_path / "demo")
+@pytest.mark.parametrize("dataset", ["demo_root", "mri_root"])
+def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulated_gpu(dataset, request, tmp_path):
+    root = shutil.copytree(request.getfixturevalue(dataset), tmp_path / "dataset")
     args = with_plan(["--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache")])
     assert args[0] == "--config" and args[1].endswith(".yaml")
     cli = build_cli([*args, "--data.iterations_per_epoch=1", "--data.num_workers=0", "--data.cache=none", "--trainer.accelerator=cpu"])

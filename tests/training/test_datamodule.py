@@ -118,3 +118,23 @@ def test_gpu_augmentation_yields_patches_already_on_the_gpu(demo_root):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].device.type == "cuda" and batch["image"].shape == (2, 1, 32, 32, 16)
+
+
+def test_drawing_patches_never_changes_the_cached_volumes(demo_root):
+    # the memory cache hands out its volumes without a copy: every augmentation must leave them as they were
+    from monai.data import MetaTensor
+
+    from medseg.data.transforms import Augmentation
+
+    every_augmentation = Augmentation(flip_prob=1.0, rotate90_prob=1.0, rotate_prob=1.0, intensity_prob=1.0, noise_prob=1.0)
+    dm = SegmentationDataModule(str(demo_root), batch_size=2, patch_size=(32, 32, 16), num_folds=3, iterations_per_epoch=8, num_workers=0,
+                                augmentation=every_augmentation)
+    dm.setup("fit")
+    cache = dm.train_dataset.dataset._cache
+    before = [{k: (v.clone(), len(v.applied_operations)) for k, v in item.items() if isinstance(v, MetaTensor)} for item in cache]
+    for _ in dm.train_dataloader():
+        pass
+    for item, kept in zip(cache, before):
+        for key, (values, operations) in kept.items():
+            assert torch.equal(item[key].as_tensor(), values.as_tensor()) and len(item[key].applied_operations) == operations
+
