@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader
+from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, ToDeviced
 
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
@@ -41,7 +42,7 @@ class SegmentationDataModule(L.LightningDataModule):
             Which cases and augmentations an epoch gets depends only on the seed (``seed_everything``) and
             the epoch, so a resumed run trains on exactly what an uninterrupted one would.
         num_folds, fold, split_seed: deterministic cross-validation split; fold `fold` is the validation set.
-        cache: "memory" (CacheDataset), "disk" (PersistentDataset in cache_dir) or "none".
+        cache: "memory" (CacheDataset), "disk" (PersistentDataset in cache_dir, keyed by case and preprocessing) or "none".
         cache_dir: where disk caches and the demo data live; None = $MEDSEG_CACHE or ~/.cache/medseg.
         num_workers: data-loading worker processes.
         augmentation: random augmentation settings.
@@ -130,7 +131,9 @@ class SegmentationDataModule(L.LightningDataModule):
             # and none works in place, so the cache is never changed (tests/training/test_datamodule.py checks it)
             return CacheDataset(data, transform, num_workers=self.num_workers or None, progress=True, copy_cache=False)
         if self.cache == "disk":
-            return PersistentDataset(data, transform, cache_dir=self.cache_dir / "preprocessed" / self.spec.root.name)
+            # keyed by the cached transforms' settings too: a changed spacing or patch never reads volumes cached before
+            folder = self.cache_dir / "preprocessed" / self.spec.root.name
+            return PersistentDataset(data, transform, cache_dir=folder, hash_transform=pickle_hashing)
         return Dataset(data, transform)
 
     def setup(self, stage: str | None = None) -> None:

@@ -138,3 +138,16 @@ def test_drawing_patches_never_changes_the_cached_volumes(demo_root):
         for key, (values, operations) in kept.items():
             assert torch.equal(item[key].as_tensor(), values.as_tensor()) and len(item[key].applied_operations) == operations
 
+
+
+def test_disk_cache_of_other_preprocessing_is_never_read(demo_root, tmp_path):
+    def first_validation_shape(spacing):
+        dm = SegmentationDataModule(str(demo_root), patch_size=(32, 32, 16), spacing=spacing, num_folds=3, num_workers=0,
+                                    cache="disk", cache_dir=str(tmp_path), check_dataset=False)
+        dm.setup("fit")
+        return tuple(dm.val_dataset[0]["image"].shape)
+
+    coarse = first_validation_shape((1.5, 1.5, 3.0))
+    fine = first_validation_shape((1.0, 1.0, 2.0))
+    assert fine != coarse and first_validation_shape((1.5, 1.5, 3.0)) == coarse
+    assert len(list((tmp_path / "preprocessed").rglob("*.pt"))) == 2  # one validation case cached per preprocessing
