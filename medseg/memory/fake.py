@@ -15,15 +15,12 @@ scaling (one scalar) is left out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from medseg.memory.measure import StepMeasurement
-from medseg.memory.plan import MemoryFit, fit_memory
 from medseg.model.networks import network_for
 from medseg.precision import autocast
 from medseg.recipe import Recipe
@@ -59,7 +56,3 @@ def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasuremen
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     return StepMeasurement(batch_size, precision, int(peak))
 
-
-def fake_memory(recipe: Recipe, precision: str, sizes: Sequence[int] = (1, 2)) -> MemoryFit:
-    """Return the fitted memory line of a recipe's training step at ``precision``, from fake steps at ``sizes``."""
-    return fit_memory([fake_step(recipe, size, precision) for size in sizes])
