@@ -39,6 +39,7 @@ from medseg.memory.oom import is_out_of_memory, release_memory
 from medseg.memory.plan import plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
 from medseg.precision import PRECISIONS
+from medseg.tables import markdown_rows
 from medseg.training.module import SegmentationModule
 
 MiB = 2**20
@@ -202,8 +203,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         ]
     header, cells = (CPU_COLUMNS, cpu_cells) if result["backend"] == "cpu-estimator" else (CUDA_COLUMNS, cuda_cells)
     fp32 = result["precisions"].get("32-true", {}).get("per_sample_mib", float("nan"))
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([precision, *cells(row, fp32)]) + " |" for precision, row in result["precisions"].items()]
+    lines.append(markdown_rows([dict(zip(header, [precision, *cells(row, fp32)])) for precision, row in result["precisions"].items()]))
     return "\n".join(lines) + "\n"
 
 

@@ -52,7 +52,7 @@ from medseg.data.demo import ensure_demo_dataset  # noqa: E402
 from medseg.data.formats import DatasetSpec, read_dataset  # noqa: E402
 from medseg.nifti import in_ras_order  # noqa: E402
 from medseg.planning.store import plan_for_training  # noqa: E402
-from medseg.tables import format_rows  # noqa: E402
+from medseg.tables import format_rows, markdown_rows  # noqa: E402
 from tests.helpers.datasets import write_ct_like, write_mri_like  # noqa: E402
 
 CAPACITY_GIB = 8.0  # nnU-Net v2's ExperimentPlanner default: gpu_memory_target_in_gb = 8
@@ -319,12 +319,6 @@ def startup_rows(startup: dict) -> list[dict]:
     ]
 
 
-def markdown_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows])
-
-
 def targets_text(report: dict) -> str:
     """Return the issue's targets (plan < 60 s per dataset, cached plan < 1 s) against the measured seconds."""
     plans = {name: r["medseg"] for name, r in report["datasets"].items()}
@@ -376,7 +370,7 @@ def write_report(report: dict, out: Path) -> None:
         "medseg's `plan s (first)` is `plan_for_training` in the benchmark's process with an empty cache folder (dataset check and "
         "fingerprint, one read of every file, then the plan); `plan s (again)` the same call again, answered from the cache. "
         + nnunet_text
-        + markdown_table(rows)
+        + markdown_rows(rows)
         + ("\n\nnnU-Net failures:\n" + "\n".join(failures) if failures else "")
         + f"\n\nMedian shape at the target spacing (x,y,z): {medians}.\n\n"
         + targets_text(report)
@@ -387,7 +381,7 @@ def write_report(report: dict, out: Path) -> None:
         "check (its fingerprint cached by the plan) and `--data.cache=memory` preprocessing every training and validation case "
         "(redone on every start: the memory cache does not outlive the process); `first batch`: model set-up and loading the "
         f"first batch (shape {startup['first']['batch_shape']}).\n\n"
-        + markdown_table(startup_rows(startup)) + "\n"
+        + markdown_rows(startup_rows(startup)) + "\n"
     )
 
 
