@@ -99,7 +99,7 @@ def test_preprocessing_round_trips_as_plain_data():
     assert isinstance(prep.to_dict()["spacing"], list)
 
 
-def test_crop_centres_are_labelled_and_unlabelled_voxels_drawn_once_for_the_cache(blocky_case):
+def test_crop_centres_are_labelled_and_unlabelled_voxels_drawn_once_for_the_cache():
     from medseg.data.transforms import CROP_CENTRES, CropCentresd
 
     label = torch.zeros(1, 300, 200, 50)
