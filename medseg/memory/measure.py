@@ -163,7 +163,13 @@ def measure_cuda_step(setup: TrainingSetup, batch_size: int, precision: str, tra
     """Return the peak CUDA memory of ``steps`` steps with one optimizer at ``batch_size`` (None when out of memory).
 
     ``steps=2`` counts the optimizer state and previous gradients steady-state training holds, and, since the
-    time is that of the last step, leaves cuDNN autotuning out of throughput figures.
+    time is that of the last step, leaves cuDNN autotuning out of throughput figures. The peak is that of all
+    steps, the first one's cuDNN autotuning too (``cudnn.benchmark``): its trial workspaces take what memory is
+    free, so it overstates what later steps need (fp32 most), but training's first step at the planned size
+    autotunes the same way. Measured on an H200 capped at 8 GiB (benchmarks/results/memory_cuda_spleen.md and
+    memory_cuda_spleen_steady_state_peak.md): planned on all steps, a 96^3 fp32 UNet trained 180 steps at batch
+    11 without running out of memory, at 2.3 GiB after the first step's 6.7 GiB; planned on the steps after the
+    first, it chose 35, and the next step run at that size ran out of memory.
     Memory is released before returning either way, so one trial leaves nothing behind for the next.
     """
     device = device_of(setup.net)
@@ -211,7 +217,9 @@ def check_budget_fraction(fraction: float) -> float:
 
 
 def cuda_budget_bytes(device: torch.device, fraction: float) -> int:
-    """Return ``fraction`` of the memory this process can use now: free memory plus torch's own cache."""
+    """Return ``fraction`` of the memory this process can use now: free memory plus torch's own cache, within the
+    cap of ``torch.cuda.set_per_process_memory_fraction`` (a process sharing a GPU), whose excess raises OOM."""
     release_memory()
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(fraction * (free + torch.cuda.memory_reserved(device)))
+    free, total = torch.cuda.mem_get_info(device)
+    usable = free + torch.cuda.memory_reserved(device)
+    return int(fraction * min(usable, torch.cuda.get_per_process_memory_fraction(device) * total))

@@ -11,8 +11,8 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from medseg.memory.estimate import estimate_memory, estimate_step
-from medseg.memory.measure import TrainingSetup, measure_cuda_step, run_training_step
-from medseg.memory.plan import plan_batch_size
+from medseg.memory.measure import TrainingSetup, cuda_budget_bytes, measure_cuda_step, run_training_step
+from medseg.memory.plan import plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
 from tests.memory.fakes import MiB, linear_curve
 
@@ -115,3 +115,63 @@ def test_cuda_trial_measures_growing_peaks_and_frees_memory_after_oom(tiny_setup
     huge = measure_cuda_step(tiny_setup, 4 * free // (16**3 * 4), "32-true")
     assert not huge.fits
     assert torch.cuda.memory_allocated() == baseline
+
+
+@pytest.mark.parametrize(("process_fraction", "expected_gib"), [(1.0, 0.9 * 60), (0.25, 0.9 * 20)])
+def test_budget_is_the_free_memory_within_the_process_memory_cap(monkeypatch, process_fraction, expected_gib) -> None:
+    # an 80 GiB GPU with 50 GiB free and 10 GiB in torch's cache; a cap of 0.25 allows this process 20 GiB in all
+    GiB = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (50 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 10 * GiB)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: process_fraction)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # release_memory: nothing to empty here
+    assert cuda_budget_bytes(torch.device("cuda"), 0.9) == int(expected_gib * GiB)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_planning_stays_within_a_process_memory_cap(tiny_setup: TrainingSetup) -> None:
+    tiny_setup.net.cuda()
+    _, total = torch.cuda.mem_get_info()
+    cap = (torch.cuda.memory_reserved() + 1024 * MiB) / total
+    torch.cuda.set_per_process_memory_fraction(cap)
+    try:
+        plan = plan_on_device(tiny_setup, "16-mixed", budget_fraction=0.9, max_batch_size=4096)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert plan.budget_bytes <= 0.9 * cap * total
+    assert 0 < plan.measured_peak_bytes <= plan.budget_bytes
+    assert plan.batch_size < 4096  # the cap, not the ceiling, stopped it
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_planning_on_cuda_returns_a_measured_size_within_the_budget(tiny_setup: TrainingSetup) -> None:
+    tiny_setup.net.cuda()
+    plan = plan_on_device(tiny_setup, "16-mixed", budget_fraction=0.05, max_batch_size=256)
+    assert plan.backend == "cuda" and plan.batch_size in plan.verified_batch_sizes
+    assert plan.measured_peak_bytes <= plan.budget_bytes
+    assert plan.samples_per_second is not None and plan.samples_per_second > 0
+
+
+class FirstStepWorkspace(torch.nn.Module):
+    """A network whose first forward pass holds a large temporary, as cuDNN autotuning's trial workspaces do."""
+
+    def __init__(self, network: torch.nn.Module, workspace_bytes: int) -> None:
+        super().__init__()
+        self.network, self.workspace_bytes, self.called = network, workspace_bytes, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.called:
+            self.called = True
+            torch.ones(self.workspace_bytes, dtype=torch.uint8, device=x.device)  # freed at once
+        return self.network(x)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_trial_peak_counts_the_first_steps_autotuning_workspace(tiny_setup: TrainingSetup) -> None:
+    # training's first step at the planned size autotunes too: planning on the later steps alone ran out of memory
+    tiny_setup.net.cuda()
+    tuned = replace(tiny_setup, net=FirstStepWorkspace(tiny_setup.net, 512 * MiB))
+    assert measure_cuda_step(tuned, 4, "32-true", steps=2).peak_bytes > 512 * MiB

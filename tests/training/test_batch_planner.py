@@ -10,9 +10,7 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from medseg.errors import MedsegError
-from medseg.memory.plan import plan_on_device
 from medseg.training.batch_planner import BatchSizePlanner, accumulation_for
-from medseg.memory.measure import TrainingSetup
 from medseg.memory.simulate import SimulatedDevice
 from medseg.training.module import SegmentationModule
 from tests.memory.fakes import PATCH, TINY_UNET, MiB, RandomPatches, linear_curve
@@ -98,16 +96,6 @@ def test_disabled_planner_keeps_the_configured_batch_size_and_accumulation(tiny_
     trainer = make_trainer(callbacks=[BatchSizePlanner(simulated_device=device, enabled=False)], max_steps=1, accumulate_grad_batches=2)
     trainer.fit(tiny_module, datamodule=data)
     assert (data.batch_size, trainer.accumulate_grad_batches) == (3, 2)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_planning_on_cuda_returns_a_measured_size_within_the_budget(tiny_setup: TrainingSetup) -> None:
-    tiny_setup.net.cuda()
-    plan = plan_on_device(tiny_setup, "16-mixed", budget_fraction=0.05, max_batch_size=256)
-    assert plan.backend == "cuda" and plan.batch_size in plan.verified_batch_sizes
-    assert plan.measured_peak_bytes <= plan.budget_bytes
-    assert plan.samples_per_second is not None and plan.samples_per_second > 0
 
 
 def test_every_rank_trains_at_the_smallest_batch_any_rank_planned(tiny_module, make_trainer, monkeypatch) -> None:
