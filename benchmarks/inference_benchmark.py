@@ -10,11 +10,15 @@ every label map, timed in one process:
   * ``medseg-same-overlap``: ``medseg.inference.segment_scans`` (what ``python -m medseg.infer`` runs) at overlap 0.25;
   * ``medseg-defaults``: the same with every default (the recipe's overlap 0.5, precision from
     ``medseg.precision.inference_precision``: bf16 on CPUs with native bf16, else fp32).
-The window stage alone is also timed on the first scan's preprocessed volume: the tutorial's call against
-medseg's ``Predictor.probabilities`` at overlap 0.25. Runs are interleaved, ``--repeats`` times after one warm-up
-each, so a busy machine slows all alike; the fastest of each is kept.
+The window stage alone is also timed on the first scan's preprocessed volume (or a random one of ``--size``):
+the tutorial's call against medseg's ``Predictor.probabilities`` at overlap 0.25. With ``--device cuda`` both
+recipes run their windows on the GPU (the tutorial moves its input there, as its notebook does); the window stage
+then also times MONAI's call with the output stitched on the CPU (``device="cpu"``), and medseg at fp32, since
+medseg's default there is the trained precision (fp16). Runs are interleaved, ``--repeats`` times after one
+warm-up each, so a busy machine slows all alike; the fastest of each is kept.
 
     python benchmarks/inference_benchmark.py --output benchmarks/results/inference_cpu
+    python benchmarks/inference_benchmark.py --device cuda --size 512 512 256 --output benchmarks/results/inference_cuda
 """
 
 from __future__ import annotations
@@ -93,17 +97,17 @@ def tutorial_transforms() -> tuple[T.Compose, Callable[[T.Compose, Path], T.Comp
     return test_org_transforms, post_transforms
 
 
-def tutorial_run(weights: Path, scans: list[Path], output: Path) -> None:
+def tutorial_run(weights: Path, scans: list[Path], output: Path, device: str) -> None:
     """MONAI's spleen tutorial test-set loop."""
     pre, post_builder = tutorial_transforms()
     post = post_builder(pre, output)
     model = network_for(Recipe("UNet", SPLEEN_NETWORK, ("CT",), ("background", "organ", "lesion"), PATCH))
     model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    model.to(device).eval()
     loader = DataLoader(Dataset([{"image": str(scan)} for scan in scans], pre), batch_size=1, num_workers=4)
     with torch.no_grad():
         for test_data in loader:
-            test_data["pred"] = sliding_window_inference(test_data["image"], PATCH, 4, model)
+            test_data["pred"] = sliding_window_inference(test_data["image"].to(device), PATCH, 4, model)
             [post(i) for i in decollate_batch(test_data)]
 
 
@@ -118,8 +122,12 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "medseg-training-benchmark"), help="scans from training_benchmark.py")
     parser.add_argument("--scans", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where both recipes run their windows")
+    parser.add_argument("--size", nargs=3, type=int, default=None, metavar=("X", "Y", "Z"),
+                        help="time the window stage on a random volume of this size instead of the first scan")
     parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
     args = parser.parse_args()
+    on_gpu = args.device.startswith("cuda")
     warnings.filterwarnings("ignore")
     from benchmarks.training_benchmark import write_dataset
 
@@ -133,20 +141,28 @@ def main() -> None:
         folder.mkdir()
         for scan in scans:
             (folder / scan.name).symlink_to(scan)
-        same = InferenceOptions(overlap=0.25, device="cpu")
+        same = InferenceOptions(overlap=0.25, device=args.device)
         end_to_end = {
-            "tutorial": lambda: tutorial_run(weights, scans, tmp / "tutorial"),
+            "tutorial": lambda: tutorial_run(weights, scans, tmp / "tutorial", args.device),
             "medseg-same-overlap": lambda: segment_scans(checkpoint, folder, tmp / "medseg-same", same, overwrite=True),
-            "medseg-defaults": lambda: segment_scans(checkpoint, folder, tmp / "medseg-defaults", InferenceOptions(device="cpu"), overwrite=True),
+            "medseg-defaults": lambda: segment_scans(checkpoint, folder, tmp / "medseg-defaults", InferenceOptions(device=args.device), overwrite=True),
         }
-        # the window stage alone, on the first scan as both recipes preprocess it
-        image = tutorial_transforms()[0]({"image": str(scans[0])})["image"].as_tensor()[None]
-        network = load_trained_model(checkpoint).network
+        # the window stage alone, on the first scan as both recipes preprocess it (or a random volume of --size)
+        if args.size:
+            image = torch.rand(1, 1, *args.size, generator=torch.Generator().manual_seed(0))
+        else:
+            image = tutorial_transforms()[0]({"image": str(scans[0])})["image"].as_tensor()[None]
+        network = load_trained_model(checkpoint).network.to(args.device)
         predictor = Predictor(load_trained_model(checkpoint), same)
+        # the tutorial's output stays where its input is (on the GPU: moved back to the CPU, as medseg's is)
         windows = {
-            "tutorial": lambda: torch.no_grad()(sliding_window_inference)(image, PATCH, 4, network),
+            "tutorial": lambda: torch.no_grad()(sliding_window_inference)(image.to(args.device), PATCH, 4, network).cpu(),
             "medseg-same-overlap": lambda: predictor.probabilities(image),
         }
+        if on_gpu:
+            fp32 = Predictor(load_trained_model(checkpoint), InferenceOptions(overlap=0.25, device=args.device, precision="32-true"))
+            windows["tutorial-stitched-on-cpu"] = lambda: torch.no_grad()(sliding_window_inference)(image, PATCH, 4, network, sw_device=args.device, device="cpu")
+            windows["medseg-fp32-same-overlap"] = lambda: fp32.probabilities(image)
         timings: dict[str, dict[str, list[float]]] = {"end_to_end": {k: [] for k in end_to_end}, "window_stage": {k: [] for k in windows}}
         for runs in (end_to_end, windows):
             for run in runs.values():
@@ -160,13 +176,14 @@ def main() -> None:
     report = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": cpu_name(),
+        "device": torch.cuda.get_device_name(args.device) if on_gpu else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "window_stage_volume": list(image.shape[2:]),
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
-        "versions": {"torch": torch.__version__, "monai": monai.__version__},
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "monai": monai.__version__},
         "scans": [f"{s.name} 192x192x112 at 0.8x0.8x2.5 mm" for s in scans],
         "network": {"name": "UNet", "classes": 3, **SPLEEN_NETWORK},
-        "medseg_default_precision": inference_precision(recipe.precision, "cpu"),
+        "medseg_default_precision": inference_precision(recipe.precision, torch.device(args.device).type),
         "seconds_fastest": best,
         "seconds_all": {s: {k: [round(x, 3) for x in v] for k, v in t.items()} for s, t in timings.items()},
         "speedup_vs_tutorial": {
@@ -188,11 +205,12 @@ def write_report(report: dict, out: Path) -> None:
     out.with_suffix(".md").write_text(
         f"# Whole-scan inference against MONAI's spleen tutorial recipe, {report['device']}\n\n"
         f"Command: `{report['command']}`  \n"
-        f"Date (UTC): {report['date_utc']}; torch {report['versions']['torch']}, MONAI {report['versions']['monai']}; "
+        f"Date (UTC): {report['date_utc']}; torch {report['versions']['torch']}, CUDA {report['versions'].get('cuda')}, MONAI {report['versions']['monai']}; "
         f"{report['cpu_threads']} CPU threads; load average (1, 5, 15 min) before and after: {report['load_average_before_after']}.  \n"
         f"{len(report['scans'])} CT-like scans of 192x192x112 voxels; UNet {SPLEEN_NETWORK}, 3 classes, window {list(PATCH)}, "
         f"window batch 4; medseg's default precision here: {report['medseg_default_precision']}. End to end = load the weights, "
-        "read, preprocess, sliding windows, invert, write every scan. Fastest of the interleaved repeats.\n\n"
+        "read, preprocess, sliding windows, invert, write every scan. Window stage on a volume of "
+        f"{report.get('window_stage_volume')} voxels. Fastest of the interleaved repeats.\n\n"
         "| stage | run | seconds | speed-up vs tutorial |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
 

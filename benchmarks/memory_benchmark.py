@@ -5,11 +5,16 @@ chosen size, the CPU-style byte estimate at that size, planner wall time, traini
 and at a common batch size, and Lightning's ``Tuner.scale_batch_size`` (binsearch) found size and time.
 Planning is uncapped (the comparison's 65536, not training's 1024), so on a large GPU the precisions are
 compared at the sizes memory allows; a step that runs out of memory anywhere is recorded as None.
+Then it trains ``--endurance-steps`` steps (at most ``--endurance-seconds``) at the planned size and at the
+tuner's, counting out-of-memory errors and the peak. ``--gpu-memory-gib`` caps this process's share of a large GPU
+(``torch.cuda.set_per_process_memory_fraction``, whose excess raises out-of-memory as a smaller GPU would; the
+planner's budget honours it), so that a benchmark of a small GPU's batch sizes fits in minutes.
 Without a GPU it records the CPU estimator's figures (fixed and per-sample bytes per precision, and the
 batch sizes those imply for a simulated GPU of ``--capacity-gib``).
 
 Writes ``<out>.json`` and ``<out>.md``:
     python benchmarks/memory_benchmark.py --out benchmarks/results/memory_cpu_estimator
+    python benchmarks/memory_benchmark.py --config configs/spleen_ct.yaml --gpu-memory-gib 8 --out benchmarks/results/memory_cuda_spleen
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import platform
 import sys
 import math
 import time
+import yaml
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medseg.memory.compare import COMPARISON_MAX_BATCH_SIZE
 from medseg.memory.estimate import estimate_memory, estimate_step
-from medseg.memory.measure import measure_cuda_step, training_setup
+from medseg.memory.measure import TrainingSetup, measure_cuda_step, run_training_step, training_setup
 from medseg.memory.oom import is_out_of_memory, release_memory
 from medseg.memory.plan import plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
@@ -101,14 +107,17 @@ class RandomData(L.LightningDataModule):
         # batches are built in this process: worker prefetching would hold several of the tuner's largest in host memory
         return DataLoader(self.dataset, batch_size=self.batch_size, num_workers=0)
 
+    def val_dataloader(self) -> list:
+        return []  # the module validates; the tuner trains only (limit_val_batches=0)
 
-def lightning_tuner(precision: str, planned_batch_size: int) -> dict[str, Any]:
+
+def lightning_tuner(settings: dict[str, Any], precision: str, planned_batch_size: int) -> dict[str, Any]:
     """Lightning's binsearch batch-size finder on the same model and GPU, for comparison.
 
     Its doubling from 2 stops one doubling past the planner's size, so host memory stays bounded (a random
     batch of 8192 default patches is 8 GiB) while the tuner can still find more than the planner.
     """
-    module = SegmentationModule()
+    module = SegmentationModule(**settings)
     h = module.hparams
     data = RandomData(RandomPatches(h.in_channels, h.out_channels, tuple(h.patch_size)), batch_size=2)
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_epochs=1, logger=False,
@@ -119,8 +128,26 @@ def lightning_tuner(precision: str, planned_batch_size: int) -> dict[str, Any]:
     return {"batch_size": found, "seconds": time.perf_counter() - start, "max_trials": trials}
 
 
-def cuda_figures(module: SegmentationModule, precisions: list[str]) -> dict[str, Any]:
-    """Measured planning, estimate accuracy and throughput per precision on the current GPU."""
+def endurance(setup: TrainingSetup, batch_size: int, precision: str, steps: int, seconds: float) -> dict[str, Any]:
+    """Train up to ``steps`` steps (fresh random batches every 10) within about ``seconds``; count out-of-memory errors."""
+    def train(chunk: int) -> bool:
+        run_training_step(setup, batch_size, precision, steps=chunk)
+        return True
+
+    torch.cuda.reset_peak_memory_stats()
+    done, out_of_memory, start = 0, 0, time.perf_counter()
+    while done < steps and time.perf_counter() - start < seconds:
+        chunk = min(10, steps - done)
+        out_of_memory += unless_out_of_memory(lambda: train(chunk)) is None
+        done += chunk
+    torch.cuda.synchronize()
+    return {"batch_size": batch_size, "steps": done, "out_of_memory": out_of_memory,
+            "peak_mib": torch.cuda.max_memory_allocated() / MiB, "seconds": time.perf_counter() - start}
+
+
+def cuda_figures(module: SegmentationModule, settings: dict[str, Any], precisions: list[str], endurance_steps: int, endurance_seconds: float) -> dict[str, Any]:
+    """Measured planning, estimate accuracy, throughput and out-of-memory errors in training per precision on the current GPU."""
+    torch.backends.cudnn.benchmark = True  # as training runs (trainer.benchmark), so its autotuning workspace is counted
     module.cuda()
     setup = training_setup(module.recipe, module.net)
     results: dict[str, Any] = {}
@@ -147,14 +174,19 @@ def cuda_figures(module: SegmentationModule, precisions: list[str]) -> dict[str,
             timed = measure_cuda_step(setup, size, precision, steps=5)  # out of memory: a failed measurement
             row[f"samples_per_second_{key}"] = size / timed.seconds if timed.fits else None
         row["common_batch_size"] = common
-        row["lightning_tuner"] = lightning_tuner(precision, row["batch_size"])
+        row["training_at_planned_size"] = endurance(setup, row["batch_size"], precision, endurance_steps, endurance_seconds)
+        tuner = row["lightning_tuner"] = lightning_tuner(settings, precision, row["batch_size"])
+        release_memory()  # the tuner's trainer and module, held in reference cycles
+        if tuner["batch_size"]:
+            tuner["training"] = endurance(setup, tuner["batch_size"], precision, endurance_steps, endurance_seconds)
     return results
 
 
 CPU_COLUMNS = ["precision", "peak b=1 (MiB)", "peak b=2 (MiB)", "fixed (MiB)", "per sample (MiB)", "per sample / FP32", "simulated batch", "estimator s"]
 CUDA_COLUMNS = [
-    "precision", "batch", "predicted peak MiB", "measured peak MiB", "budget used", "estimator error", "per sample / FP32",
-    "plan s", "samples/s (largest)", "samples/s (common)", "Lightning tuner batch (s)",
+    "precision", "batch", "predicted peak MiB", "measured peak MiB", "budget used", "estimator error", "training peak MiB",
+    "estimator vs training peak", "per sample / FP32",
+    "plan s", "samples/s (largest)", "samples/s (common)", "OOM in training (steps)", "Lightning tuner batch (s)", "tuner's OOM in training (steps)",
 ]
 
 
@@ -171,13 +203,23 @@ def cell(value: float | None, spec: str) -> str:
     return "OOM" if value is None else format(value, spec)
 
 
+def oom_cell(training: dict[str, Any] | None) -> str:
+    return "" if training is None else f"{training['out_of_memory']} ({training['steps']})"
+
+
 def cuda_cells(row: dict[str, Any], fp32_per_sample: float) -> list[str]:
-    tuner = row["lightning_tuner"]
+    tuner, training = row["lightning_tuner"], row["training_at_planned_size"]
+    # the planner's peak includes the first step's cuDNN autotuning; the estimator counts a step without it, as
+    # training's later steps run (their peak at the planned size)
+    estimate = row["estimator_peak_mib"]
+    steady_error = None if estimate is None else estimate / training["peak_mib"] - 1
     return [
         str(row["batch_size"]), f"{row['predicted_peak_mib']:.0f}", f"{row['measured_peak_mib']:.0f}", f"{row['budget_used']:.1%}",
-        cell(row["estimator_error"], "+.1%"), f"{row['per_sample_mib'] / fp32_per_sample:.3f}", f"{row['plan_seconds']:.1f}",
+        cell(row["estimator_error"], "+.1%"), f"{training['peak_mib']:.0f}", cell(steady_error, "+.1%"),
+        f"{row['per_sample_mib'] / fp32_per_sample:.3f}", f"{row['plan_seconds']:.1f}",
         cell(row["samples_per_second_largest"], ".1f"), f"{cell(row['samples_per_second_common'], '.1f')} (b={row['common_batch_size']})",
-        f"{cell(tuner['batch_size'], 'd')} ({tuner['seconds']:.1f}, {tuner['max_trials']} trials)",
+        oom_cell(row["training_at_planned_size"]), f"{cell(tuner['batch_size'], 'd')} ({tuner['seconds']:.1f}, {tuner['max_trials']} trials)",
+        oom_cell(tuner.get("training")),
     ]
 
 
@@ -191,6 +233,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"- device: {env['device']}",
         f"- torch {env['torch']}, CUDA {env['cuda']}, MONAI {env['monai']}, Lightning {env['lightning']}, Python {env['python']}",
         f"- model: {result['model']}, patch {result['patch_size']}",
+        *([f"- GPU memory capped at {result['gpu_memory_gib']:g} GiB for this process (torch.cuda.set_per_process_memory_fraction)"]
+          if result.get("gpu_memory_gib") else []),
         "",
     ]
     if result["backend"] == "cpu-estimator":
@@ -207,19 +251,38 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_settings(config: Path | None) -> dict[str, Any]:
+    """Return the SegmentationModule arguments (network and patch) of a training config, or none for the defaults."""
+    if config is None:
+        return {}
+    values = yaml.safe_load(config.read_text())
+    model, data = values.get("model", {}), values.get("data", {})
+    settings = {k: model[k] for k in ("network", "network_kwargs") if k in model}
+    return settings | ({"patch_size": tuple(data["patch_size"])} if "patch_size" in data else {})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md are written)")
     parser.add_argument("--capacity-gib", type=float, default=80.0, help="simulated GPU memory for the CPU estimator")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument("--config", type=Path, default=None, help="a training config whose network and patch to plan (default: the demo's)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=None, help="cap this process's GPU memory (a smaller GPU on a large one)")
+    parser.add_argument("--endurance-steps", type=int, default=200, help="training steps at each planned size, counting out-of-memory errors")
+    parser.add_argument("--endurance-seconds", type=float, default=30.0, help="stop those steps after about this long")
     options = parser.parse_args()
     torch.manual_seed(0)
-    module = SegmentationModule()
+    settings = model_settings(options.config)
+    module = SegmentationModule(**settings)
     on_gpu = torch.cuda.is_available()
+    if on_gpu and options.gpu_memory_gib:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, options.gpu_memory_gib * 2**30 / torch.cuda.mem_get_info()[1]))
     result: dict[str, Any] = {
         "backend": "cuda" if on_gpu else "cpu-estimator",
         "model": {"network": module.hparams.network, **module.hparams.network_kwargs},
         "patch_size": list(module.hparams.patch_size),
+        "config": str(options.config) if options.config else "demo defaults",
+        "gpu_memory_gib": options.gpu_memory_gib if on_gpu else None,
         "environment": {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "device": torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.machine()}, {os.cpu_count()} cores), no GPU",
@@ -229,7 +292,7 @@ def main() -> None:
     }
     if on_gpu:
         precisions = [p for p in options.precisions if p != "bf16-mixed" or torch.cuda.is_bf16_supported()]
-        result["precisions"] = cuda_figures(module, precisions)
+        result["precisions"] = cuda_figures(module, settings, precisions, options.endurance_steps, options.endurance_seconds)
     else:
         result["capacity_gib"] = options.capacity_gib
         result["precisions"] = cpu_figures(module, options.precisions, options.capacity_gib)
