@@ -44,6 +44,7 @@ def config_yaml(plan: TrainingPlan) -> str:
         f"fits: peak {chosen.peak_bytes / MiB:.0f} MiB of {chosen.budget_bytes / MiB:.0f} MiB at batch {chosen.batch_size}",
         f"  batch_size: {chosen.batch_size}  # {chosen.batch_reason}",
         f"  normalization: {norm['normalization']}  # {plan.normalization_reason}",
+        "  num_workers: auto  # data-loading processes from the device and the cores: up to 12 per GPU, none on a 2-core CPU",
     ]
     if norm["normalization"] == "ct_zscore":
         lines += [

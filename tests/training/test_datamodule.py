@@ -1,9 +1,11 @@
+import os
+
 import pytest
 import torch
 from lightning.pytorch.trainer.states import RunningStage
 
 from medseg.data.split import split_cases
-from medseg.training.datamodule import SegmentationDataModule
+from medseg.training.datamodule import SegmentationDataModule, workers_for
 from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
 
@@ -151,3 +153,23 @@ def test_disk_cache_of_other_preprocessing_is_never_read(demo_root, tmp_path):
     fine = first_validation_shape((1.0, 1.0, 2.0))
     assert fine != coarse and first_validation_shape((1.5, 1.5, 3.0)) == coarse
     assert len(list((tmp_path / "preprocessed").rglob("*.pt"))) == 2  # one validation case cached per preprocessing
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "ranks", "workers"),
+    [("cuda", 16, 1, 12), ("cuda", 64, 1, 12), ("cuda", 16, 4, 3), ("cuda", 1, 1, 0), ("cpu", 2, 1, 0), ("cpu", 16, 1, 7), ("cpu", 16, 2, 3)],
+)
+def test_auto_workers_give_a_gpu_all_cores_but_one_and_a_cpu_step_most_of_them(device, cores, ranks, workers):
+    assert workers_for(device, cores, ranks) == workers
+
+
+def test_auto_workers_are_chosen_when_the_data_is_set_up(demo_root, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    dm = SegmentationDataModule(str(demo_root), num_folds=3, cache="none", num_workers="auto")
+    dm.setup("fit")
+    assert dm.num_workers == 2  # 6 cores, no trainer: a CPU
+
+
+def test_a_negative_number_of_workers_is_refused(demo_root):
+    with pytest.raises(MedsegError, match="num_workers must be 'auto' or a number of processes"):
+        SegmentationDataModule(str(demo_root), num_workers=-1)
