@@ -26,12 +26,12 @@ import monai
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.training_benchmark import SPLEEN_NETWORK  # noqa: E402
 from medseg.memory.measure import run_training_step, synthetic_batch, training_setup  # noqa: E402
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.tables import markdown_rows  # noqa: E402
 from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
 
-SPLEEN_NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
 SETTINGS = {"spleen": (SPLEEN_NETWORK, (96, 96, 96)), "demo": (DEFAULT_NETWORK_KWARGS, (64, 64, 32))}
 # mode: (Lightning precision, TF32 allowed)
 MODES = {"fp32-strict": ("32-true", False), "fp32-tf32": ("32-true", True), "16-mixed": ("16-mixed", True), "bf16-mixed": ("bf16-mixed", True)}

@@ -344,11 +344,9 @@ def main() -> None:
         "medseg": medseg.summary(),
         "peer": peer.summary(),
     }
-    report["medseg_vs_peer"] = round(report["medseg"]["patches_per_s"] / report["peer"]["patches_per_s"], 3)
-    report["medseg_vs_bare"] = round(report["medseg"]["patches_per_s"] / report["bare"]["patches_per_s"], 3)
-    report["peer_vs_bare"] = round(report["peer"]["patches_per_s"] / report["bare"]["patches_per_s"], 3)
     for loop, other in (("medseg", "peer"), ("medseg", "bare"), ("peer", "bare")):
-        report[f"{loop}_vs_{other}_whole_runs"] = round(report[loop]["patches_per_s_whole_runs"] / report[other]["patches_per_s_whole_runs"], 3)
+        for figure, suffix in (("patches_per_s", ""), ("patches_per_s_whole_runs", "_whole_runs")):
+            report[f"{loop}_vs_{other}{suffix}"] = round(report[loop][figure] / report[other][figure], 3)
     print(json.dumps({k: v for k, v in report.items() if k.split("_")[0] in ("bare", "medseg", "peer")}, indent=1))
     if args.output:
         write_report(report, Path(args.output))

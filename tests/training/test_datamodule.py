@@ -141,7 +141,6 @@ def test_drawing_patches_never_changes_the_cached_volumes(demo_root):
             assert torch.equal(item[key].as_tensor(), values.as_tensor()) and len(item[key].applied_operations) == operations
 
 
-
 def test_disk_cache_of_other_preprocessing_is_never_read(demo_root, tmp_path):
     def first_validation_shape(spacing):
         dm = SegmentationDataModule(str(demo_root), patch_size=(32, 32, 16), spacing=spacing, num_folds=3, num_workers=0,
@@ -159,7 +158,7 @@ def test_disk_cache_of_other_preprocessing_is_never_read(demo_root, tmp_path):
     ("device", "cores", "ranks", "workers"),
     [("cuda", 16, 1, 12), ("cuda", 64, 1, 12), ("cuda", 16, 4, 3), ("cuda", 1, 1, 0), ("cpu", 2, 1, 0), ("cpu", 16, 1, 7), ("cpu", 16, 2, 3)],
 )
-def test_auto_workers_give_a_gpu_all_cores_but_one_and_a_cpu_step_most_of_them(device, cores, ranks, workers):
+def test_auto_workers_give_a_gpu_all_cores_but_one_and_a_cpu_half_of_those_beyond_two(device, cores, ranks, workers):
     assert workers_for(device, cores, ranks) == workers
 
 
