@@ -44,7 +44,9 @@ def estimate_step(setup: TrainingSetup, batch_size: int, precision: str) -> Step
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in counted:
             saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        # detached: an op that saves its own output (softmax) would otherwise hold its node through that output,
+        # a cycle gc cannot see, and a step that never finishes backward (out of memory) would leak the graph
+        return tensor.detach()
 
     start = time.perf_counter()
     with preserved_weights(setup.net), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):

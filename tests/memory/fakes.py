@@ -30,6 +30,15 @@ class RandomPatches(L.LightningDataModule):
         return DataLoader(self.samples, batch_size=self.batch_size)
 
 
+class WithValidation(RandomPatches):
+    """Random patches, and one random 24^3 volume to validate on."""
+
+    def val_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(1)
+        volume = {"image": torch.randn(1, 24, 24, 24, generator=generator), "label": torch.randint(0, 2, (1, 24, 24, 24), generator=generator)}
+        return DataLoader([volume], batch_size=1)
+
+
 def linear_curve(fixed: float, per_sample: float) -> Callable[[int], float]:
     """A memory curve that is exactly a line, as the planner assumes."""
     return lambda batch_size: fixed + per_sample * batch_size

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -12,14 +15,33 @@ from monai.networks.nets import UNet
 
 from medseg.memory.estimate import estimate_memory, estimate_step
 from medseg.memory.measure import TrainingSetup, cuda_budget_bytes, measure_cuda_step, run_training_step
+from medseg.memory.oom import release_memory
 from medseg.memory.plan import plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
 from tests.memory.fakes import MiB, linear_curve
 
 
 def live_tensor_bytes() -> int:
+    """Bytes of the tensors Python holds (a tensor only autograd's C++ graph holds is not among gc's objects)."""
     gc.collect()
     return sum(o.untyped_storage().nbytes() for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter))
+
+
+@contextmanager
+def module_outputs(net: torch.nn.Module) -> Iterator[list[weakref.ref]]:
+    """Yield a list that gets a weak reference to every tensor the network's modules return: the activations."""
+    outputs: list[weakref.ref] = []
+    handles = [m.register_forward_hook(lambda _, __, out: outputs.append(weakref.ref(out))) for m in net.modules()]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def alive(references: list[weakref.ref]) -> int:
+    gc.collect()
+    return sum(reference() is not None for reference in references)
 
 
 def test_a_trial_that_runs_out_of_memory_mid_step_keeps_nothing(tiny_setup: TrainingSetup) -> None:
@@ -28,7 +50,9 @@ def test_a_trial_that_runs_out_of_memory_mid_step_keeps_nothing(tiny_setup: Trai
     weights = {k: v.clone() for k, v in tiny_setup.net.state_dict().items()}
     probe(1)  # first step: lazily created buffers exist from here on
     before = live_tensor_bytes()
-    assert not probe(8).fits  # the OOM is raised after the forward pass, with activations alive
+    with module_outputs(tiny_setup.net) as activations:
+        assert not probe(8).fits  # the OOM is raised after the forward pass, with activations alive
+    assert activations and alive(activations) == 0
     assert probe(2).fits
     assert live_tensor_bytes() == before
     assert all(p.grad is None for p in tiny_setup.net.parameters())
@@ -88,6 +112,18 @@ def test_estimate_does_not_train_the_model(tiny_setup: TrainingSetup) -> None:
     assert all(torch.equal(v, weights[k]) for k, v in tiny_setup.net.state_dict().items())
 
 
+def test_an_estimate_that_runs_out_of_memory_mid_step_keeps_nothing(tiny_setup: TrainingSetup) -> None:
+    # on a GPU, an estimate at too large a batch can run out of memory in backward, with the whole graph built:
+    # everything autograd saved must be freed, or later trials and training run on what is left (6 GiB on an H200)
+    def out_of_memory(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        tiny_setup.loss_fn(logits, label)  # softmax saves its own output for backward
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with module_outputs(tiny_setup.net) as activations, pytest.raises(torch.OutOfMemoryError):
+        estimate_step(replace(tiny_setup, loss_fn=out_of_memory), 4, "32-true")
+    assert activations and alive(activations) == 0
+
+
 def test_estimator_gives_mixed_precision_clearly_less_memory_per_sample_than_fp32() -> None:
     torch.manual_seed(0)
     setup = TrainingSetup(
@@ -114,6 +150,28 @@ def test_cuda_trial_measures_growing_peaks_and_frees_memory_after_oom(tiny_setup
     free, _ = torch.cuda.mem_get_info()
     huge = measure_cuda_step(tiny_setup, 4 * free // (16**3 * 4), "32-true")
     assert not huge.fits
+    assert torch.cuda.memory_allocated() == baseline
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_estimate_that_runs_out_of_memory_after_the_loss_frees_its_memory(tiny_setup: TrainingSetup) -> None:
+    # an H200 kept 6 GiB after the estimator ran out of memory: softmax's saved output held the graph in a cycle
+    def out_of_memory(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        loss = tiny_setup.loss_fn(logits, label)
+        free, _ = torch.cuda.mem_get_info()
+        return loss + torch.empty(2 * free, dtype=torch.uint8, device=logits.device).sum()  # a real CUDA OOM
+
+    tiny_setup.net.cuda()
+    estimate_step(tiny_setup, 2, "32-true")
+    baseline = torch.cuda.memory_allocated()
+    try:
+        estimate_step(replace(tiny_setup, loss_fn=out_of_memory), 2, "32-true")
+    except torch.OutOfMemoryError:
+        pass
+    else:
+        pytest.fail("the step did not run out of memory")
+    release_memory()
     assert torch.cuda.memory_allocated() == baseline
 
 

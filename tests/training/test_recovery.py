@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import copy
+import weakref
 import logging
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
 
 from medseg.errors import MedsegError
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery, next_smaller
 from medseg.memory.simulate import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
-from tests.memory.fakes import MiB, RandomPatches, linear_curve
+from tests.memory.fakes import MiB, RandomPatches, WithValidation, linear_curve
 
 
 class EpochLog(L.Callback):
@@ -82,15 +82,6 @@ def test_recovery_caps_the_planner_of_the_new_trainer(tiny_module, make_trainer)
     assert data.batch_size == 4  # the largest size the planner verified below 5
 
 
-class WithValidation(RandomPatches):
-    """Random patches, and one random 24^3 volume to validate on."""
-
-    def val_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(1)
-        volume = {"image": torch.randn(1, 24, 24, 24, generator=generator), "label": torch.randint(0, 2, (1, 24, 24, 24), generator=generator)}
-        return DataLoader([volume], batch_size=1)
-
-
 class WindowsRunOutOfMemoryAbove(L.Callback):
     """Raises a CUDA-like OOM in validation while the module's window batch is above ``largest``."""
 
@@ -141,3 +132,34 @@ def test_oom_records_the_failed_batch_size_so_the_next_run_plans_below_it(tiny_m
     data = RandomPatches(batch_size=1, num_samples=10)
     make_trainer(max_steps=1, callbacks=[relaunched]).fit(tiny_module, datamodule=data)
     assert data.batch_size == 4
+
+
+class OutOfMemoryInBackward(L.Callback):
+    """Runs out of memory in backward at step ``at_step``, with that step's graph built, once; keeps weak references
+    to the step's activations, and counts at the next step, without a garbage collection, how many are alive."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step, self.activations, self.alive_at_next_step = at_step, [], None
+        self.hooks: list = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.activations and self.alive_at_next_step is None:
+            self.alive_at_next_step = sum(reference() is not None for reference in self.activations)
+        elif not self.activations and trainer.global_step == self.at_step:
+            record = lambda _, __, out: self.activations.append(weakref.ref(out))  # noqa: E731
+            self.hooks = [m.register_forward_hook(record) for m in pl_module.net.modules()]
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self.hooks:
+            for hook in self.hooks:
+                hook.remove()
+            self.hooks = []
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated): backward")
+
+
+def test_oom_in_backward_frees_the_failed_steps_activations_before_training_goes_on(tiny_module, make_trainer) -> None:
+    # on a GPU, memory the failed step still holds when training resumes makes the smaller batch run out too
+    failure = OutOfMemoryInBackward(at_step=3)
+    trainer = make_trainer(max_epochs=3, callbacks=[every_epoch(), failure])
+    fit_with_oom_recovery(lambda: trainer, tiny_module, RandomPatches(batch_size=4, num_samples=8), batch_sizes=[4, 2])
+    assert failure.activations and failure.alive_at_next_step == 0
