@@ -4,8 +4,10 @@ The step is the batch planner's trial step (``medseg.memory.measure.run_training
 under the precision's autocast, backward through a GradScaler for fp16, AdamW), on one fixed random batch, with
 cuDNN autotuning on as training runs it. ``32-true`` runs twice: with TF32 matrix units (cuDNN's and PyTorch's
 default for convolutions) and strict (``torch.backends.cudnn.allow_tf32 = False``). NVIDIA's nnU-Net reports AMP
-at 2.43-2.55x TF32 on an A100. Samples/s come from the median of ``--steps`` steps after ``--warmup`` (each step
-ends with a device synchronisation), the modes interleaved ``--repeats`` times.
+at 2.43-2.55x TF32 on an A100. ``--variants`` adds training's speed options (``speed.channels_last``,
+``speed.compile``, applied by the same function) beside the eager network. Samples/s come from the median of
+``--steps`` steps after ``--warmup`` (each step ends with a device synchronisation; a compiled network compiles in
+the warm-up), the modes interleaved ``--repeats`` times.
 
     python benchmarks/gpu_precision_benchmark.py --out benchmarks/results/precision_cuda
 """
@@ -31,21 +33,26 @@ from medseg.memory.measure import run_training_step, synthetic_batch, training_s
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.tables import markdown_rows  # noqa: E402
 from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
+from medseg.training.speed import apply_speed_settings  # noqa: E402
 
 SETTINGS = {"spleen": (SPLEEN_NETWORK, (96, 96, 96)), "demo": (DEFAULT_NETWORK_KWARGS, (64, 64, 32))}
 # mode: (Lightning precision, TF32 allowed)
 MODES = {"fp32-strict": ("32-true", False), "fp32-tf32": ("32-true", True), "16-mixed": ("16-mixed", True), "bf16-mixed": ("bf16-mixed", True)}
+# variant: (speed.channels_last, speed.compile)
+VARIANTS = {"eager": (False, False), "channels_last": (True, False), "compile": (False, True), "channels_last+compile": (True, True)}
 
 
-def step_times(setting: str, batch_size: int, mode: str, steps: int, warmup: int, device: torch.device) -> list[float]:
+def step_times(setting: str, batch_size: int, mode: str, variant: str, steps: int, warmup: int, device: torch.device) -> list[float]:
     """Return the wall time of each training step after the warm-up, synchronised with the device."""
     precision, tf32 = MODES[mode]
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
     network_kwargs, patch = SETTINGS[setting]
     torch.manual_seed(0)
+    torch.compiler.reset()  # each compiled run pays its own compilation, in its warm-up
     setup = training_setup(Recipe("UNet", network_kwargs, ("CT",), ("background", "organ", "lesion"), patch))
     setup.net.to(device)
+    apply_speed_settings(setup.net, *VARIANTS[variant])
     batch = synthetic_batch(setup, batch_size, device)
     ends: list[float] = []
 
@@ -59,40 +66,14 @@ def step_times(setting: str, batch_size: int, mode: str, steps: int, warmup: int
     return [b - a for a, b in zip(ends[warmup:], ends[warmup + 1:])]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md are written)")
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["spleen", "demo"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 16], help="patches per step")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a CPU: a check of this script only
-    modes = [m for m in args.modes if MODES[m][0] != "bf16-mixed" or device.type != "cuda" or torch.cuda.is_bf16_supported()]
-    rows = []
-    for setting in args.settings:
-        for batch_size in args.batch_sizes:
-            times: dict[str, list[float]] = {mode: [] for mode in modes}
-            for _ in range(args.repeats):
-                for mode in modes:
-                    times[mode] += step_times(setting, batch_size, mode, args.steps, args.warmup, device)
-            per_s = {mode: batch_size / statistics.median(t) for mode, t in times.items()}
-            for mode in modes:
-                rows.append({
-                    "setting": setting, "patch": list(SETTINGS[setting][1]), "batch_size": batch_size, "mode": mode,
-                    "samples_per_s": round(per_s[mode], 2), "median_step_s": round(statistics.median(times[mode]), 5),
-                    "x_tf32": round(per_s[mode] / per_s["fp32-tf32"], 3) if "fp32-tf32" in per_s else None,
-                    "x_fp32_strict": round(per_s[mode] / per_s["fp32-strict"], 3) if "fp32-strict" in per_s else None,
-                })
-            print(json.dumps(rows[-len(modes):]), flush=True)
+def write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
+    """Write ``args.out``.json and .md with the rows measured so far."""
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "monai": monai.__version__},
-        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "variants": args.variants,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +84,63 @@ def main() -> None:
         f"Command: `{result['command']}`  \nDate (UTC): {result['date_utc']}; torch {v['torch']}, CUDA {v['cuda']}, cuDNN {v['cudnn']}, "
         f"MONAI {v['monai']}.  \nBare training step (network + DiceCE + AdamW, one fixed random batch, cuDNN autotuning on); "
         f"samples/s from the median of {args.steps} steps after {args.warmup} warm-up steps, {args.repeats} interleaved runs per mode. "
-        "Spleen: configs/spleen_ct.yaml's UNet at 96^3; demo: the default UNet at 64x64x32.\n\n"
-        + markdown_rows([{"setting": r["setting"], "batch": r["batch_size"], "mode": r["mode"], "samples/s": f"{r['samples_per_s']:.1f}",
-                          "x TF32": r["x_tf32"], "x strict FP32": r["x_fp32_strict"]} for r in rows]) + "\n"
+        "Spleen: configs/spleen_ct.yaml's UNet at 96^3; demo: the default UNet at 64x64x32. Variants: training's speed "
+        "options (eager: neither). x TF32: against TF32 in the same variant; x eager TF32: against the eager network at TF32.\n\n"
+        + markdown_rows([{"setting": r["setting"], "batch": r["batch_size"], "variant": r["variant"], "mode": r["mode"],
+                          "samples/s": f"{r['samples_per_s']:.1f}" if "error" not in r else r["error"], "x TF32": r.get("x_tf32"),
+                          "x strict FP32": r.get("x_fp32_strict"), "x eager TF32": r.get("x_eager_tf32"),
+                          "x eager, same mode": r.get("x_eager_same_mode")} for r in rows]) + "\n"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md are written)")
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["spleen", "demo"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 16], help="patches per step")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["eager"], help="training's speed options")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # on a CPU: a check of this script only
+    modes = [m for m in args.modes if MODES[m][0] != "bf16-mixed" or device.type != "cuda" or torch.cuda.is_bf16_supported()]
+    rows = []
+    runs = [(variant, mode) for variant in args.variants for mode in modes]
+    for setting in args.settings:
+        for batch_size in args.batch_sizes:
+            times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+            failed: dict[tuple[str, str], str] = {}
+            for _ in range(args.repeats):
+                for run in runs:
+                    if run in failed:
+                        continue
+                    try:
+                        times[run] += step_times(setting, batch_size, run[1], run[0], args.steps, args.warmup, device)
+                    except Exception as error:  # a variant that cannot run here (no compiler for torch.compile, say) is reported
+                        failed[run] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                        print(f"{setting} batch {batch_size} {run}: {failed[run]}", flush=True)
+            per_s = {run: batch_size / statistics.median(t) for run, t in times.items() if run not in failed}
+
+            def ratio(run: tuple[str, str], to: tuple[str, str]) -> float | None:
+                return round(per_s[run] / per_s[to], 3) if to in per_s else None
+
+            for variant, mode in runs:
+                if (variant, mode) in failed:
+                    rows.append({"setting": setting, "patch": list(SETTINGS[setting][1]), "batch_size": batch_size, "variant": variant,
+                                 "mode": mode, "error": failed[variant, mode]})
+                    continue
+                rows.append({
+                    "setting": setting, "patch": list(SETTINGS[setting][1]), "batch_size": batch_size, "variant": variant, "mode": mode,
+                    "samples_per_s": round(per_s[variant, mode], 2), "median_step_s": round(statistics.median(times[variant, mode]), 5),
+                    "x_tf32": ratio((variant, mode), (variant, "fp32-tf32")),
+                    "x_fp32_strict": ratio((variant, mode), (variant, "fp32-strict")),
+                    "x_eager_tf32": ratio((variant, mode), ("eager", "fp32-tf32")),
+                    "x_eager_same_mode": ratio((variant, mode), ("eager", mode)),
+                })
+            print(json.dumps(rows[-len(runs):]), flush=True)
+            write(args, device, rows)  # after each group: a run stopped at its time limit keeps what it measured
     print(args.out.with_suffix(".md").read_text())
 
 
