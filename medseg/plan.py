@@ -1,8 +1,8 @@
 """`python -m medseg.plan`: plan spacing, normalisation, patch, network and batch for a dataset and a GPU.
 
 Takes the training options (``--data.root``, ``--data.cache_dir``, ...) so the dataset is read as training
-reads it. On a CUDA GPU every candidate is checked with real steps; without one, with fake-tensor steps
-against a simulated GPU of ``--capacity-gib``. Prints FP32 and mixed precision side by side and writes
+reads it. On a CUDA GPU every candidate is checked with real steps; with ``--capacity-gib``, or without a GPU,
+with fake-tensor steps against a simulated GPU of that size (default 8 GiB). Prints FP32 and mixed precision side by side and writes
 plan.json, plan.png and plan.yaml (a config for ``python -m medseg.train --config``) to ``--out``.
 
 Examples:
@@ -22,7 +22,7 @@ from medseg.errors import run_command
 from medseg.memory.measure import check_budget_fraction
 from medseg.memory.report import plot_precision_plans
 from medseg.planning.plan import TrainingPlan
-from medseg.planning.store import StoredPlan, plan_for_training
+from medseg.planning.store import SIMULATED_CAPACITY_GIB, StoredPlan, plan_for_training
 from medseg.precision import PRECISIONS
 from medseg.tables import format_rows
 from medseg.training.cli import build_cli
@@ -38,7 +38,9 @@ def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
     parser.add_argument("--budget-fraction", type=float, default=0.9, help="share of the GPU memory a step may use")
-    parser.add_argument("--capacity-gib", type=float, default=8.0, help="simulated GPU memory when there is no CUDA GPU")
+    parser.add_argument("--capacity-gib", type=float, default=None,
+                        help="plan for a GPU of this much memory with the fake-tensor estimate, on a GPU machine too "
+                             f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
     parser.add_argument("--out", default="runs/plan", help="folder for plan.json, plan.png and plan.yaml")
     return parser.parse_known_args(args)
 

@@ -2,9 +2,9 @@
 
 Takes every training option (``--config``, ``--data.root``, ``--model.*``), so the network, patch and the
 dataset's channels and classes are exactly what ``python -m medseg.train`` would use. On a CUDA GPU every
-precision is planned with real trial steps (measured peaks, verified batch size, throughput). Without one,
-the CPU estimator counts each precision's bytes and the batch size is planned against a simulated GPU of
-``--capacity-gib``. Prints the table and writes memory_report.json and memory_report.png to ``--out``.
+precision is planned with real trial steps (measured peaks, verified batch size, throughput). With
+``--capacity-gib``, or without a GPU, the CPU estimator counts each precision's bytes and the batch size is
+planned against a simulated GPU of that size (default 80 GiB). Prints the table and writes memory_report.json and memory_report.png to ``--out``.
 
 Examples:
     python -m medseg.memory --config configs/demo.yaml
@@ -28,6 +28,8 @@ from medseg.training.cli import build_cli
 
 log = logging.getLogger("medseg.memory")
 
+SIMULATED_CAPACITY_GIB = 80.0  # a data-centre GPU: how far each precision goes
+
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Return this command's own options, and the rest for the training CLI."""
@@ -37,7 +39,9 @@ def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: all the device supports")
     parser.add_argument("--budget-fraction", type=float, default=0.9, help="share of free GPU memory a step may use")
-    parser.add_argument("--capacity-gib", type=float, default=80.0, help="simulated GPU memory when there is no CUDA GPU")
+    parser.add_argument("--capacity-gib", type=float, default=None,
+                        help="plan for a GPU of this much memory with the CPU estimator, on a GPU machine too "
+                             f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
     parser.add_argument("--out", default="runs/memory", help="folder for memory_report.json and .png")
     parser.add_argument("--cache", default="runs/batch_plans.json", help="plan cache shared with training (GPU only)")
     return parser.parse_known_args(args)
@@ -51,11 +55,12 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
     precisions = options.precisions or [
         p for p in PRECISIONS if p != "bf16-mixed" or not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
     ]
-    if torch.cuda.is_available():
+    if options.capacity_gib is None and torch.cuda.is_available():
         plans = measured_plans(recipe, precisions, options.budget_fraction, PlanCache(options.cache))
     else:
-        log.info("no CUDA GPU: CPU estimator against a simulated %g GiB GPU (no throughput)", options.capacity_gib)
-        plans = estimated_plans(recipe, precisions, int(options.capacity_gib * 2**30), options.budget_fraction)
+        capacity_gib = options.capacity_gib or SIMULATED_CAPACITY_GIB
+        log.info("CPU estimator against a simulated %g GiB GPU (no throughput)", capacity_gib)
+        plans = estimated_plans(recipe, precisions, int(capacity_gib * 2**30), options.budget_fraction)
     print(format_table(plans))
     json_path, png_path = save_report(plans, options.out)
     print(f"saved {json_path} and {png_path}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 import json
 
-import torch
 
 from medseg.memory.fake import fake_step
 from medseg.memory.measure import StepMeasurement, measure_cuda_step, training_setup
@@ -31,9 +30,3 @@ def measured_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasur
     setup = training_setup(recipe, network_for(recipe).cuda())
     return measure_cuda_step(setup, batch_size, precision, steps=2)
 
-
-def step_cost_for_this_machine() -> tuple[StepCost, str]:
-    """Return how candidates are costed here, and its name: measured on a CUDA GPU, else estimated with fake tensors."""
-    if torch.cuda.is_available():
-        return measured_step, f"measured on {torch.cuda.get_device_name()}"
-    return estimated_step, "fake-tensor estimate (no GPU)"

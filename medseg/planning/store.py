@@ -14,7 +14,7 @@ from medseg.atomic import write_text_atomic
 from medseg.data.fingerprint import fingerprint_cache_path
 from medseg.data.formats import DatasetSpec
 from medseg.data.validation import validate_dataset
-from medseg.planning.estimate import StepCost, step_cost_for_this_machine
+from medseg.planning.estimate import StepCost, estimated_step, measured_step
 from medseg.planning.plan import TrainingPlan, make_plan
 
 MiB = 2**20
@@ -92,11 +92,21 @@ def plan_dataset(
     return StoredPlan(plan, json_path, config_path, cached=False)
 
 
+# GPU memory planned for when none is given and there is no CUDA GPU to measure
+SIMULATED_CAPACITY_GIB = 8.0
+
+
 def plan_for_training(
-    spec: DatasetSpec, cache_dir: str | Path, capacity_gib: float, precisions=("32-true", "16-mixed"), budget_fraction: float = 0.9,
-    show_progress: bool = True,
+    spec: DatasetSpec, cache_dir: str | Path, capacity_gib: float | None = None, precisions=("32-true", "16-mixed"),
+    budget_fraction: float = 0.9, show_progress: bool = True,
 ) -> StoredPlan:
-    """Return the (cached) plan for this machine: its CUDA GPU's memory, measured steps; else a simulated GPU of ``capacity_gib``, fake steps."""
-    step_cost, source = step_cost_for_this_machine()
-    capacity = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else int(capacity_gib * 2**30)
+    """Return the (cached) plan: for a GPU of ``capacity_gib`` with fake steps; without it, for this machine's CUDA GPU
+    with measured steps, else for a simulated GPU of ``SIMULATED_CAPACITY_GIB``. A capacity given is honoured on a GPU
+    machine too: planning for another GPU than the one at hand."""
+    if capacity_gib is None and torch.cuda.is_available():
+        step_cost, source = measured_step, f"measured on {torch.cuda.get_device_name()}"
+        capacity = torch.cuda.get_device_properties(0).total_memory
+    else:
+        step_cost, source = estimated_step, "fake-tensor estimate"
+        capacity = int((capacity_gib or SIMULATED_CAPACITY_GIB) * 2**30)
     return plan_dataset(spec, cache_dir, capacity, step_cost, source, precisions, budget_fraction, show_progress)

@@ -186,10 +186,6 @@ def build_cli(args: list[str] | None = None) -> MedsegCLI:
         )
 
 
-# GPU memory planned for when there is no CUDA GPU to measure
-SIMULATED_CAPACITY_GIB = 8.0
-
-
 def with_plan(args: list[str] | None) -> list[str] | None:
     """Return ``args`` with the dataset's plan as ``--config`` in front when a dataset is given without a config or a patch size.
 
@@ -206,7 +202,7 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     known, _ = parser.parse_known_args(argv)
     if known.config or known.patch_size or not known.root:
         return args
-    stored = plan_for_training(read_dataset(known.root), known.cache_dir or default_cache_dir(), SIMULATED_CAPACITY_GIB)
+    stored = plan_for_training(read_dataset(known.root), known.cache_dir or default_cache_dir())
     chosen = stored.plan.chosen
     log.info(
         f"{'using the cached plan' if stored.cached else 'planned'} {stored.config_path} ({stored.plan.memory_source},"

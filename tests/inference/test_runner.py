@@ -88,7 +88,7 @@ def test_a_failed_write_leaves_neither_a_partial_output_nor_a_temporary_file(ran
 
 
 def test_the_route_taken_is_shown_for_each_scan(random_checkpoint, scans, tmp_path, capsys):
-    assert _run(random_checkpoint, scans / "a.nii.gz", tmp_path / "out") == 0
+    assert _run(random_checkpoint, scans / "a.nii.gz", tmp_path / "out", "--device", "cpu") == 0  # the default is a GPU where there is one
     assert "a: windows on cpu (32-true, batch 2), stitched on cpu" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from medseg.memory.__main__ import run
 from tests.memory.fakes import TINY_UNET
@@ -38,7 +39,17 @@ def test_memory_command_takes_the_training_options_and_the_dataset_classes(demo_
     monkeypatch.setattr("medseg.memory.__main__.estimated_plans", lambda recipe, *args: seen.setdefault("recipe", recipe) and [])
     monkeypatch.setattr("medseg.memory.__main__.format_table", lambda plans: "")
     monkeypatch.setattr("medseg.memory.__main__.save_report", lambda plans, out: (out, out))
-    run([f"--data.root={demo_root}", "--data.patch_size=[32, 32, 16]", f"--model.network_kwargs={json.dumps(TINY_UNET)}", "--out", str(tmp_path)])
+    run([f"--data.root={demo_root}", "--data.patch_size=[32, 32, 16]", f"--model.network_kwargs={json.dumps(TINY_UNET)}", "--capacity-gib", "80",
+         "--out", str(tmp_path)])
     recipe = seen["recipe"]
     assert recipe.class_names == ("background", "organ", "lesion") and recipe.channel_names == ("CT",)
     assert recipe.patch_size == (32, 32, 16) and recipe.network_kwargs == TINY_UNET
+
+
+def test_memory_command_plans_for_the_capacity_given_on_a_gpu_machine_too(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # with --capacity-gib the GPU at hand is not measured
+    monkeypatch.setattr("medseg.memory.__main__.measured_plans", lambda *args: pytest.fail("measured this machine's GPU"))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  network: UNet\n  network_kwargs: {json.dumps(TINY_UNET)}\ndata:\n  patch_size: [16, 16, 16]\n")
+    [plan] = run(["--config", str(config), "--trainer.accelerator=cpu", "--precisions", "32-true", "--capacity-gib", "0.25", "--out", str(tmp_path / "out")])
+    assert plan.backend == "cpu-estimator+simulated" and plan.device_name == "simulated GPU 0.25 GiB"

@@ -2,12 +2,13 @@ import shutil
 
 import lightning as L
 import pytest
+import torch
 
 from medseg import nifti
 from medseg.data.formats import read_dataset
 from medseg.memory.simulate import SimulatedDevice
 from medseg.planning.estimate import estimated_step
-from medseg.planning.store import plan_dataset
+from medseg.planning.store import plan_dataset, plan_for_training
 from medseg.training.cli import build_cli, with_plan
 from medseg.training.recovery import SimulatedOOMCallback
 
@@ -23,7 +24,8 @@ def test_second_plan_of_an_unchanged_dataset_is_cached_and_reads_no_voxels(demo_
 
 
 @pytest.mark.parametrize("dataset", ["demo_root", "mri_root"])
-def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulated_gpu(dataset, request, tmp_path):
+def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulated_gpu(dataset, request, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine would plan for its own GPU
     root = shutil.copytree(request.getfixturevalue(dataset), tmp_path / "dataset")
     args = with_plan(["--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache")])
     assert args[0] == "--config" and args[1].endswith(".yaml")
@@ -46,3 +48,10 @@ def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulate
 def test_a_patch_size_given_by_hand_plans_nothing(demo_root):
     args = ["--data.root", str(demo_root), "--data.patch_size=[32, 32, 16]"]
     assert with_plan(args) == args
+
+
+def test_a_capacity_given_is_planned_for_with_the_estimate_on_a_gpu_machine_too(demo_root, tmp_path, monkeypatch):
+    # planning for another GPU than the one at hand: the GPU here must not be measured (nothing below may touch it)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    stored = plan_for_training(read_dataset(demo_root), tmp_path, capacity_gib=24, precisions=("16-mixed",), show_progress=False)
+    assert stored.plan.capacity_bytes == 24 * GiB and stored.plan.memory_source == "fake-tensor estimate"
