@@ -14,8 +14,9 @@ The window stage alone is also timed on the first scan's preprocessed volume (or
 the tutorial's call against medseg's ``Predictor.probabilities`` at overlap 0.25. With ``--device cuda`` both
 recipes run their windows on the GPU (the tutorial moves its input there, as its notebook does); the window stage
 then also times MONAI's call with the output stitched on the CPU (``device="cpu"``), and medseg at fp32, since
-medseg's default there is the trained precision (fp16), and medseg at fp16 and fp32 with training's GPU speed options
-(cuDNN autotuning, then channels-last weights too). Runs are interleaved, ``--repeats`` times after one
+medseg's default there is the trained precision (fp16). medseg's GPU windows run with channels-last weights and cuDNN
+autotuning; benchmarks/results/inference_cuda_autotuned.md measured each against neither, with this script's
+version of the commit that added it. Runs are interleaved, ``--repeats`` times after one
 warm-up each, so a busy machine slows all alike; the fastest of each is kept.
 
     python benchmarks/inference_benchmark.py --output benchmarks/results/inference_cpu
@@ -49,7 +50,6 @@ from medseg.inference import InferenceOptions, Predictor, load_trained_model, se
 from medseg.precision import inference_precision  # noqa: E402
 from medseg.recipe import Recipe, Window  # noqa: E402
 from medseg.model.networks import network_for  # noqa: E402
-from medseg.training.speed import apply_speed_settings  # noqa: E402
 
 SPLEEN_NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
 PATCH, SPACING, CT_WINDOW = (96, 96, 96), (1.5, 1.5, 2.0), (-57.0, 164.0)
@@ -113,18 +113,6 @@ def tutorial_run(weights: Path, scans: list[Path], output: Path, device: str) ->
             [post(i) for i in decollate_batch(test_data)]
 
 
-def with_cudnn_autotuning(run: Callable[[], object]) -> Callable[[], object]:
-    """Return ``run`` with cuDNN autotuning (``torch.backends.cudnn.benchmark``) on while it runs."""
-    def tuned() -> object:
-        before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
-        try:
-            return run()
-        finally:
-            torch.backends.cudnn.benchmark = before
-
-    return tuned
-
-
 def seconds(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
@@ -177,13 +165,6 @@ def main() -> None:
             fp32 = Predictor(load_trained_model(checkpoint), InferenceOptions(overlap=0.25, device=args.device, precision="32-true"))
             windows["tutorial-stitched-on-cpu"] = lambda: torch.no_grad()(sliding_window_inference)(image, PATCH, 4, network, sw_device=args.device, device="cpu")
             windows["medseg-fp32-same-overlap"] = lambda: fp32.probabilities(image)
-            # the GPU speed options training has, tried on the windows: cuDNN autotuning (windows have one shape)
-            # and channels-last weights, each at fp16 and fp32
-            for name, precision, channels_last in (("fp16", "16-mixed", False), ("fp32", "32-true", False), ("fp16-channels-last", "16-mixed", True),
-                                                   ("fp32-channels-last", "32-true", True)):
-                tuned = Predictor(load_trained_model(checkpoint), InferenceOptions(overlap=0.25, device=args.device, precision=precision))
-                apply_speed_settings(tuned.model.network, channels_last, compile=False)
-                windows[f"medseg-{name}-autotuned"] = with_cudnn_autotuning(lambda tuned=tuned: tuned.probabilities(image))
         timings: dict[str, dict[str, list[float]]] = {"end_to_end": {k: [] for k in end_to_end}, "window_stage": {k: [] for k in windows}}
         for runs in (end_to_end, windows):
             for run in runs.values():

@@ -9,7 +9,7 @@ import torch
 
 from medseg.data.formats import Case
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, predict_volume
-from medseg.inference.predictor import most_likely_class
+from medseg.inference.predictor import cudnn_autotuning, most_likely_class
 
 from .conftest import SPACING_MM, phantom_hu, phantom_labels, save_scan
 
@@ -71,7 +71,8 @@ def test_cuda_windows_at_fp32_equal_cpu_windows(random_checkpoint):
     finally:
         torch.backends.cudnn.allow_tf32 = True
     assert "windows on cuda" in route
-    torch.testing.assert_close(on_cuda, on_cpu, atol=1e-5, rtol=1e-5)
+    # cuDNN autotuning may pick FFT-based algorithms, whose fp32 rounding differs more than direct convolution's
+    torch.testing.assert_close(on_cuda, on_cpu, atol=1e-4, rtol=1e-4)
 
 
 class RunsOutOfMemoryAboveOneWindow(torch.nn.Module):
@@ -108,3 +109,11 @@ def test_a_scan_that_ran_out_of_memory_does_not_lower_the_window_batch_of_the_ne
 def test_most_likely_class_is_argmax_with_the_first_class_on_ties():
     probabilities = torch.rand(4, 5, 6, 7).round(decimals=1)  # rounding makes ties
     assert torch.equal(most_likely_class(probabilities).long(), probabilities.argmax(dim=0))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_windows_turn_cudnn_autotuning_on_for_a_gpu_only_and_restore_it(enabled, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # training (trainer.benchmark) may have turned it on
+    with cudnn_autotuning(enabled):
+        assert torch.backends.cudnn.benchmark == enabled
+    assert not torch.backends.cudnn.benchmark  # a library call leaves the process's setting as it was
