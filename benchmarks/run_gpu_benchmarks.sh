@@ -52,5 +52,7 @@ step training_spleen_workers4 120 "$PYTHON" benchmarks/training_benchmark.py --s
 step inference 120 "$PYTHON" benchmarks/inference_benchmark.py --device cuda --size 512 512 256 --repeats 2 --data "$DATA" --output "$RESULTS/inference_cuda${INFERENCE_SUFFIX:-}"
 step training_spleen_gpu_augmentation 120 "$PYTHON" benchmarks/training_benchmark.py --setting spleen --steps 30 --repeats 1 --data "$DATA" --option data.augment_on_gpu=true --output "$RESULTS/training_cuda_spleen_gpu_augmentation"
 step memory_demo 150 "$PYTHON" benchmarks/memory_benchmark.py --precisions 32-true 16-mixed --gpu-memory-gib 4 --endurance-seconds 8 --out "$RESULTS/memory_cuda_demo"
-step suite 900 "$PYTHON" -m pytest -q -p no:cacheprovider --ignore=tests/test_notebooks.py
+# one pytest per folder, so that each prints its failures' summary even if the step's time limit ends the last one
+step suite 900 bash -c "for part in tests/memory tests/planning tests/inference tests/data tests/training tests/test_*.py; do
+    $PYTHON -m pytest -q -p no:cacheprovider -rfE --tb=short --ignore=tests/test_notebooks.py \$part; done"
 exit 0

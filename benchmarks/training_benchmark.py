@@ -23,7 +23,7 @@ UNet and 64x64x32 patch, 4 patches per step (2 x 2).
     python benchmarks/training_benchmark.py --setting spleen --steps 30 --option data.num_workers=4
     python benchmarks/training_benchmark.py --setting spleen --steps 30 --option data.augment_on_gpu=true
     python benchmarks/training_benchmark.py --setting spleen --steps 30 --option speed.channels_last=true
-    python benchmarks/training_benchmark.py --setting spleen --steps 30 --option speed.compile=true
+    python benchmarks/training_benchmark.py --setting spleen --steps 30 --option speed.compile=false   # on a GPU: not compiled
 On a GPU read the whole-run figures (every timed step's wall time): steps there do not wait for the device, so the
 first-quartile step is one whose batch was ready and hides the data wait. AMP against TF32 and strict FP32:
 benchmarks/gpu_precision_benchmark.py.
@@ -64,6 +64,7 @@ from medseg.model.loss import segmentation_loss  # noqa: E402
 from medseg.precision import autocast, resolve_precision  # noqa: E402
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
+from medseg.training.speed import apply_speed_settings  # noqa: E402
 from medseg.training.throughput import ThroughputMonitor  # noqa: E402
 from medseg.model.networks import network_for  # noqa: E402
 
@@ -187,12 +188,11 @@ def bare_step(setting: Setting, precision: str, device: torch.device, options: l
     recipe = Recipe("UNet", setting.network_kwargs, ("CT",), CLASS_NAMES, setting.patch)
     network = network_for(recipe).to(device).train()
     loss_fn = segmentation_loss()
-    # the same speed settings as medseg's run: --option speed.channels_last=true, speed.compile=true, trainer.benchmark=false
+    # the same speed settings as medseg's run: --option speed.channels_last=true, speed.compile=true|false,
+    # trainer.benchmark=false; speed.compile's default (auto) compiles on a GPU
     torch.backends.cudnn.benchmark = "trainer.benchmark=false" not in options
-    if "speed.channels_last=true" in options:
-        network.to(memory_format=torch.channels_last_3d)
-    if "speed.compile=true" in options:
-        network.compile()
+    compile = "speed.compile=true" in options or (device.type == "cuda" and "speed.compile=false" not in options)
+    apply_speed_settings(network, "speed.channels_last=true" in options, compile)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-5)
     image = torch.rand(setting.patches_per_step, 1, *setting.patch, device=device)
     label = torch.randint(0, len(CLASS_NAMES), (setting.patches_per_step, 1, *setting.patch), device=device).float()

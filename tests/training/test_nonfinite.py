@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from medseg.training.nonfinite import NonfiniteLossCounter
+from medseg.training.speed import SpeedSettings
 from tests.memory.fakes import RandomPatches
 
 READ_BACKS = ("item", "__bool__", "__float__", "__int__", "tolist")
@@ -56,20 +57,37 @@ def test_training_step_and_update_read_nothing_back_from_the_device(tiny_module,
     make_trainer(max_steps=2).fit(tiny_module, datamodule=RandomPatches(batch_size=2))
 
 
+@contextlib.contextmanager
+def sync_is_an_error(module=None):
+    """Make any host-device synchronisation raise (from the second training step on, when a module is given)."""
+    if module is not None and module.trainer.global_step == 0:
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_steps_run_without_host_device_sync(tiny_module, make_trainer, monkeypatch):
-    @contextlib.contextmanager
-    def sync_is_an_error():
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
     monkeypatch.setattr(tiny_module, "training_step", guarded(tiny_module.training_step, sync_is_an_error))
     monkeypatch.setattr(tiny_module, "on_before_optimizer_step", guarded(tiny_module.on_before_optimizer_step, sync_is_an_error))
     make_trainer(accelerator="gpu", max_steps=3, precision="16-mixed").fit(tiny_module, datamodule=RandomPatches(batch_size=2))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_compiled_training_steps_run_without_host_device_sync(tiny_module, make_trainer, monkeypatch):
+    # speed.compile's default on a GPU: the first step compiles; the steps after it must not wait for the device
+    after_the_first = lambda: sync_is_an_error(tiny_module)  # noqa: E731
+    monkeypatch.setattr(tiny_module, "training_step", guarded(tiny_module.training_step, after_the_first))
+    monkeypatch.setattr(tiny_module, "on_before_optimizer_step", guarded(tiny_module.on_before_optimizer_step, after_the_first))
+    trainer = make_trainer(accelerator="gpu", max_steps=3, precision="16-mixed", callbacks=[SpeedSettings()])
+    trainer.fit(tiny_module, datamodule=RandomPatches(batch_size=2))
+    assert tiny_module.net._compiled_call_impl is not None
 
 
 def test_nonfinite_step_leaves_weights_and_optimizer_state_unchanged(tiny_module, make_trainer):
