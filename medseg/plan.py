@@ -2,8 +2,8 @@
 
 Takes the training options (``--data.root``, ``--data.cache_dir``, ...) so the dataset is read as training
 reads it. On a CUDA GPU every candidate is checked with real steps; with ``--capacity-gib``, or without a GPU,
-with fake-tensor steps against a simulated GPU of that size (default 8 GiB). Prints FP32 and mixed precision side by side and writes
-plan.json, plan.png and plan.yaml (a config for ``python -m medseg.train --config``) to ``--out``.
+with fake-tensor steps against a simulated GPU of that size (default 8 GiB). Prints FP32 and mixed precision side
+by side and writes plan.json, plan.png and plan.yaml (a config for ``python -m medseg.train --config``) to ``--out``.
 
 Examples:
     python -m medseg.plan --data.root data/Task09_Spleen --capacity-gib 24

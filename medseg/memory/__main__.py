@@ -4,7 +4,8 @@ Takes every training option (``--config``, ``--data.root``, ``--model.*``), so t
 dataset's channels and classes are exactly what ``python -m medseg.train`` would use. On a CUDA GPU every
 precision is planned with real trial steps (measured peaks, verified batch size, throughput). With
 ``--capacity-gib``, or without a GPU, the CPU estimator counts each precision's bytes and the batch size is
-planned against a simulated GPU of that size (default 80 GiB). Prints the table and writes memory_report.json and memory_report.png to ``--out``.
+planned against a simulated GPU of that size (default 80 GiB). Prints the table and writes memory_report.json
+and memory_report.png to ``--out``.
 
 Examples:
     python -m medseg.memory --config configs/demo.yaml

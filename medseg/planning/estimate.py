@@ -1,10 +1,9 @@
-"""What one training step of a candidate costs: real steps on a CUDA GPU, fake-tensor steps without one."""
+"""What one training step of a candidate costs: real steps on a CUDA GPU, fake-tensor steps for a GPU not at hand."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 import json
-
 
 from medseg.memory.fake import fake_step
 from medseg.memory.measure import StepMeasurement, measure_cuda_step, training_setup
