@@ -59,7 +59,7 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
     if options.capacity_gib is None and torch.cuda.is_available():
         plans = measured_plans(recipe, precisions, options.budget_fraction, PlanCache(options.cache))
     else:
-        capacity_gib = options.capacity_gib or SIMULATED_CAPACITY_GIB
+        capacity_gib = SIMULATED_CAPACITY_GIB if options.capacity_gib is None else options.capacity_gib
         log.info("CPU estimator against a simulated %g GiB GPU (no throughput)", capacity_gib)
         plans = estimated_plans(recipe, precisions, int(capacity_gib * 2**30), options.budget_fraction)
     print(format_table(plans))

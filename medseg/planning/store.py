@@ -108,5 +108,5 @@ def plan_for_training(
         capacity = torch.cuda.get_device_properties(0).total_memory
     else:
         step_cost, source = estimated_step, "fake-tensor estimate"
-        capacity = int((capacity_gib or SIMULATED_CAPACITY_GIB) * 2**30)
+        capacity = int((SIMULATED_CAPACITY_GIB if capacity_gib is None else capacity_gib) * 2**30)
     return plan_dataset(spec, cache_dir, capacity, step_cost, source, precisions, budget_fraction, show_progress)
