@@ -6,6 +6,7 @@ Lightning's Trainer; the planner and inference use the same names through ``auto
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 
 import torch
@@ -14,6 +15,7 @@ from medseg.errors import MedsegError
 
 _AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 PRECISIONS = tuple(_AUTOCAST_DTYPES)
+CPU_BF16_ENV = "MEDSEG_CPU_BF16"
 
 
 def check_precision(precision: str) -> str:
@@ -35,7 +37,16 @@ def autocast(precision: str, device_type: str) -> AbstractContextManager:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Return whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX) rather than emulating it."""
+    """Return whether medseg treats this CPU as running bf16 natively (AVX512-BF16 or AMX) rather than emulating it.
+
+    ``MEDSEG_CPU_BF16=1`` forces yes and ``MEDSEG_CPU_BF16=0`` forces no (to try bf16 on any CPU, to keep fp32 on
+    one that has it, and so that one machine can test both resolutions); unset or empty, oneDNN is asked.
+    """
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("1", "0"):
+        return forced == "1"
+    if forced:
+        raise MedsegError(f"{CPU_BF16_ENV}={forced!r}: use 1 (run 16-mixed as bf16 on CPU), 0 (run it as 32-true) or leave it unset")
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -50,11 +61,12 @@ def resolve_precision(requested: str, device_type: str) -> tuple[str, str]:
     requested = check_precision(str(requested))
     if requested != "16-mixed" or device_type == "cuda":
         return requested, f"precision {requested} on {'GPU' if device_type == 'cuda' else 'CPU'}"
+    forced = f" ({CPU_BF16_ENV} set)" if os.environ.get(CPU_BF16_ENV, "").strip() else ""
     if cpu_has_native_bf16():
-        return "bf16-mixed", "precision 16-mixed requested, no CUDA GPU: running bf16-mixed on CPU (Lightning's CPU fallback; this CPU has native bf16)"
+        return "bf16-mixed", f"precision 16-mixed requested, no CUDA GPU: running bf16-mixed on CPU (Lightning's CPU fallback; this CPU has native bf16{forced})"
     return "32-true", (
-        "precision 16-mixed requested, no CUDA GPU and this CPU has no native bf16: running 32-true "
-        "(emulated bf16 is far slower; force it with --trainer.precision bf16-mixed)"
+        f"precision 16-mixed requested, no CUDA GPU and this CPU has no native bf16{forced}: running 32-true "
+        f"(emulated bf16 is far slower; force it with --trainer.precision bf16-mixed or {CPU_BF16_ENV}=1)"
     )
 
 

@@ -1,12 +1,23 @@
-"""Shared fixtures: a small demo dataset generated once per test session, and a private cache folder."""
+"""Shared fixtures: a small demo dataset generated once per test session, and a private cache folder; tests
+marked ``cuda`` are skipped without a CUDA GPU."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from medseg.data.demo import generate_demo_dataset
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -61,7 +61,6 @@ def test_cpu_windows_are_stitched_on_the_cpu_at_the_recipe_window_batch(random_c
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_windows_at_fp32_equal_cpu_windows(random_checkpoint):
     fp32 = InferenceOptions(precision="32-true")
     on_cpu, _ = Predictor(load_trained_model(random_checkpoint), InferenceOptions(precision="32-true", device="cpu")).probabilities(_image())

@@ -141,7 +141,6 @@ def test_estimator_gives_mixed_precision_clearly_less_memory_per_sample_than_fp3
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_trial_measures_growing_peaks_and_frees_memory_after_oom(tiny_setup: TrainingSetup) -> None:
     tiny_setup.net.cuda()
     small, large = measure_cuda_step(tiny_setup, 1, "16-mixed"), measure_cuda_step(tiny_setup, 8, "16-mixed")
@@ -154,7 +153,6 @@ def test_cuda_trial_measures_growing_peaks_and_frees_memory_after_oom(tiny_setup
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_estimate_that_runs_out_of_memory_after_the_loss_frees_its_memory(tiny_setup: TrainingSetup) -> None:
     # an H200 kept 6 GiB after the estimator ran out of memory: softmax's saved output held the graph in a cycle
     def out_of_memory(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -187,7 +185,6 @@ def test_budget_is_the_free_memory_within_the_process_memory_cap(monkeypatch, pr
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_planning_stays_within_a_process_memory_cap(tiny_setup: TrainingSetup) -> None:
     tiny_setup.net.cuda()
     _, total = torch.cuda.mem_get_info()
@@ -203,7 +200,6 @@ def test_cuda_planning_stays_within_a_process_memory_cap(tiny_setup: TrainingSet
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_planning_on_cuda_returns_a_measured_size_within_the_budget(tiny_setup: TrainingSetup) -> None:
     tiny_setup.net.cuda()
     plan = plan_on_device(tiny_setup, "16-mixed", budget_fraction=0.05, max_batch_size=256)
@@ -227,7 +223,6 @@ class FirstStepWorkspace(torch.nn.Module):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_trial_peak_counts_the_first_steps_autotuning_workspace(tiny_setup: TrainingSetup) -> None:
     # training's first step at the planned size autotunes too: planning on the later steps alone ran out of memory
     tiny_setup.net.cuda()

@@ -111,7 +111,6 @@ def test_gpu_augmentation_needs_the_memory_cache(demo_root):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_augmentation_yields_patches_already_on_the_gpu(demo_root):
     import lightning as L
 

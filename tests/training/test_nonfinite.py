@@ -71,7 +71,6 @@ def sync_is_an_error(module=None):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_steps_run_without_host_device_sync(tiny_module, make_trainer, monkeypatch):
     monkeypatch.setattr(tiny_module, "training_step", guarded(tiny_module.training_step, sync_is_an_error))
     monkeypatch.setattr(tiny_module, "on_before_optimizer_step", guarded(tiny_module.on_before_optimizer_step, sync_is_an_error))
@@ -79,7 +78,6 @@ def test_cuda_training_steps_run_without_host_device_sync(tiny_module, make_trai
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_compiled_training_steps_run_without_host_device_sync(tiny_module, make_trainer, monkeypatch):
     # speed.compile's default on a GPU: the first step compiles; the steps after it must not wait for the device
     after_the_first = lambda: sync_is_an_error(tiny_module)  # noqa: E731
