@@ -14,7 +14,7 @@ import torch
 
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
-from tests.test_train import REPO, _tiny_args
+from tests.helpers.cli import REPO, tiny_train_args
 
 
 def _last_logged(metrics_csv, key: str) -> float:
@@ -27,7 +27,7 @@ def _last_logged(metrics_csv, key: str) -> float:
 @pytest.mark.parametrize("precision", [None, "32-true", "bf16-mixed"], ids=["machine-default", "32-true", "bf16-mixed"])
 def test_two_process_ddp_fit_matches_single_process_validation(demo_root, tmp_path, precision):
     out = tmp_path / "ddp"
-    args = _tiny_args(demo_root, out) + ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--data.num_folds=2"]
+    args = tiny_train_args(demo_root, out) + ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--data.num_folds=2"]
     if precision is not None:
         args.append(f"--trainer.precision={precision}")
     result = subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
@@ -57,7 +57,7 @@ needs_distributed = pytest.mark.skipif(not torch.distributed.is_available(), rea
 
 def _ddp_train(demo_root, out, *extra: str) -> subprocess.CompletedProcess:
     """Run a short 2-rank fit (2 epochs, validated at the end) and return the finished launcher process."""
-    args = _tiny_args(demo_root, out) + [
+    args = tiny_train_args(demo_root, out) + [
         "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
         "--data.num_folds=2", "--data.iterations_per_epoch=2", "--trainer.check_val_every_n_epoch=2", "--trainer.num_sanity_val_steps=0",
         *extra,

@@ -13,7 +13,7 @@ import torch
 from medseg import train
 from medseg.errors import MedsegError
 from medseg.training import cli
-from tests.test_train import REPO, _tiny_args
+from tests.helpers.cli import REPO, tiny_train_args
 
 HELPERS = Path(__file__).parent / "helpers"
 
@@ -33,10 +33,10 @@ REPRODUCIBLE = ["--trainer.max_epochs=3", "--trainer.deterministic=true", "--tra
 
 
 def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path):
-    args = _tiny_args(demo_root, tmp_path / "straight") + REPRODUCIBLE
+    args = tiny_train_args(demo_root, tmp_path / "straight") + REPRODUCIBLE
     straight = train.run(args)
 
-    crashing = _tiny_args(demo_root, tmp_path / "crashed") + REPRODUCIBLE
+    crashing = tiny_train_args(demo_root, tmp_path / "crashed") + REPRODUCIBLE
     killed = _train_subprocess(crashing + ["--trainer.callbacks+=crash.KillAtStep", "--trainer.callbacks.step=5"])
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "crashed" / "medseg" / "version_0"
@@ -54,7 +54,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path):
 
 
 def test_resume_last_without_previous_run_starts_fresh(demo_root, tmp_path):
-    result = _train_subprocess(_tiny_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--ckpt_path=last"])
+    result = _train_subprocess(tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--ckpt_path=last"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no last.ckpt under" in result.stderr
 
@@ -62,7 +62,7 @@ def test_resume_last_without_previous_run_starts_fresh(demo_root, tmp_path):
 def test_unwritable_output_folder_fails_before_training(demo_root, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = _train_subprocess(_tiny_args(demo_root, blocker / "runs"))
+    result = _train_subprocess(tiny_train_args(demo_root, blocker / "runs"))
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"medseg: error: {blocker / 'runs'}") and "output folder is not writable" in last_line
@@ -90,7 +90,7 @@ def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_
         values = image.get_fdata().astype(np.float32)
         values[:, :, ::3] = np.nan  # every patch crosses a NaN slice
         nib.save(nib.Nifti1Image(values, image.affine), path)
-    args = _tiny_args(root, tmp_path / "runs") + ["--data.check_dataset=false", "--model.max_nonfinite_steps=2"]
+    args = tiny_train_args(root, tmp_path / "runs") + ["--data.check_dataset=false", "--model.max_nonfinite_steps=2"]
     result = _train_subprocess(args)
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
@@ -98,6 +98,6 @@ def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_
 
 
 def test_disk_full_during_training_is_a_clear_error(demo_root, tmp_path):
-    args = _tiny_args(demo_root, tmp_path) + ["--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
+    args = tiny_train_args(demo_root, tmp_path) + ["--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
     with pytest.raises(MedsegError, match=r"^disk full while writing .*; earlier checkpoints are intact"):
         train.run(args)

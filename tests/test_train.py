@@ -11,30 +11,11 @@ from medseg import precision as precision_module
 from medseg import train
 from medseg.inference import InferenceOptions
 from medseg.training.module import SegmentationModule, rng_states, set_rng_states
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_NET = '{"channels": [4, 8], "strides": [2], "num_res_units": 0}'
-
-
-def _tiny_args(root: Path, out: Path) -> list[str]:
-    return [
-        f"--data.root={root}",
-        "--data.patch_size=[32, 32, 16]",
-        "--data.num_folds=3",
-        "--data.iterations_per_epoch=3",
-        "--data.num_workers=0",
-        f"--model.network_kwargs={TINY_NET}",
-        "--trainer.max_epochs=2",
-        "--trainer.check_val_every_n_epoch=1",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}",
-    ]
-
+from tests.helpers.cli import REPO, tiny_train_args
 
 @pytest.fixture(scope="module")
 def trained(demo_root, tmp_path_factory):
-    return train.run(_tiny_args(demo_root, tmp_path_factory.mktemp("run")))
+    return train.run(tiny_train_args(demo_root, tmp_path_factory.mktemp("run")))
 
 
 def test_fit_writes_best_and_last_checkpoints_config_and_logs(trained):
@@ -78,7 +59,7 @@ def test_inference_runs_the_windows_and_precision_validation_ran(trained):
 
 
 def test_run_that_ends_before_any_validation_validates_the_last_weights(demo_root, tmp_path):
-    args = _tiny_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=5"]
+    args = tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=5"]
     result = subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "Validation Dice of the last weights (no validation ran during training" in result.stdout
@@ -130,7 +111,7 @@ def test_corrupt_scan_is_one_line_error_naming_the_file(demo_root, tmp_path):
     root = shutil.copytree(demo_root, tmp_path / "data")
     scan = root / "imagesTr" / "phantom_002.nii.gz"
     scan.write_bytes(scan.read_bytes()[:1000])
-    result = _cli(*_tiny_args(root, tmp_path / "runs"))
+    result = _cli(*tiny_train_args(root, tmp_path / "runs"))
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"medseg: error: {scan}: cannot read as NIfTI") and "Traceback" not in result.stderr
@@ -169,5 +150,5 @@ def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
 def test_deterministic_training_turns_cudnn_autotuning_off(demo_root, tmp_path):
     from medseg.training.cli import build_cli
 
-    assert build_cli(_tiny_args(demo_root, tmp_path)).config.trainer.benchmark is True  # the default: patches have one shape
-    assert build_cli(_tiny_args(demo_root, tmp_path) + ["--trainer.deterministic=true"]).config.trainer.benchmark is False
+    assert build_cli(tiny_train_args(demo_root, tmp_path)).config.trainer.benchmark is True  # the default: patches have one shape
+    assert build_cli(tiny_train_args(demo_root, tmp_path) + ["--trainer.deterministic=true"]).config.trainer.benchmark is False

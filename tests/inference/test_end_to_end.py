@@ -10,11 +10,11 @@ import numpy as np
 from medseg import train
 from medseg.evaluate import evaluate
 from medseg.infer import main
-from tests.test_train import _tiny_args
+from tests.helpers.cli import tiny_train_args
 
 
 def test_training_checkpoint_segments_a_demo_scan_on_its_grid_and_evaluates(demo_root, tmp_path):
-    run = train.run(_tiny_args(demo_root, tmp_path / "run") + ["--trainer.max_epochs=1"])
+    run = train.run(tiny_train_args(demo_root, tmp_path / "run") + ["--trainer.max_epochs=1"])
     scan = demo_root / "imagesTr" / "phantom_000.nii.gz"
     assert main(["--checkpoint", str(run.best_checkpoint), "--input", str(scan), "--output", str(tmp_path / "pred")]) == 0
 

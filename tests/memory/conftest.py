@@ -8,7 +8,7 @@ from monai.networks.nets import UNet
 
 from medseg.memory.measure import TrainingSetup
 from medseg.model.loss import segmentation_loss
-from tests.memory.fakes import PATCH, TINY_UNET
+from tests.helpers.stand_ins import PATCH, TINY_UNET
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from medseg.memory.measure import TrainingSetup, cuda_budget_bytes, measure_cuda
 from medseg.memory.oom import release_memory
 from medseg.memory.plan import plan_batch_size, plan_on_device
 from medseg.memory.simulate import SimulatedDevice
-from tests.memory.fakes import MiB, linear_curve
+from tests.helpers.stand_ins import MiB, linear_curve
 
 
 def live_tensor_bytes() -> int:

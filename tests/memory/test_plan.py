@@ -10,7 +10,7 @@ from medseg.errors import MedsegError
 from medseg.memory.measure import StepMeasurement
 from medseg.memory.plan import BatchPlan, MemoryFit, PlanCache, fit_memory, plan_batch_size, plan_key
 from medseg.memory.simulate import SimulatedDevice
-from tests.memory.fakes import MiB, linear_curve
+from tests.helpers.stand_ins import MiB, linear_curve
 
 
 def test_fit_recovers_fixed_and_per_sample_memory_of_a_line() -> None:

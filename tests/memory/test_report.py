@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medseg.memory.__main__ import run
-from tests.memory.fakes import TINY_UNET
+from tests.helpers.stand_ins import TINY_UNET
 
 
 def test_memory_command_writes_the_comparison_table_json_and_plot(tmp_path: Path, capsys) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medseg.training.module import SegmentationModule
-from tests.memory.fakes import PATCH, TINY_UNET
+from tests.helpers.stand_ins import PATCH, TINY_UNET
 
 
 @pytest.fixture

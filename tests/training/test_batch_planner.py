@@ -13,7 +13,7 @@ from medseg.errors import MedsegError
 from medseg.training.batch_planner import BatchSizePlanner, accumulation_for
 from medseg.memory.simulate import SimulatedDevice
 from medseg.training.module import SegmentationModule
-from tests.memory.fakes import PATCH, TINY_UNET, MiB, RandomPatches, linear_curve
+from tests.helpers.stand_ins import PATCH, TINY_UNET, MiB, RandomPatches, linear_curve
 
 
 class BatchSizes(L.Callback):

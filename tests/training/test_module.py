@@ -12,7 +12,7 @@ from medseg.memory.simulate import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.module import rng_states, set_rng_states
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery
-from tests.memory.fakes import MiB, RandomPatches, linear_curve
+from tests.helpers.stand_ins import MiB, RandomPatches, linear_curve
 
 
 class ScheduleLength(L.Callback):

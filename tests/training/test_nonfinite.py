@@ -11,7 +11,7 @@ import torch
 
 from medseg.training.nonfinite import NonfiniteLossCounter
 from medseg.training.speed import SpeedSettings
-from tests.memory.fakes import RandomPatches
+from tests.helpers.stand_ins import RandomPatches
 
 READ_BACKS = ("item", "__bool__", "__float__", "__int__", "tolist")
 

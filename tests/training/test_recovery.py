@@ -15,7 +15,7 @@ from medseg.errors import MedsegError
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery, next_smaller
 from medseg.memory.simulate import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
-from tests.memory.fakes import MiB, RandomPatches, WithValidation, linear_curve
+from tests.helpers.stand_ins import MiB, RandomPatches, WithValidation, linear_curve
 
 
 class EpochLog(L.Callback):

@@ -7,7 +7,7 @@ import torch
 
 from medseg.model.networks import network_for
 from medseg.training.speed import SpeedSettings
-from tests.memory.fakes import RandomPatches, WithValidation
+from tests.helpers.stand_ins import RandomPatches, WithValidation
 
 
 def test_channels_last_puts_convolution_weights_in_channels_last_order(tiny_module, make_trainer):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medseg.training.throughput import ThroughputMonitor
-from tests.memory.fakes import RandomPatches
+from tests.helpers.stand_ins import RandomPatches
 
 
 def test_epoch_logs_patches_per_second_and_data_wait_share(tiny_module, make_trainer):

@@ -1,4 +1,4 @@
-"""Small stand-ins for memory tests: a two-level MONAI UNet config on 16^3 patches, random patch batches, memory curves."""
+"""Small stand-ins shared by the tests: a two-level MONAI UNet config on 16^3 patches, random patch batches, memory curves."""
 
 from __future__ import annotations
 
