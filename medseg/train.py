@@ -18,14 +18,16 @@ from medseg.training.cli import TrainResult, run
 __all__ = ["TrainResult", "main", "run"]
 
 
-def main() -> None:
-    """Entry point: user errors end as one line on stderr and exit code 1 (``--debug`` shows the traceback)."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (``argv``: the options, default ``sys.argv[1:]``): user errors end as one line on stderr and exit
+    code 1 (``--debug`` shows the traceback); a bad option exits with code 2."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    debug = "--debug" in sys.argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     if debug:
-        sys.argv.remove("--debug")
+        args.remove("--debug")
     try:
-        run()
+        run(args)
     except MedsegError as err:
         if debug:
             raise

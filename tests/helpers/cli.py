@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.helpers.stand_ins import TINY_UNET
 
@@ -32,3 +35,15 @@ def tiny_train_args(root: Path, out: Path) -> list[str]:
 def run_module(module: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in a fresh interpreter from the repository root and return the finished process."""
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env)
+
+
+def run_main(main: Callable[[list[str]], object], argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run a command's ``main(argv)`` in this process (no interpreter start-up) and return (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        returned = main(argv)
+        code = returned if isinstance(returned, int) else 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -4,27 +4,8 @@ import pytest
 import torch
 from lightning.pytorch.trainer.states import RunningStage
 
-from medseg.data.split import split_cases
 from medseg.training.datamodule import SegmentationDataModule, workers_for
-from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
-
-
-def test_split_is_deterministic_disjoint_and_covers_all_folds(demo_root):
-    cases = read_dataset(demo_root).cases
-    held_out = []
-    for fold in range(3):
-        train, val = split_cases(cases, num_folds=3, fold=fold, seed=5)
-        assert (train, val) == split_cases(cases, num_folds=3, fold=fold, seed=5)
-        assert not set(train) & set(val) and len(train) + len(val) == len(cases)
-        held_out += val
-    assert sorted(c.name for c in held_out) == sorted(c.name for c in cases)
-    assert split_cases(cases, 3, 0, seed=5)[1] != split_cases(cases, 3, 0, seed=6)[1]
-
-
-def test_split_refuses_bad_fold(demo_root):
-    with pytest.raises(MedsegError, match="0 <= fold < num_folds"):
-        split_cases(read_dataset(demo_root).cases, num_folds=3, fold=3, seed=0)
 
 
 def test_batches_have_patch_shape_and_batch_size_is_settable(demo_root):
@@ -171,3 +152,22 @@ def test_auto_workers_are_chosen_when_the_data_is_set_up(demo_root, monkeypatch)
 def test_a_negative_number_of_workers_is_refused(demo_root):
     with pytest.raises(MedsegError, match="num_workers must be 'auto' or a number of processes"):
         SegmentationDataModule(str(demo_root), num_workers=-1)
+
+
+def _epoch_batches(root, num_workers, epoch):
+    dm = SegmentationDataModule(str(root), batch_size=2, patch_size=(24, 24, 12), num_folds=3, iterations_per_epoch=2, num_workers=num_workers)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return [batch["image"] for batch in loader]
+
+
+def test_epoch_patches_are_identical_with_or_without_workers_and_differ_between_epochs(demo_root):
+    torch.manual_seed(0)
+    in_process = _epoch_batches(demo_root, num_workers=0, epoch=2)
+    torch.manual_seed(0)
+    with_workers = _epoch_batches(demo_root, num_workers=2, epoch=2)
+    for a, b in zip(in_process, with_workers, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.manual_seed(0)
+    assert not torch.equal(in_process[0], _epoch_batches(demo_root, num_workers=0, epoch=3)[0])
