@@ -24,12 +24,10 @@ def _last_logged(metrics_csv, key: str) -> float:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
-@pytest.mark.parametrize("precision", [None, "32-true", "bf16-mixed"], ids=["machine-default", "32-true", "bf16-mixed"])
-def test_two_process_ddp_fit_matches_single_process_validation(demo_root, tmp_path, precision):
+def test_two_process_ddp_fit_matches_single_process_validation(demo_root, tmp_path, cpu_bf16):
+    # the default 16-mixed, resolved on this CPU as 32-true and as bf16-mixed (cpu_bf16): both precisions, both resolutions
     out = tmp_path / "ddp"
     args = tiny_train_args(demo_root, out) + ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--data.num_folds=2"]
-    if precision is not None:
-        args.append(f"--trainer.precision={precision}")
     result = subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Validation Dice of the best checkpoint") == 1  # only rank 0 reports
@@ -41,7 +39,7 @@ def test_two_process_ddp_fit_matches_single_process_validation(demo_root, tmp_pa
 
     best = torch.load(runs[0] / "checkpoints" / checkpoints[0], map_location="cpu", weights_only=True)
     recorded = best["medseg"]["precision"]
-    assert recorded == (precision or ("bf16-mixed" if "running bf16-mixed" in result.stderr else "32-true"))
+    assert recorded == ("bf16-mixed" if cpu_bf16 else "32-true") and f"running {recorded}" in result.stderr
     model = SegmentationModule(**best["hyper_parameters"])
     model.load_state_dict(best["state_dict"])
     data = SegmentationDataModule(str(demo_root), patch_size=(32, 32, 16), num_folds=2, num_workers=0)

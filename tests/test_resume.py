@@ -1,5 +1,6 @@
 """Fault tolerance: a run killed mid-epoch and resumed with --ckpt_path last ends with the same weights."""
 
+import logging
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import torch
 from medseg import train
 from medseg.errors import MedsegError
 from medseg.training import cli
-from tests.helpers.cli import REPO, tiny_train_args
+from tests.helpers.cli import REPO, run_main, tiny_train_args
 
 HELPERS = Path(__file__).parent / "helpers"
 
@@ -32,7 +33,7 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 REPRODUCIBLE = ["--trainer.max_epochs=3", "--trainer.deterministic=true", "--trainer.precision=32-true", "--batch_planner.enabled=false"]
 
 
-def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path):
+def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path, caplog):
     args = tiny_train_args(demo_root, tmp_path / "straight") + REPRODUCIBLE
     straight = train.run(args)
 
@@ -42,9 +43,9 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path):
     run_dir = tmp_path / "crashed" / "medseg" / "version_0"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3  # end of epoch 0
 
-    resumed = _train_subprocess(crashing + ["--ckpt_path=last"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.stderr
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        train.run(crashing + ["--ckpt_path=last"])
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in caplog.text
     assert not (tmp_path / "crashed" / "medseg" / "version_1").exists()  # continued in the same run folder
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == 9 and final["epoch"] == 2
@@ -53,20 +54,20 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path):
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_resume_last_without_previous_run_starts_fresh(demo_root, tmp_path):
-    result = _train_subprocess(tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--ckpt_path=last"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "no last.ckpt under" in result.stderr
+def test_resume_last_without_previous_run_starts_fresh(demo_root, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        result = train.run(tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--ckpt_path=last"])
+    assert "no last.ckpt under" in caplog.text and result.last_checkpoint.is_file()
 
 
-def test_unwritable_output_folder_fails_before_training(demo_root, tmp_path):
+def test_unwritable_output_folder_fails_before_training(demo_root, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = _train_subprocess(tiny_train_args(demo_root, blocker / "runs"))
-    assert result.returncode == 1
-    last_line = result.stderr.strip().splitlines()[-1]
+    code, out, err = run_main(train.main, tiny_train_args(demo_root, blocker / "runs"), capsys)
+    assert code == 1
+    last_line = err.strip().splitlines()[-1]
     assert last_line.startswith(f"medseg: error: {blocker / 'runs'}") and "output folder is not writable" in last_line
-    assert "Epoch" not in result.stderr
+    assert "Epoch" not in out + err
 
 
 def test_nearly_full_disk_fails_before_training(monkeypatch, tmp_path):
@@ -78,7 +79,7 @@ def test_nearly_full_disk_fails_before_training(monkeypatch, tmp_path):
         cli.check_output_dir(tmp_path, 100 * 2**20)
 
 
-def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_path):
+def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_path, capsys):
     import shutil as sh
 
     import nibabel as nib
@@ -91,9 +92,9 @@ def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_
         values[:, :, ::3] = np.nan  # every patch crosses a NaN slice
         nib.save(nib.Nifti1Image(values, image.affine), path)
     args = tiny_train_args(root, tmp_path / "runs") + ["--data.check_dataset=false", "--model.max_nonfinite_steps=2"]
-    result = _train_subprocess(args)
-    assert result.returncode == 1
-    last_line = result.stderr.strip().splitlines()[-1]
+    code, _, err = run_main(train.main, args, capsys)
+    assert code == 1
+    last_line = err.strip().splitlines()[-1]
     assert re.match(r"medseg: error: training stopped: loss was NaN/Inf for 2 steps in a row \(global step \d+, cases phantom_\d+, phantom_\d+\)", last_line)
 
 
