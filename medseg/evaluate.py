@@ -83,12 +83,8 @@ def _labels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray, tuple[float, float
     return image, np.rint(voxels).astype(np.int64), spacing
 
 
-def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
-    """Return Dice and HD95 (mm, using the ground truth's voxel spacing) per foreground class.
-
-    Dice is 0 for a class predicted but absent from the ground truth (or the reverse) and NaN when
-    the class is absent from both; HD95 is NaN unless the class is in both.
-    """
+def read_label_pair(prediction: Path, ground_truth: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Return the predicted and true label maps (X, Y, Z) and the truth's voxel spacing, refusing grids that differ."""
     pred_image, pred, _ = _labels(prediction)
     truth_image, truth, spacing = _labels(ground_truth)
     if pred.shape != truth.shape or not same_grid(pred_image, truth_image):
@@ -98,16 +94,35 @@ def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
         )
     if pred.min() < 0 or truth.min() < 0:
         raise MedsegError(f"negative label in {prediction if pred.min() < 0 else ground_truth}")
-    classes = int(max(pred.max(), truth.max())) + 1
-    if classes < 2:
-        return CaseScores(case_name(prediction), (), ())
-    pred_hot = one_hot(torch.from_numpy(pred)[None, None], classes)
-    truth_hot = one_hot(torch.from_numpy(truth)[None, None], classes)
+    return pred, truth, spacing
+
+
+def _one_hot_pair(pred: np.ndarray, truth: np.ndarray, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return one_hot(torch.from_numpy(pred)[None, None], classes), one_hot(torch.from_numpy(truth)[None, None], classes)
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> tuple[float, ...]:
+    """Return Dice of foreground classes 1..classes-1: 0 for a class in only one of the maps, NaN for one in neither."""
+    pred_hot, truth_hot = _one_hot_pair(pred, truth, classes)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred_hot, truth_hot)[0]
     both_empty = (pred_hot[0, 1:].sum(dim=(1, 2, 3)) == 0) & (truth_hot[0, 1:].sum(dim=(1, 2, 3)) == 0)
     dice[both_empty] = math.nan
+    return tuple(dice.tolist())
+
+
+def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
+    """Return Dice and HD95 (mm, using the ground truth's voxel spacing) per foreground class.
+
+    Dice is 0 for a class predicted but absent from the ground truth (or the reverse) and NaN when
+    the class is absent from both; HD95 is NaN unless the class is in both.
+    """
+    pred, truth, spacing = read_label_pair(prediction, ground_truth)
+    classes = int(max(pred.max(), truth.max())) + 1
+    if classes < 2:
+        return CaseScores(case_name(prediction), (), ())
+    pred_hot, truth_hot = _one_hot_pair(pred, truth, classes)
     hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(pred_hot, truth_hot, spacing=list(spacing))[0]
-    return CaseScores(case_name(prediction), tuple(dice.tolist()), tuple(hd95.tolist()))
+    return CaseScores(case_name(prediction), dice_per_class(pred, truth, classes), tuple(hd95.tolist()))
 
 
 def _ground_truth(source: Path) -> tuple[dict[str, Path], list[str]]:
@@ -129,13 +144,9 @@ def _recipe_class_names(predictions: Path) -> list[str]:
         raise MedsegError(f"{path}: not valid JSON ({err})") from None
 
 
-def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
-    """Return the scores of every prediction in `predictions` (a folder) that has a ground truth.
-
-    `ground_truth` is a folder of label maps with the same file names, or a dataset (folder or
-    dataset.json). Columns are named by the dataset's classes, else by the recipe ``medseg.infer`` wrote
-    beside the predictions. A prediction without ground truth is an error, so a typo cannot shrink the test set.
-    """
+def paired_files(predictions: str | Path, ground_truth: str | Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Return (prediction, ground truth) file pairs for every prediction in the folder ``predictions``, and the class
+    names (the dataset's, else those of the recipe inference wrote); a prediction without ground truth is an error."""
     predictions, ground_truth = Path(predictions), Path(ground_truth)
     if not predictions.is_dir():
         raise MedsegError(f"prediction folder {predictions} does not exist")
@@ -149,7 +160,18 @@ def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
     missing = [p.name for p in files if case_name(p) not in truths]
     if missing:
         raise MedsegError(f"no ground truth in {ground_truth} for prediction(s) {', '.join(missing[:5])}")
-    cases = [score_case(p, truths[case_name(p)]) for p in files]
+    return [(p, truths[case_name(p)]) for p in files], declared
+
+
+def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
+    """Return the scores of every prediction in `predictions` (a folder) that has a ground truth.
+
+    `ground_truth` is a folder of label maps with the same file names, or a dataset (folder or
+    dataset.json). Columns are named by the dataset's classes, else by the recipe ``medseg.infer`` wrote
+    beside the predictions. A prediction without ground truth is an error, so a typo cannot shrink the test set.
+    """
+    pairs, declared = paired_files(predictions, ground_truth)
+    cases = [score_case(prediction, truth) for prediction, truth in pairs]
     classes = max([len(case.dice) for case in cases] + [len(declared) - 1])
     names = declared + [f"class_{i}" for i in range(len(declared), classes + 1)]
     return Evaluation(cases, names[1 : classes + 1])

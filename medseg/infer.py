@@ -14,7 +14,9 @@ from medseg.precision import PRECISIONS
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of scans, or a dataset file with a trained medseg checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="medseg .ckpt (weights-only; holds network and preprocessing)")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt), "
+                             "are ensembled: window logits averaged over the models, as nnU-Net averages folds")
     parser.add_argument("--input", required=True, help="a .nii/.nii.gz scan, a folder of them, or a dataset (folder or dataset.json; its training cases)")
     parser.add_argument("--output", required=True, help="folder for <case>.nii.gz label maps")
     parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the checkpoint's recipe, as validation used)")
@@ -25,6 +27,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
     parser.add_argument("--overwrite", action="store_true", help="redo scans whose output already exists")
+    parser.add_argument("--no-postprocessing", action="store_true", help="ignore a postprocessing.json in a --checkpoint folder (python -m medseg.postprocess)")
     return parser.parse_args(argv)
 
 
@@ -41,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             probabilities=args.probabilities,
         )
-        summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite)
+        summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite, postprocessing=not args.no_postprocessing)
     except MedsegError as err:
         print(f"medseg: error: {err}", file=sys.stderr)
         return 1

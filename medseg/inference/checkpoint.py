@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from medseg.model.networks import network_for
 from medseg.recipe import Recipe
 
 WEIGHTS_PREFIX = "net."
+# The checkpoint each training run folder contributes to an ensemble (ModelCheckpoint's name for the best one).
+BEST_CHECKPOINT_GLOB = "best-*.ckpt"
+# What the members of an ensemble must share: windows of one shape on one preprocessed image, read out as one set of classes.
+ENSEMBLE_FIELDS = ("channel_names", "class_names", "patch_size", "preprocessing")
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,35 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
         raise MedsegError(f"checkpoint {path} weights do not fit its {recipe.network} network (a different model?): {detail}") from None
     network.to(device).eval()
     return TrainedModel(recipe, network, path)
+
+
+def checkpoint_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """Return the checkpoints ``sources`` name: files as given, and for a folder (a run, or a cross-validation folder
+    of runs) the best checkpoint of every run in it, in path order."""
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if not source.is_dir():
+            paths.append(source)
+            continue
+        found = sorted(source.rglob(BEST_CHECKPOINT_GLOB))
+        if not found:
+            raise MedsegError(f"{source} holds no {BEST_CHECKPOINT_GLOB} checkpoint (of a finished training run)")
+        paths += found
+    return paths
+
+
+def load_ensemble(sources: Sequence[str | Path], device: str | torch.device = "cpu") -> list[TrainedModel]:
+    """Return the models ``sources`` name (checkpoint files or folders, see ``checkpoint_paths``), checked to share
+    their recipe's channels, classes, patch and preprocessing; a disagreement is a one-line error naming the field."""
+    models = [load_trained_model(path, device) for path in checkpoint_paths(sources)]
+    first = models[0]
+    for other in models[1:]:
+        for name in ENSEMBLE_FIELDS:
+            mine, theirs = getattr(first.recipe, name), getattr(other.recipe, name)
+            if mine != theirs:
+                shown = (mine.to_dict(), theirs.to_dict()) if hasattr(mine, "to_dict") else (list(mine), list(theirs))
+                raise MedsegError(
+                    f"checkpoints {first.source} and {other.source} differ in {name} ({shown[0]} against {shown[1]}): "
+                    "an ensemble's models must share it"
+                )
+    return models

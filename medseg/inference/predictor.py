@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from medseg.data.formats import Case
 from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_trained_model
+from medseg.inference.postprocessing import Postprocessing
 from medseg.memory.oom import is_out_of_memory, release_memory
 from medseg.model.inferer import window_inferer
 from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
@@ -125,32 +126,45 @@ def cudnn_autotuning(enabled: bool) -> Iterator[None]:
 
 
 class Predictor:
-    """Segments whole scans with one loaded model as its recipe says; reuse it across a folder so the model loads once."""
+    """Segments whole scans with one loaded model, or an ensemble of them, as the (first) recipe says; reuse it across a
+    folder so the models load once."""
 
-    def __init__(self, model: TrainedModel, options: InferenceOptions | None = None) -> None:
-        self.model = model
+    def __init__(
+        self, model: TrainedModel | Sequence[TrainedModel], options: InferenceOptions | None = None, postprocessing: Postprocessing | None = None
+    ) -> None:
+        self.models = [model] if isinstance(model, TrainedModel) else list(model)
         self.options = options or InferenceOptions()
+        self.postprocessing = postprocessing
         self.device = self.options.resolved_device()
-        self.recipe = model.recipe.with_changes(window=self.options.window_changes())
-        self.precision = self.options.precision or inference_precision(model.recipe.precision, self.device.type)
-        self.model.network.to(self.device)
-        if self.device.type == "cuda":
-            # with cuDNN autotuning (below), channels-last weights ran fp16 windows 1.28x faster on an H200
-            # (benchmarks/results/inference_cuda_autotuned.md); a CPU's oneDNN chooses its own layout
-            self.model.network.to(memory_format=torch.channels_last_3d)
+        first = self.models[0].recipe
+        self.recipe = first.with_changes(window=self.options.window_changes())
+        self.precision = self.options.precision or inference_precision(first.precision, self.device.type)
+        for member in self.models:
+            member.network.to(self.device)
+            if self.device.type == "cuda":
+                # with cuDNN autotuning (below), channels-last weights ran fp16 windows 1.28x faster on an H200
+                # (benchmarks/results/inference_cuda_autotuned.md); a CPU's oneDNN chooses its own layout
+                member.network.to(memory_format=torch.channels_last_3d)
         self.preprocess = preprocessing_transforms(self.recipe.preprocessing, image_key="image", label_key=None)
         # Probabilities are resampled (not nearest) back to the scan's grid, then argmaxed there.
         self.invert = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
 
     def _window_logits(self, windows: torch.Tensor) -> torch.Tensor:
-        """Return float32 logits of a batch of windows (averaged over flips with TTA), blended as validation blends them."""
-        network = self.model.network
+        """Return float32 logits of a batch of windows, averaged over the ensemble's models (and over flips with TTA).
+
+        Every model sees the same windows one after another, and their mean is blended once: the same as nnU-Net's
+        mean of each fold's blended logits (blending is linear), with one stitching buffer instead of one per model.
+        """
         with autocast(self.precision, self.device.type):
-            logits = network(windows).float()
-            if self.options.tta:
-                for dims in FLIP_AXES:
-                    logits += network(windows.flip(dims)).float().flip(dims)
-                logits /= len(FLIP_AXES) + 1
+            logits = sum(self._model_logits(member.network, windows) for member in self.models)
+        return logits / len(self.models) if len(self.models) > 1 else logits
+
+    def _model_logits(self, network: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        logits = network(windows).float()
+        if self.options.tta:
+            for dims in FLIP_AXES:
+                logits += network(windows.flip(dims)).float().flip(dims)
+            logits /= len(FLIP_AXES) + 1
         return logits
 
     def probabilities(self, image: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -208,6 +222,9 @@ class Predictor:
         if tuple(restored.shape[1:]) != tuple(reference.shape[:3]):
             raise RuntimeError(f"inverted prediction has shape {tuple(restored.shape[1:])}, scan {reference.shape[:3]}")
         labels = most_likely_class(restored).numpy().astype(label_dtype(self.recipe.out_channels), copy=False)
+        if self.postprocessing is not None and self.postprocessing.does_anything:
+            labels = self.postprocessing.apply(labels)
+            route += f"; {self.postprocessing.describe()}"
         probabilities = np.ascontiguousarray(restored.permute(1, 2, 3, 0).numpy()) if self.options.probabilities else None
         return Prediction(labels, reference, probabilities, route)
 

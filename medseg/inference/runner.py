@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,8 @@ from tqdm import tqdm
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import find_scans
 from medseg.errors import MedsegError
-from medseg.inference.checkpoint import load_trained_model
+from medseg.inference.checkpoint import load_ensemble
+from medseg.inference.postprocessing import postprocessing_beside
 from medseg.inference.predictor import InferenceOptions, Prediction, Predictor
 from medseg.nifti import like_reference, write_atomic
 
@@ -39,14 +41,17 @@ class RunSummary:
 
 
 def segment_scans(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     source: str | Path,
     output: str | Path,
     options: InferenceOptions | None = None,
     overwrite: bool = False,
+    postprocessing: bool = True,
 ) -> RunSummary:
     """Return the summary after writing ``OUTPUT/<case>.nii.gz`` for every scan in `source`, and ``OUTPUT/recipe.json``.
 
+    ``checkpoint`` is one checkpoint, or several checkpoints and run folders whose models are ensembled
+    (``load_ensemble``); with ``postprocessing``, a ``postprocessing.json`` in a folder among them is applied.
     Existing outputs are skipped unless `overwrite`; a failing scan is recorded and the rest go on.
     Inputs are never written: an output path that is an input file is refused before anything runs.
     """
@@ -58,10 +63,19 @@ def segment_scans(
     for name, target in targets.items():
         if target.resolve() in inputs:
             raise MedsegError(f"output {target} would overwrite the input scan; choose another --output folder")
-    model = load_trained_model(checkpoint)
-    predictor = Predictor(model, options)
+    sources = [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(c) for c in checkpoint]
+    models = load_ensemble(sources)
+    decision = postprocessing_beside(sources) if postprocessing else None
+    if decision:
+        decision[0].check_classes(models[0].recipe.class_names, decision[1])
+    predictor = Predictor(models, options, decision[0] if decision else None)
     ran = predictor.recipe.with_changes(precision=predictor.precision)
-    write_text_atomic(output / RECIPE_FILE, json.dumps(ran.to_dict(), indent=2))
+    record = {
+        **ran.to_dict(),
+        "models": [str(model.source) for model in models],
+        "postprocessing": {**decision[0].to_dict(), "file": str(decision[1])} if decision else None,
+    }
+    write_text_atomic(output / RECIPE_FILE, json.dumps(record, indent=2))
     summary = RunSummary()
     todo = [case for case in cases if overwrite or not targets[case.name].exists()]
     summary.skipped = [case.name for case in cases if case not in todo]
