@@ -5,6 +5,7 @@ Examples:
     python -m medseg.train --config configs/spleen_ct.yaml     # your data
     python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
     python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
+    python -m medseg.train --config configs/demo.yaml --data.fold all  # every fold, then the cross-validation summary
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from medseg.cross_validation import asks_for_all_folds, run_cross_validation
 from medseg.errors import MedsegError
 from medseg.training.cli import TrainResult, run
 
@@ -27,7 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     if debug:
         args.remove("--debug")
     try:
-        run(args)
+        if asks_for_all_folds(args):
+            run_cross_validation(args)
+        else:
+            run(args)
     except MedsegError as err:
         if debug:
             raise

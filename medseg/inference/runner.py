@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medseg.atomic import write_text_atomic
-from medseg.data.formats import find_scans
+from medseg.data.formats import Case, find_scans
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import load_ensemble
 from medseg.inference.postprocessing import postprocessing_beside
@@ -42,7 +42,7 @@ class RunSummary:
 
 def segment_scans(
     checkpoint: str | Path | Sequence[str | Path],
-    source: str | Path,
+    source: str | Path | Sequence[Case],
     output: str | Path,
     options: InferenceOptions | None = None,
     overwrite: bool = False,
@@ -50,14 +50,14 @@ def segment_scans(
 ) -> RunSummary:
     """Return the summary after writing ``OUTPUT/<case>.nii.gz`` for every scan in `source`, and ``OUTPUT/recipe.json``.
 
-    ``checkpoint`` is one checkpoint, or several checkpoints and run folders whose models are ensembled
+    ``source`` is a path (``find_scans``) or the cases themselves. ``checkpoint`` is one checkpoint, or several checkpoints and run folders whose models are ensembled
     (``load_ensemble``); with ``postprocessing``, a ``postprocessing.json`` in a folder among them is applied.
     Existing outputs are skipped unless `overwrite`; a failing scan is recorded and the rest go on.
     Inputs are never written: an output path that is an input file is refused before anything runs.
     """
     options = options or InferenceOptions()
     output = Path(output)
-    cases = find_scans(source)
+    cases = find_scans(source) if isinstance(source, (str, Path)) else list(source)
     inputs = {p.resolve() for case in cases for p in case.images}
     targets = {case.name: output / f"{case.name}.nii.gz" for case in cases}
     for name, target in targets.items():
