@@ -214,8 +214,10 @@ def with_plan(args: list[str] | None) -> list[str] | None:
 def run(args: list[str] | None = None) -> TrainResult:
     """Train as `args` (default: the command line) say, validate the best checkpoint (else the last weights) and return the results.
 
-    A dataset (``--data.root``) without ``--config`` trains with its plan (``with_plan``).
+    A dataset (``--data.root``) without ``--config`` trains with its plan (``with_plan``). A process group the run
+    started (DDP) is destroyed before it returns (``end_process_group``).
     """
+    group_was_open = process_group_open()
     cli = build_cli(with_plan(args))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     best, last = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
@@ -234,7 +236,27 @@ def run(args: list[str] | None = None) -> TrainResult:
     # a run that ended before its first validation (short, max_time, Ctrl-C) validates the weights it has
     results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}
-    result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)
+    result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)  # log_dir is a broadcast: before the group ends
     if trainer.is_global_zero:
         print_summary(result, datamodule.class_names)
+    if not group_was_open:
+        end_process_group()
     return result
+
+
+def process_group_open() -> bool:
+    """Return whether a default process group exists (False where torch has no distributed support)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def end_process_group() -> None:
+    """Destroy the process group, if one is open, once every rank is past its last collective.
+
+    Lightning leaves a gloo group alive at exit (it registers an exit handler for NCCL's only). Gloo's worker thread
+    frees a collective's tensors after the caller's wait returned, and needs the GIL for their Python objects: when
+    the interpreter starts to finalize meanwhile, the thread is ended inside a C++ destructor, and the process aborts
+    after a run that succeeded ("terminate called without an active exception", SIGABRT). Destroying the group joins
+    those threads.
+    """
+    if process_group_open():
+        torch.distributed.destroy_process_group()
