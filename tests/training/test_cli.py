@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medseg.training.cli import run
-from tests.test_train import _tiny_args
+from tests.helpers.cli import tiny_train_args
 
 
 def _gloo_threads() -> list[str]:
@@ -19,7 +19,7 @@ def _gloo_threads() -> list[str]:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through /proc (Linux)")
 def test_a_ddp_run_destroys_its_process_group_and_joins_gloos_threads(demo_root, tmp_path):
-    args = _tiny_args(demo_root, tmp_path) + [
+    args = tiny_train_args(demo_root, tmp_path) + [
         "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true",
         "--trainer.max_epochs=1", "--data.iterations_per_epoch=1", "--trainer.num_sanity_val_steps=0",
     ]
