@@ -1,6 +1,6 @@
-"""Real 2-process DDP fits on CPU (gloo): one finishes, writes one set of checkpoints, and logs the Dice that one
-process computes on the whole validation set at the precision the run recorded; planning on simulated GPUs, and an
-out-of-memory error on one rank, end every rank within a bounded time."""
+"""Real 2-process DDP fits on CPU (gloo): one plans on every rank, finishes, writes one set of checkpoints, and logs the
+Dice that one process computes on the whole validation set at the precision the run recorded; planning that fails on
+one rank, and an out-of-memory error on one rank, end every rank within a bounded time."""
 
 import csv
 import json
@@ -23,16 +23,43 @@ def _last_logged(metrics_csv, key: str) -> float:
     return float(values[-1])
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
-def test_two_process_ddp_fit_matches_single_process_validation(demo_root, tmp_path, cpu_bf16):
-    # the default 16-mixed, resolved on this CPU as 32-true and as bf16-mixed (cpu_bf16): both precisions, both resolutions
+SIMULATED_GPUS = "--trainer.callbacks+=tests.helpers.simulated_gpu.SimulatedGpus"
+needs_distributed = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+
+
+def _ddp_train(demo_root, out, *extra: str) -> subprocess.CompletedProcess:
+    """Run a short 2-rank fit (2 epochs, validated at the end) and return the finished launcher process."""
+    args = tiny_train_args(demo_root, out) + [
+        "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
+        "--data.num_folds=2", "--data.iterations_per_epoch=2", "--trainer.check_val_every_n_epoch=2", "--trainer.num_sanity_val_steps=0",
+        *extra,
+    ]
+    return subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, env=_with_repo_on_path(), timeout=300)
+
+
+def _with_repo_on_path() -> dict[str, str]:
+    """The environment, with the repository importable by the launched ranks (for the test callbacks)."""
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@needs_distributed
+def test_two_process_ddp_fit_plans_on_every_rank_and_matches_single_process_validation(demo_root, tmp_path, cpu_bf16):
+    # the default 16-mixed, resolved on this CPU as 32-true and as bf16-mixed (cpu_bf16): both precisions, both resolutions;
+    # each rank plans its batch on a simulated GPU of its own (100 and 70 MiB)
     out = tmp_path / "ddp"
-    args = tiny_train_args(demo_root, out) + ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--data.num_folds=2"]
-    result = subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+    args = tiny_train_args(demo_root, out) + [
+        "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--data.num_folds=2",
+        SIMULATED_GPUS, "--trainer.callbacks.capacity_mib=[100, 70]",
+    ]
+    result = subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, env=_with_repo_on_path(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Validation Dice of the best checkpoint") == 1  # only rank 0 reports
+    # 100 MiB plans 5 (90 MiB budget), 70 MiB plans 3: both ranks train at 3
+    assert "training at batch size 3 x 1 accumulation x 2 ranks" in result.stderr
     runs = list((out / "medseg").iterdir())
     assert len(runs) == 1
+    assert json.loads((runs[0] / "batch_plan.json").read_text())["batch_size"] == 5  # rank 0's own plan
+    assert (out / "batch_plans.json").is_file()  # the cache sits in the run root, not in the folder training started from
     checkpoints = sorted(p.name for p in (runs[0] / "checkpoints").iterdir())
     assert checkpoints[0].startswith("best-") and checkpoints[1:] == ["last.ckpt", "latest-epoch001.ckpt"]
     logged = _last_logged(runs[0] / "metrics.csv", "val_mean_dice")  # trainer.validate() of the best checkpoint
@@ -47,33 +74,6 @@ def test_two_process_ddp_fit_matches_single_process_validation(demo_root, tmp_pa
     [single] = trainer.validate(model, datamodule=data, verbose=False)
     assert len(data.val_cases) == 3  # odd: the two ranks validate 2 and 1 cases
     assert logged == pytest.approx(single["val_mean_dice"], abs=1e-6)
-
-
-SIMULATED_GPUS = "--trainer.callbacks+=tests.helpers.simulated_gpu.SimulatedGpus"
-needs_distributed = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
-
-
-def _ddp_train(demo_root, out, *extra: str) -> subprocess.CompletedProcess:
-    """Run a short 2-rank fit (2 epochs, validated at the end) and return the finished launcher process."""
-    args = tiny_train_args(demo_root, out) + [
-        "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
-        "--data.num_folds=2", "--data.iterations_per_epoch=2", "--trainer.check_val_every_n_epoch=2", "--trainer.num_sanity_val_steps=0",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "medseg.train", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-
-
-@needs_distributed
-def test_two_rank_fit_plans_the_batch_on_every_rank_and_finishes(demo_root, tmp_path):
-    out = tmp_path / "ddp"
-    result = _ddp_train(demo_root, out, SIMULATED_GPUS, "--trainer.callbacks.capacity_mib=[100, 70]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    # 100 MiB plans 5 (90 MiB budget), 70 MiB plans 3: both ranks train at 3
-    assert "training at batch size 3 x 1 accumulation x 2 ranks" in result.stderr
-    [run] = (out / "medseg").iterdir()
-    assert json.loads((run / "batch_plan.json").read_text())["batch_size"] == 5  # rank 0's own plan
-    assert (out / "batch_plans.json").is_file()  # the cache sits in the run root, not in the folder training started from
 
 
 @needs_distributed
