@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from medseg.data.formats import Case
 from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_trained_model
+from medseg.memory.measure import cudnn_autotuning
 from medseg.memory.oom import is_out_of_memory, release_memory
 from medseg.model.inferer import window_inferer
 from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
@@ -111,17 +110,6 @@ class ScanInput:
 
     data: dict[str, Any]
     reference: NiftiImage
-
-
-@contextmanager
-def cudnn_autotuning(enabled: bool) -> Iterator[None]:
-    """Turn cuDNN autotuning on while ``enabled`` (windows all have one shape), then back to what it was."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before or enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
 
 
 class Predictor:

@@ -52,12 +52,18 @@ class TrainingSetup:
 
 @dataclass(frozen=True)
 class StepMeasurement:
-    """What one trial step at ``batch_size`` cost; ``peak_bytes`` is None when it ran out of memory."""
+    """What a trial at ``batch_size`` cost; ``peak_bytes`` is None when it ran out of memory.
+
+    ``peak_bytes`` is the steady state: the peak of the steps after the first, which hold the previous step's
+    gradients and the optimizer state as training does from its second step on. ``first_step_peak_bytes`` is the
+    first step's peak, where cuDNN autotunes a new shape (None where it was not measured apart).
+    """
 
     batch_size: int
     precision: str
     peak_bytes: int | None
     seconds: float | None = None
+    first_step_peak_bytes: int | None = None
 
     @property
     def fits(self) -> bool:
@@ -148,6 +154,18 @@ def run_training_step(
 
 
 @contextmanager
+def cudnn_autotuning(enabled: bool) -> Iterator[None]:
+    """Turn cuDNN autotuning on while ``enabled`` (training patches, and windows, all have one shape), then back to
+    what it was."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@contextmanager
 def preserved_weights(net: nn.Module) -> Iterator[None]:
     """Restore the network's weights, buffers and train/eval mode after trial steps changed them."""
     saved = {name: value.detach().to("cpu", copy=True) for name, value in net.state_dict().items()}
@@ -160,47 +178,52 @@ def preserved_weights(net: nn.Module) -> Iterator[None]:
 
 
 def measure_cuda_step(setup: TrainingSetup, batch_size: int, precision: str, train: bool = True, steps: int = 1) -> StepMeasurement:
-    """Return the peak CUDA memory of ``steps`` steps with one optimizer at ``batch_size`` (None when out of memory).
+    """Return the steady-state and first-step peaks of a trial at ``batch_size`` (None when out of memory).
 
-    ``steps=2`` counts the optimizer state and previous gradients steady-state training holds, and, since the
-    time is that of the last step, leaves cuDNN autotuning out of throughput figures. The peak is that of all
-    steps, the first one's cuDNN autotuning too (``cudnn.benchmark``): its trial workspaces take what memory is
-    free, so it overstates what later steps need (fp32 most), but training's first step at the planned size
-    autotunes the same way. Measured on an H200 capped at 8 GiB (benchmarks/results/memory_cuda_spleen.md and
-    memory_cuda_spleen_steady_state_peak.md): planned on all steps, a 96^3 fp32 UNet trained 180 steps at batch
-    11 without running out of memory, at 2.3 GiB after the first step's 6.7 GiB; planned on the steps after the
-    first, it chose 35, and the next step run at that size ran out of memory.
+    The trial runs a warm-up step, where cuDNN autotunes the new shape (``cudnn.benchmark``, as training sets it),
+    then resets the peak and runs ``steps`` more steps with the same optimizer: their peak is the steady state the
+    batch is planned on, and the last one's time the throughput. PyTorch's cuDNN v8 autotuning sizes its trial
+    workspace from the free memory and halves it until an allocation fits under the cap (``get_available_workspace``
+    in ``aten/src/ATen/native/cudnn/Conv_v8.cpp``), so the warm-up's peak says how much was free, not what the
+    step needs: planned on it, a 96^3 fp32 UNet on an H200 capped at 8 GiB got batch 11 and trained at 31 % of its
+    budget (benchmarks/results/memory_cuda_spleen.md). The warm-up still has to fit under the cap, as training's
+    first step does: a size whose autotuning finds no workspace fails its trial.
     Memory is released before returning either way, so one trial leaves nothing behind for the next.
     """
     device = device_of(setup.net)
     if device.type != "cuda":
         raise MedsegError(f"measuring memory needs a CUDA device, the model is on {device}: use the CPU estimator")
 
-    def timed_steps() -> tuple[int, float | None]:
+    def timed_steps() -> tuple[int, float | None, int]:
         torch.cuda.reset_peak_memory_stats(device)
         times: list[float] = []
+        first_step_peak: list[int] = []
 
         def mark() -> None:
             torch.cuda.synchronize(device)
             times.append(time.perf_counter())
+            if len(times) == 2:  # the warm-up step ended: measure the steady state from here
+                first_step_peak.append(torch.cuda.max_memory_allocated(device))
+                torch.cuda.reset_peak_memory_stats(device)
 
         mark()
-        run_training_step(setup, batch_size, precision, train, steps=steps, after_step=mark)
-        return torch.cuda.max_memory_allocated(device), times[-1] - times[-2]
+        run_training_step(setup, batch_size, precision, train, steps=1 + steps, after_step=mark)
+        return torch.cuda.max_memory_allocated(device), times[-1] - times[-2], first_step_peak[0]
 
     return run_trial(timed_steps, batch_size, precision)
 
 
-def run_trial(step: Callable[[], tuple[int, float | None]], batch_size: int, precision: str) -> StepMeasurement:
-    """Return the measurement of ``step`` (which gives peak bytes and seconds), or a failed one if it ran out of memory.
+def run_trial(step: Callable[[], tuple[int, float | None, int | None]], batch_size: int, precision: str) -> StepMeasurement:
+    """Return the measurement of ``step`` (which gives steady-state peak bytes, seconds and first-step peak bytes),
+    or a failed one if it ran out of memory.
 
     A step that returns has freed its tensors by reference counting. One that ran out of memory leaves them
     pinned by reference cycles through its traceback's frames, so those are collected and the CUDA cache
     emptied before the next trial.
     """
     try:
-        peak, seconds = step()
-        return StepMeasurement(batch_size, precision, peak, seconds)
+        peak, seconds, first_step_peak = step()
+        return StepMeasurement(batch_size, precision, peak, seconds, first_step_peak)
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise

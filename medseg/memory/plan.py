@@ -1,7 +1,9 @@
 """Batch-size planning: fit peak = fixed + per_sample x b on small sizes, predict, verify, back off by bisection.
 
-A probe runs one trial step at a batch size and reports its peak (CUDA measurement or the simulated
-device). The planner only ever returns a size whose trial fitted within the budget.
+A probe runs one trial at a batch size (a warm-up step, then steady-state steps) and reports its peaks (CUDA
+measurement or the simulated device). The line is fitted to the steady-state peaks and the budget holds them;
+the warm-up, where cuDNN autotunes the shape, has the rest of the memory up to the cap and must run in it. The
+planner only ever returns a size whose trial did both.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class BatchPlan:
         fixed_bytes: fitted memory independent of batch size (weights, gradients, optimizer state, workspace).
         per_sample_bytes: fitted memory per sample.
         predicted_peak_bytes: the fit's peak at ``batch_size``.
-        measured_peak_bytes: the trial's peak at ``batch_size``.
+        measured_peak_bytes: the trial's steady-state peak at ``batch_size`` (the steps after the first).
+        first_step_peak_bytes: the trial's first-step peak at ``batch_size``, cuDNN autotuning included; it ran
+            under the device's cap with autotuning on, as training's first step does (None where not measured).
         samples_per_second: throughput of the trial at ``batch_size`` (None where no time was measured).
         trials: every trial step, in the order run.
         plan_seconds: wall time of planning.
@@ -87,6 +91,7 @@ class BatchPlan:
     predicted_peak_bytes: float
     measured_peak_bytes: int
     samples_per_second: float | None
+    first_step_peak_bytes: int | None = None
     trials: list[StepMeasurement] = field(default_factory=list)
     plan_seconds: float = 0.0
     device_name: str = ""
@@ -193,6 +198,7 @@ def plan_batch_size(
         predicted_peak_bytes=fit.peak_bytes(good),
         measured_peak_bytes=int(chosen.peak_bytes or 0),
         samples_per_second=good / chosen.seconds if chosen.seconds else None,
+        first_step_peak_bytes=chosen.first_step_peak_bytes,
         trials=trials,
         plan_seconds=time.perf_counter() - start,
     )
@@ -265,8 +271,7 @@ def _probe(setup: TrainingSetup, precision: str, budget_fraction: float, train: 
     device = next(setup.net.parameters()).device
     if device.type != "cuda":
         raise MedsegError(f"planning the batch size needs a CUDA GPU, the model is on {device}")
-    # two steps per trial: the second one's time is free of cuDNN autotuning
-    probe = lambda b: measure_cuda_step(setup, b, precision, train, steps=2)  # noqa: E731
+    probe = lambda b: measure_cuda_step(setup, b, precision, train)  # noqa: E731
     return probe, cuda_budget_bytes(device, budget_fraction), torch.cuda.get_device_name(device), "cuda"
 
 

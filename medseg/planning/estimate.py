@@ -25,7 +25,7 @@ def estimated_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasu
 
 
 def measured_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasurement:
-    """Return the measured peak and time of two real steps on the current CUDA GPU (peak None when out of memory)."""
+    """Return the measured steady-state peak and time of real steps on the current CUDA GPU (peak None when out of memory)."""
     setup = training_setup(recipe, network_for(recipe).cuda())
-    return measure_cuda_step(setup, batch_size, precision, steps=2)
+    return measure_cuda_step(setup, batch_size, precision)
 
