@@ -17,8 +17,8 @@ from medseg.data.formats import Case
 from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_trained_model
-from medseg.memory.measure import cudnn_autotuning
-from medseg.memory.oom import is_out_of_memory, release_memory
+from medseg.planning.oom import is_out_of_memory, release_memory
+from medseg.planning.step import cudnn_autotuning
 from medseg.model.inferer import window_inferer
 from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
 from medseg.precision import autocast, check_precision, inference_precision

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -18,22 +17,14 @@ from torch import nn
 
 from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
-from medseg.memory.measure import OptimizerFactory, check_budget_fraction, training_setup
-from medseg.memory.plan import BatchPlan, PlanCache, plan_on_device
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.batch_search import BatchPlan
+from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, check_budget_fraction
+from medseg.planning.cache import PlanCache
+from medseg.planning.on_device import plan_on_device, record_out_of_memory
+from medseg.planning.simulated_device import SimulatedDevice
+from medseg.planning.step import training_setup
 
 log = logging.getLogger(__name__)
-
-
-def optimizer_like(optimizer: torch.optim.Optimizer) -> OptimizerFactory:
-    """Return a factory for fresh optimizers of ``optimizer``'s class and settings (trial steps must not touch its state)."""
-    accepted = inspect.signature(type(optimizer)).parameters
-    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-
-    def make(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        return type(optimizer)(parameters, **settings)
-
-    return make
 
 
 def accumulation_for(batch_size: int, effective_batch_size: int, world_size: int) -> tuple[int, int]:
@@ -65,7 +56,7 @@ class BatchSizePlanner(lightning.Callback):
 
     def __init__(
         self,
-        budget_fraction: float = 0.9,
+        budget_fraction: float = DEFAULT_BUDGET_FRACTION,
         effective_batch_size: int | None = None,
         max_batch_size: int = 1024,
         cache_path: str | Path | None = None,
@@ -142,7 +133,7 @@ class BatchSizePlanner(lightning.Callback):
 
     def _plan(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, precision: str) -> tuple[int, int]:
         """Return (training batch, window batch or 0) planned on this rank's device."""
-        setup = training_setup(pl_module.recipe, pl_module.net, optimizer_like(trainer.optimizers[0]))
+        setup = training_setup(pl_module.recipe, pl_module.net)
         plan_here = partial(plan_on_device, setup, precision, self.budget_fraction, cache=self.cache, simulated_device=self.simulated_device)
         # each rank runs its own number of trials: SyncBatchNorm's collectives in them would never match up
         with local_batch_norm(pl_module.net):
@@ -161,7 +152,7 @@ class BatchSizePlanner(lightning.Callback):
         plan = self.window_plan if validation else self.plan
         if plan is None or self.cache is None or not plan.cache_key:
             return None
-        self.cache.record_out_of_memory(plan, batch_size)
+        record_out_of_memory(self.cache, plan, batch_size)
         return self.cache.path
 
 

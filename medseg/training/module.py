@@ -12,17 +12,19 @@ import torch
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from medseg.data.sampling import DEFAULT_PATCH_SIZE
 from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
 from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
-from medseg.model.networks import network_for
+from medseg.model.networks import DEFAULT_NETWORK_KWARGS, network_for, network_kwargs_or_default
+from medseg.planning.step import training_optimizer
 from medseg.recipe import Recipe, Window
 from medseg.training.nonfinite import NonfiniteLossCounter, nonfinite_gradients
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+__all__ = ["DEFAULT_NETWORK_KWARGS", "SegmentationModule"]  # the benchmarks read the default UNet here
 
 
 class SegmentationModule(L.LightningModule):
@@ -55,7 +57,7 @@ class SegmentationModule(L.LightningModule):
         class_names: list[str] | None = None,
         channel_names: list[str] | None = None,
         preprocessing: dict[str, Any] | None = None,
-        patch_size: tuple[int, int, int] = (64, 64, 32),
+        patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE,
         learning_rate: float = 3e-3,
         weight_decay: float = 1e-5,
         sw_batch_size: int = 4,
@@ -64,7 +66,7 @@ class SegmentationModule(L.LightningModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
-        network_kwargs = dict(DEFAULT_NETWORK_KWARGS if network_kwargs is None and network == "UNet" else network_kwargs or {})
+        network_kwargs = network_kwargs_or_default(network, network_kwargs)
         class_names = list(class_names or [f"class_{i}" for i in range(out_channels)])
         channel_names = list(channel_names or [f"channel_{i}" for i in range(in_channels)])
         self.save_hyperparameters(
@@ -159,8 +161,7 @@ class SegmentationModule(L.LightningModule):
         return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # fused: one kernel per step, and it honours found_inf (skipped NaN/Inf updates) without a host sync
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay, fused=True)
+        optimizer = training_optimizer(self.parameters(), self.hparams.learning_rate, self.hparams.weight_decay)
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

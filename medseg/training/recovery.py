@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import RunningStage
 
 from medseg.errors import MedsegError
-from medseg.memory.oom import is_out_of_memory, release_memory
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.oom import is_out_of_memory, release_memory
+from medseg.planning.simulated_device import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.simulated_device import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.module import rng_states, set_rng_states
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery

@@ -1,4 +1,4 @@
-"""A simulated GPU of fixed capacity, so the search, the back-off and OOM recovery run in CI on CPU.
+"""Step cost on a simulated GPU of fixed capacity, so the search, the back-off and OOM recovery run in CI on CPU.
 
 A step whose modelled peak exceeds the capacity raises ``torch.OutOfMemoryError`` from inside the step,
 exactly where a real GPU would, so the code that catches it and frees memory is the code under test.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medseg.memory.measure import Probe, TrainingSetup, preserved_weights, run_training_step, run_trial
+from medseg.planning.step import StepCost, TrainingSetup, preserved_weights, run_training_step, run_trial
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ class SimulatedDevice:
         self.tuned_batch_sizes.add(batch_size)
         return need + workspace
 
-    def probe(self, precision: str, setup: TrainingSetup | None = None, train: bool = True) -> Probe:
-        """Return a planner probe: a warm-up step, then a steady-state step; with ``setup`` each step also runs the
+    def step_cost(self, precision: str, setup: TrainingSetup | None = None, train: bool = True) -> StepCost:
+        """Return the step cost on this device: a warm-up step, then a steady-state step; with ``setup`` each step also runs the
         real step on CPU and fails inside it."""
 
         def trial(batch_size: int) -> tuple[int, float | None, int]:

@@ -1,4 +1,4 @@
-"""Trial steps: nothing kept between trials, weights untouched; the CPU estimator's precision comparison."""
+"""Trial steps: nothing kept between trials, weights untouched, steady-state order; the CUDA trial and budget."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
 
-from medseg.memory.estimate import estimate_memory, estimate_step
-from medseg.memory.measure import TrainingSetup, cuda_budget_bytes, measure_cuda_step, run_training_step
-from medseg.memory.oom import release_memory
-from medseg.memory.plan import plan_batch_size, plan_on_device
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.batch_search import plan_batch_size
+from medseg.planning.budget import budget_bytes, usable_cuda_bytes
+from medseg.planning.cuda_steps import measure_cuda_step
+from medseg.planning.on_device import plan_on_device
+from medseg.planning.simulated_device import SimulatedDevice
+from medseg.planning.step import TrainingSetup, run_training_step
 from tests.helpers.stand_ins import MiB, linear_curve
 
 
@@ -46,7 +45,7 @@ def alive(references: list[weakref.ref]) -> int:
 
 def test_a_trial_that_runs_out_of_memory_mid_step_keeps_nothing(tiny_setup: TrainingSetup) -> None:
     device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 20 * MiB))
-    probe = device.probe("32-true", tiny_setup)
+    probe = device.step_cost("32-true", tiny_setup)
     weights = {k: v.clone() for k, v in tiny_setup.net.state_dict().items()}
     probe(1)  # first step: lazily created buffers exist from here on
     before = live_tensor_bytes()
@@ -92,52 +91,9 @@ def test_an_fp16_trial_counts_the_optimizer_state_even_when_training_scale_would
 
 def test_planning_with_real_steps_finds_the_size_the_capacity_allows(tiny_setup: TrainingSetup) -> None:
     device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 20 * MiB))
-    plan = plan_batch_size(device.probe("32-true", tiny_setup), "32-true", budget_bytes=100 * MiB)
+    plan = plan_batch_size(device.step_cost("32-true", tiny_setup), "32-true", budget_bytes=100 * MiB)
     assert plan.batch_size == 4
     assert tiny_setup.net.training
-
-
-def test_estimate_counts_weights_gradients_and_adam_state(tiny_setup: TrainingSetup) -> None:
-    weight_bytes = sum(p.numel() * 4 for p in tiny_setup.net.parameters())
-    voxels = 16**3
-    batch_bytes = voxels * 4 + voxels * 4  # float32 image + float32 label, as the data module delivers them
-    estimate = estimate_step(tiny_setup, 1, "32-true")
-    # weights, gradients, two AdamW moments, the batch, and activations on top
-    assert estimate.peak_bytes > 4 * weight_bytes + batch_bytes
-
-
-def test_estimate_does_not_train_the_model(tiny_setup: TrainingSetup) -> None:
-    weights = {k: v.clone() for k, v in tiny_setup.net.state_dict().items()}
-    estimate_step(tiny_setup, 2, "32-true")
-    assert all(torch.equal(v, weights[k]) for k, v in tiny_setup.net.state_dict().items())
-
-
-def test_an_estimate_that_runs_out_of_memory_mid_step_keeps_nothing(tiny_setup: TrainingSetup) -> None:
-    # on a GPU, an estimate at too large a batch can run out of memory in backward, with the whole graph built:
-    # everything autograd saved must be freed, or later trials and training run on what is left (6 GiB on an H200)
-    def out_of_memory(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        tiny_setup.loss_fn(logits, label)  # softmax saves its own output for backward
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    with module_outputs(tiny_setup.net) as activations, pytest.raises(torch.OutOfMemoryError):
-        estimate_step(replace(tiny_setup, loss_fn=out_of_memory), 4, "32-true")
-    assert activations and alive(activations) == 0
-
-
-def test_estimator_gives_mixed_precision_clearly_less_memory_per_sample_than_fp32() -> None:
-    torch.manual_seed(0)
-    setup = TrainingSetup(
-        net=UNet(3, 1, 3, channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
-        loss_fn=DiceCELoss(to_onehot_y=True, softmax=True),
-        make_optimizer=lambda params: torch.optim.AdamW(params),
-        in_channels=1,
-        out_channels=3,
-        patch_size=(32, 32, 16),
-    )
-    fp32, _ = estimate_memory(setup, "32-true")
-    fp16, _ = estimate_memory(setup, "16-mixed")
-    assert fp16.per_sample_bytes < 0.75 * fp32.per_sample_bytes
-    assert fp32.per_sample_bytes > 0 and fp32.fixed_bytes > 0
 
 
 @pytest.mark.cuda
@@ -152,27 +108,6 @@ def test_cuda_trial_measures_growing_peaks_and_frees_memory_after_oom(tiny_setup
     assert torch.cuda.memory_allocated() == baseline
 
 
-@pytest.mark.cuda
-def test_cuda_estimate_that_runs_out_of_memory_after_the_loss_frees_its_memory(tiny_setup: TrainingSetup) -> None:
-    # an H200 kept 6 GiB after the estimator ran out of memory: softmax's saved output held the graph in a cycle
-    def out_of_memory(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        loss = tiny_setup.loss_fn(logits, label)
-        free, _ = torch.cuda.mem_get_info()
-        return loss + torch.empty(2 * free, dtype=torch.uint8, device=logits.device).sum()  # a real CUDA OOM
-
-    tiny_setup.net.cuda()
-    estimate_step(tiny_setup, 2, "32-true")
-    baseline = torch.cuda.memory_allocated()
-    try:
-        estimate_step(replace(tiny_setup, loss_fn=out_of_memory), 2, "32-true")
-    except torch.OutOfMemoryError:
-        pass
-    else:
-        pytest.fail("the step did not run out of memory")
-    release_memory()
-    assert torch.cuda.memory_allocated() == baseline
-
-
 @pytest.mark.parametrize(("process_fraction", "expected_gib"), [(1.0, 0.9 * 60), (0.25, 0.9 * 20)])
 def test_budget_is_the_free_memory_within_the_process_memory_cap(monkeypatch, process_fraction, expected_gib) -> None:
     # an 80 GiB GPU with 50 GiB free and 10 GiB in torch's cache; a cap of 0.25 allows this process 20 GiB in all
@@ -181,7 +116,7 @@ def test_budget_is_the_free_memory_within_the_process_memory_cap(monkeypatch, pr
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 10 * GiB)
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: process_fraction)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # release_memory: nothing to empty here
-    assert cuda_budget_bytes(torch.device("cuda"), 0.9) == int(expected_gib * GiB)
+    assert budget_bytes(usable_cuda_bytes(torch.device("cuda")), 0.9) == int(expected_gib * GiB)
 
 
 @pytest.mark.cuda

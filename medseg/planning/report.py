@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medseg.atomic import atomic_target, write_text_atomic
-from medseg.memory.plan import BatchPlan
+from medseg.planning.batch_search import BatchPlan
 from medseg.tables import format_rows
 
 MiB = 2**20

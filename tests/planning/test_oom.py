@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.memory.measure import run_trial
-from medseg.memory.oom import is_out_of_memory
+from medseg.planning.step import run_trial
+from medseg.planning.oom import is_out_of_memory
 
 LIBRARY_OOM_MESSAGES = [
     "CUDA out of memory. Tried to allocate 2.00 GiB",
