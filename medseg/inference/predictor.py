@@ -17,7 +17,7 @@ from medseg.data.formats import Case
 from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_trained_model
-from medseg.planning.oom import is_out_of_memory, release_memory
+from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
 from medseg.planning.step import cudnn_autotuning
 from medseg.model.inferer import window_inferer
 from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
@@ -159,9 +159,9 @@ class Predictor:
                 if not is_out_of_memory(err):
                     raise
             release_memory()  # outside the except block, where the error no longer pins the failed windows
-            if batch == 1:
+            batch = smaller_size(batch)
+            if batch is None:
                 raise MedsegError(f"out of memory on {self.device} even with window batch 1 and stitching on the CPU")
-            batch //= 2
             notes.append(f"out of memory, retried with window batch {batch}")
         route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {logits.device}"
         return torch.softmax(logits[0].cpu(), dim=0), route + "".join(f"; {note}" for note in notes)

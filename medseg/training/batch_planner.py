@@ -79,8 +79,14 @@ class BatchSizePlanner(lightning.Callback):
         self.plan: BatchPlan | None = None
         self.window_plan: BatchPlan | None = None
 
-    def on_fit_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        """Plan on this rank's device, take the minimum over ranks, and set batch size and accumulation."""
+    def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
+        """Plan on this rank's device, take the minimum over ranks, and set batch size, accumulation and window batch.
+
+        Runs in ``setup``, before ``configure_optimizers`` and before any data loader is built, so the loader and
+        the learning-rate schedule are built once, for the batch that trains.
+        """
+        if stage != "fit":
+            return
         datamodule = trainer.datamodule
         if datamodule is None:
             raise MedsegError("the batch planner needs trainer.fit(model, datamodule=...) to set the batch size")
@@ -90,9 +96,10 @@ class BatchSizePlanner(lightning.Callback):
         self.cache = PlanCache(Path(trainer.default_root_dir) / self.cache_path) if self.cache_path else None
         if not self.enabled:
             log.info("batch planner: disabled, keeping the configured batch size %d", batch_size)
-        elif self.simulated_device is None and pl_module.device.type != "cuda":
+        elif self.simulated_device is None and trainer.strategy.root_device.type != "cuda":
             log.info("batch planner: no CUDA device, keeping the configured batch size %d", batch_size)
         else:
+            pl_module.to(trainer.strategy.root_device)  # where the strategy puts it next; trials run there
             batch_size, window_batch_size = self._plan_on_every_rank(trainer, pl_module, precision)
             if window_batch_size:
                 pl_module.recipe = pl_module.recipe.with_changes(window={"batch_size": window_batch_size})
@@ -100,9 +107,6 @@ class BatchSizePlanner(lightning.Callback):
         if self.effective_batch_size is not None:
             batch_size, accumulate = accumulation_for(batch_size, self.effective_batch_size, trainer.world_size)
         datamodule.batch_size, trainer.accumulate_grad_batches = batch_size, accumulate
-        # configure_optimizers may already have built the train loader (estimated_stepping_batches): rebuild it
-        # with the new size (the module sizes its schedule again when training starts)
-        trainer.fit_loop._combined_loader = None
         log.info(
             "batch planner: %s training at batch size %d x %d accumulation x %d ranks = %d samples per optimizer step",
             precision, batch_size, accumulate, trainer.world_size, batch_size * accumulate * trainer.world_size,
@@ -123,7 +127,7 @@ class BatchSizePlanner(lightning.Callback):
             sizes = self._plan(trainer, pl_module, precision)
         except Exception as failure:  # noqa: BLE001 (re-raised below, once every rank knows)
             error, sizes = failure, (0, 0)
-        gathered = trainer.strategy.all_gather(torch.tensor(sizes, device=pl_module.device)).reshape(-1, 2)
+        gathered = trainer.strategy.all_gather(torch.tensor(sizes, device=trainer.strategy.root_device)).reshape(-1, 2)
         if error is not None:
             raise error
         if int(gathered[:, 0].min()) == 0:

@@ -104,8 +104,14 @@ class SegmentationModule(L.LightningModule):
         self.nonfinite_losses = NonfiniteLossCounter(max_nonfinite_steps)
 
     def on_fit_start(self) -> None:
-        """Record the precision that actually runs (the CLI resolved "16-mixed" for this machine)."""
-        self.recipe = self.recipe.with_changes(precision=str(self.trainer.precision))
+        """Record what this fit runs, decided before it: the precision (the CLI resolved "16-mixed" for this machine),
+        the batch and accumulation (the batch planner's, in its ``setup``)."""
+        datamodule = self.trainer.datamodule
+        self.recipe = self.recipe.with_changes(
+            precision=str(self.trainer.precision),
+            batch_size=getattr(datamodule, "batch_size", None),
+            accumulate_grad_batches=self.trainer.accumulate_grad_batches,
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
@@ -161,27 +167,31 @@ class SegmentationModule(L.LightningModule):
         return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
     def configure_optimizers(self) -> dict[str, Any]:
+        # the batch and accumulation are decided before this (the batch planner's setup), and a resumed or recovered
+        # fit builds it again: the decay always spans the steps this fit takes; only the step count is restored
         optimizer = training_optimizer(self.parameters(), self.hparams.learning_rate, self.hparams.weight_decay)
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
+        scheduler = polynomial_decay(optimizer, max(int(self.trainer.estimated_stepping_batches), 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_start(self) -> None:
-        """Size the learning-rate decay to the optimizer steps training will take now: the batch planner changes
-        them after ``configure_optimizers`` ran, and a resumed checkpoint brings back the old count."""
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        for config in self.trainer.lr_scheduler_configs:
-            config.scheduler.total_iters = total_steps
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``."""
+        """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``; the hyper-parameters' window
+        batch is the recipe's, so a module rebuilt from them cannot disagree with it."""
         checkpoint["medseg"] = self.recipe.to_dict()
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"]["sw_batch_size"] = self.recipe.window.batch_size
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume the random streams too, so dropout and other model-side randomness continue as if never stopped."""
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+
+
+def polynomial_decay(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
+    """Return the schedule that decays the rate polynomially to zero over ``total_steps`` (nnU-Net's poly rule).
+
+    The factor is computed from the step alone, so a checkpoint restores only the step count, never the length."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps) ** power)
 
 
 def rng_states() -> dict[str, Any]:

@@ -171,3 +171,15 @@ def test_training_from_a_cached_plan_autotunes_in_its_first_step_and_never_runs_
         trainer = make_trainer(callbacks=[planner, SimulatedOOMCallback(capped_gpu())], max_steps=20)
         trainer.fit(tiny_module, datamodule=data)  # an out-of-memory error would end it here
         assert (data.batch_size, trainer.global_step) == (5, 20)  # 10 + 5 x 15 = 85 MiB of the 90 MiB budget
+
+
+def test_the_checkpoint_records_the_planned_batch_and_window_batch_once(tiny_module, make_trainer, tmp_path) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))  # 5 samples; windows 5 too
+    planner = BatchSizePlanner(effective_batch_size=12, simulated_device=device)
+    trainer = make_trainer(callbacks=[planner], max_steps=1)
+    trainer.fit(tiny_module, datamodule=RandomPatches(batch_size=2, num_samples=12))
+    trainer.save_checkpoint(tmp_path / "planned.ckpt")
+    checkpoint = torch.load(tmp_path / "planned.ckpt", weights_only=True)
+    recipe = checkpoint["medseg"]
+    assert (recipe["batch_size"], recipe["accumulate_grad_batches"], recipe["window"]["batch_size"]) == (4, 3, 5)
+    assert checkpoint["hyper_parameters"]["sw_batch_size"] == 5  # the module rebuilt from them windows as planned

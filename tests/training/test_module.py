@@ -15,8 +15,13 @@ from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery
 from tests.helpers.stand_ins import MiB, RandomPatches, linear_curve
 
 
+def steps_until_zero(scheduler) -> int:
+    """Return the step at which the schedule's rate reaches zero."""
+    return next(step for step in range(10**6) if scheduler.lr_lambdas[0](step) == 0)
+
+
 class ScheduleLength(L.Callback):
-    """Records (scheduler total_iters, trainer.estimated_stepping_batches) at the first training batch of every fit."""
+    """Records (the step the rate reaches zero, trainer.estimated_stepping_batches) at the first training batch of every fit."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
@@ -27,7 +32,7 @@ class ScheduleLength(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_batch:
-            self.seen.append((trainer.lr_scheduler_configs[0].scheduler.total_iters, int(trainer.estimated_stepping_batches)))
+            self.seen.append((steps_until_zero(trainer.lr_scheduler_configs[0].scheduler), int(trainer.estimated_stepping_batches)))
             self.first_batch = False
 
 
