@@ -66,6 +66,7 @@ class BatchPlan:
         measured_peak_bytes: the trial's steady-state peak at ``batch_size`` (the steps after the first).
         first_step_peak_bytes: the trial's first-step peak at ``batch_size``, cuDNN autotuning included; it ran
             under the device's cap with autotuning on, as training's first step does (None where not measured).
+        estimated_peak_bytes: the fake-tensor estimate of a step at ``batch_size``, beside a measured plan (None: not made).
         samples_per_second: throughput of the trial at ``batch_size`` (None where no time was measured).
         trials: every trial step, in the order run.
         plan_seconds: wall time of planning.
@@ -86,6 +87,7 @@ class BatchPlan:
     measured_peak_bytes: int
     samples_per_second: float | None
     first_step_peak_bytes: int | None = None
+    estimated_peak_bytes: float | None = None
     trials: list[StepMeasurement] = field(default_factory=list)
     plan_seconds: float = 0.0
     device_name: str = ""

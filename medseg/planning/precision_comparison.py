@@ -7,7 +7,7 @@ from medseg.model.networks import network_for
 from medseg.planning.batch_search import BatchPlan, plan_batch_size
 from medseg.planning.budget import budget_bytes
 from medseg.planning.cache import PlanCache
-from medseg.planning.fake_tensor import fake_tensor_step_cost
+from medseg.planning.fake_tensor import fake_step, fake_tensor_step_cost
 from medseg.planning.on_device import plan_on_device
 from medseg.planning.step import cudnn_autotuning, training_setup
 from medseg.recipe import Recipe
@@ -28,7 +28,13 @@ def estimated_plans(recipe: Recipe, precisions: list[str], capacity_bytes: int, 
 
 
 def measured_plans(recipe: Recipe, precisions: list[str], budget_fraction: float, cache: PlanCache) -> list[BatchPlan]:
-    """Return per-precision plans measured with real trials on the current CUDA GPU, cuDNN autotuning on as in training."""
+    """Return per-precision plans measured with real trials on the current CUDA GPU, cuDNN autotuning on as in training,
+    each with the fake-tensor estimate at its batch beside it."""
     setup = training_setup(recipe, network_for(recipe).cuda())
-    with cudnn_autotuning(True):
-        return [plan_on_device(setup, p, budget_fraction, max_batch_size=COMPARISON_MAX_BATCH_SIZE, cache=cache) for p in precisions]
+    plans = []
+    for precision in precisions:
+        with cudnn_autotuning(True):
+            plan = plan_on_device(setup, precision, budget_fraction, max_batch_size=COMPARISON_MAX_BATCH_SIZE, cache=cache)
+        plan.estimated_peak_bytes = fake_step(recipe, plan.batch_size, precision).peak_bytes  # the estimator against the measured steady state
+        plans.append(plan)
+    return plans
