@@ -41,10 +41,15 @@ def dice_ce_footprint(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor
 
 
 def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasurement:
-    """Return the peak bytes of one training step of the recipe's network at ``batch_size``, computed on fake tensors."""
+    """Return the steady-state peak bytes of a training step of the recipe's network at ``batch_size``, computed on
+    fake tensors: the step runs as training's second and later ones do (Lightning's order), with AdamW's state made
+    and the previous step's gradients alive during the forward pass."""
     with FakeTensorMode():
         net = network_for(recipe).train()
         optimizer = training_optimizer(net.parameters())
+        for parameter in net.parameters():  # the previous step: its gradients, and the optimizer state it made
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()
         image = torch.empty(batch_size, recipe.in_channels, *recipe.patch_size)
         label = torch.empty(batch_size, 1, *recipe.patch_size)  # float class indices, as the data module delivers them
         tracker = MemTracker()
@@ -52,9 +57,9 @@ def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasuremen
         with tracker:
             with autocast(precision, "cpu"):
                 loss = dice_ce_footprint(net(image), label)
+            optimizer.zero_grad(set_to_none=True)  # after the forward pass, as Lightning releases them
             loss.backward()
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     return StepMeasurement(batch_size, precision, int(peak))
 
