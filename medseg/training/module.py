@@ -185,6 +185,9 @@ class SegmentationModule(L.LightningModule):
         """Resume the random streams too, so dropout and other model-side randomness continue as if never stopped."""
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        for state in checkpoint.get("lr_schedulers", []):
+            # a checkpoint of the PolynomialLR schedule medseg used before: its step count carries over the same way
+            state.setdefault("lr_lambdas", [None] * len(state.get("base_lrs", [None])))
 
 
 def polynomial_decay(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:

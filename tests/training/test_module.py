@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medseg.planning.simulated_device import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
-from medseg.training.module import rng_states, set_rng_states
+from medseg.training.module import polynomial_decay, rng_states, set_rng_states
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery
 from tests.helpers.stand_ins import MiB, RandomPatches, linear_curve
 
@@ -78,3 +78,16 @@ def test_resuming_on_fewer_gpus_restores_the_random_states_of_the_gpus_there(mon
         set_rng_states(states)
     assert restored == [(7, 0)]
     assert "random states of 2 GPUs, this machine 1" in caplog.text
+
+
+def test_a_checkpoint_of_the_polynomial_schedule_medseg_used_before_resumes_at_its_step(tiny_module) -> None:
+    optimizer = torch.optim.AdamW(tiny_module.parameters(), lr=1.0)
+    before = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10, power=0.9)
+    for _ in range(3):
+        optimizer.step()
+        before.step()
+    checkpoint = {"lr_schedulers": [before.state_dict()]}
+    tiny_module.on_load_checkpoint(checkpoint)
+    resumed = polynomial_decay(torch.optim.AdamW(tiny_module.parameters(), lr=1.0), total_steps=20)
+    resumed.load_state_dict(checkpoint["lr_schedulers"][0])
+    assert resumed.last_epoch == 3 and resumed.lr_lambdas[0](20) == 0  # its step, and the length of the run that resumes
