@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.memory.measure import run_training_step, training_setup
+from medseg.planning.step import run_training_step, training_setup
 from medseg.training.module import SegmentationModule
 from medseg.precision import cpu_has_native_bf16
 

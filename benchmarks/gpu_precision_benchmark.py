@@ -1,6 +1,6 @@
 """Training throughput on one GPU per precision: AMP (fp16, bf16) against TF32 and against strict FP32, in one run.
 
-The step is the batch planner's trial step (``medseg.memory.measure.run_training_step``: forward and DiceCE
+The step is the batch planner's trial step (``medseg.planning.step.run_training_step``: forward and DiceCE
 under the precision's autocast, backward through a GradScaler for fp16, AdamW), on one fixed random batch, with
 cuDNN autotuning on as training runs it. ``32-true`` runs twice: with TF32 matrix units (cuDNN's and PyTorch's
 default for convolutions) and strict (``torch.backends.cudnn.allow_tf32 = False``). NVIDIA's nnU-Net reports AMP
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.training_benchmark import SPLEEN_NETWORK  # noqa: E402
-from medseg.memory.measure import run_training_step, synthetic_batch, training_setup  # noqa: E402
+from medseg.planning.step import run_training_step, synthetic_batch, training_setup  # noqa: E402
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.tables import markdown_rows  # noqa: E402
 from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402

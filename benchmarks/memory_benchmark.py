@@ -1,16 +1,17 @@
 """Memory benchmark of the batch planner for the default model and patch, per precision.
 
-On a CUDA GPU it records: peak memory at each tried batch size, the planner's predicted vs measured peak at its
-chosen size, the CPU-style byte estimate at that size, planner wall time, training throughput at the largest
-and at a common batch size, and Lightning's ``Tuner.scale_batch_size`` (binsearch) found size and time.
-Planning is uncapped (the comparison's 65536, not training's 1024), so on a large GPU the precisions are
-compared at the sizes memory allows; a step that runs out of memory anywhere is recorded as None.
-Then it trains ``--endurance-steps`` steps (at most ``--endurance-seconds``) at the planned size and at the
-tuner's, counting out-of-memory errors and the peak. ``--gpu-memory-gib`` caps this process's share of a large GPU
+On a CUDA GPU it records, per precision: each trial's steady-state peak (the steps after a warm-up step) and
+first-step peak (cuDNN autotuning), the planner's predicted vs measured steady peak at its chosen size, the
+fake-tensor estimate at that size, planner wall time, training throughput at the largest and at a common batch
+size, and (``--tuner``) Lightning's ``Tuner.scale_batch_size`` (binsearch) found size and time. Planning goes up to
+the comparison's 65536 (not training's 1024), so on a large GPU the precisions are compared at the sizes memory
+allows; a step that runs out of memory anywhere is recorded as None. Then it trains ``--endurance-steps`` steps
+(at most ``--endurance-seconds``) at the planned size and at the tuner's, counting out-of-memory errors, with the
+first step's peak and the steady peak after it. ``--gpu-memory-gib`` caps this process's share of a large GPU
 (``torch.cuda.set_per_process_memory_fraction``, whose excess raises out-of-memory as a smaller GPU would; the
 planner's budget honours it), so that a benchmark of a small GPU's batch sizes fits in minutes.
-Without a GPU it records the CPU estimator's figures (fixed and per-sample bytes per precision, and the
-batch sizes those imply for a simulated GPU of ``--capacity-gib``).
+Without a GPU it records the fake-tensor estimate's figures (fixed and per-sample bytes per precision, and the
+batch sizes those imply for a GPU of ``--capacity-gib``).
 
 Writes ``<out>.json`` and ``<out>.md``:
     python benchmarks/memory_benchmark.py --out benchmarks/results/memory_cpu_estimator
@@ -22,28 +23,30 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
-import math
 import time
-import yaml
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning as L
-from lightning.pytorch.tuner import Tuner
 import monai
 import torch
+import yaml
+from lightning.pytorch.tuner import Tuner
 from torch.utils.data import DataLoader, Dataset
 
-from medseg.memory.compare import COMPARISON_MAX_BATCH_SIZE
-from medseg.memory.estimate import estimate_memory, estimate_step
-from medseg.memory.measure import TrainingSetup, measure_cuda_step, run_training_step, training_setup
-from medseg.memory.oom import is_out_of_memory, release_memory
-from medseg.memory.plan import plan_batch_size, plan_on_device
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.batch_search import fit_memory, plan_batch_size
+from medseg.planning.budget import SIMULATED_CAPACITY_GIB, budget_bytes
+from medseg.planning.cuda_steps import measure_cuda_step
+from medseg.planning.fake_tensor import fake_step, fake_tensor_step_cost
+from medseg.planning.oom import is_out_of_memory, release_memory
+from medseg.planning.on_device import plan_on_device
+from medseg.planning.precision_comparison import COMPARISON_MAX_BATCH_SIZE
+from medseg.planning.step import TrainingSetup, run_training_step, training_setup
 from medseg.precision import PRECISIONS
 from medseg.tables import markdown_rows
 from medseg.training.module import SegmentationModule
@@ -64,21 +67,20 @@ def unless_out_of_memory(run: Callable[[], T]) -> T | None:
 
 
 def cpu_figures(module: SegmentationModule, precisions: list[str], capacity_gib: float) -> dict[str, Any]:
-    """The estimator's bytes per precision and the batch they imply on a simulated GPU."""
-    setup = training_setup(module.recipe, module.net)
+    """The fake-tensor estimate's bytes per precision and the batch they imply for a GPU of ``capacity_gib``."""
     capacity = int(capacity_gib * 2**30)
     results: dict[str, Any] = {}
     for precision in precisions:
+        cost = fake_tensor_step_cost(module.recipe, precision)
         start = time.perf_counter()
-        fit, estimates = estimate_memory(setup, precision, sizes=(1, 2))
-        seconds = time.perf_counter() - start
-        device = SimulatedDevice(capacity, fit.peak_bytes)
-        plan = plan_batch_size(device.probe(precision), precision, int(0.9 * capacity), max_batch_size=100_000)
+        estimates = [cost(b) for b in (1, 2)]
+        fit = fit_memory(estimates)
+        plan = plan_batch_size(cost, precision, budget_bytes(capacity, 0.9), max_batch_size=COMPARISON_MAX_BATCH_SIZE)
         results[precision] = {
             "estimated_peak_mib": {m.batch_size: m.peak_bytes / MiB for m in estimates},
             "fixed_mib": fit.fixed_bytes / MiB,
             "per_sample_mib": fit.per_sample_bytes / MiB,
-            "estimator_seconds": seconds,
+            "estimator_seconds": time.perf_counter() - start,  # the plan's steps included
             "simulated_batch_size": plan.batch_size,
         }
     return results
@@ -129,41 +131,51 @@ def lightning_tuner(settings: dict[str, Any], precision: str, planned_batch_size
 
 
 def endurance(setup: TrainingSetup, batch_size: int, precision: str, steps: int, seconds: float) -> dict[str, Any]:
-    """Train up to ``steps`` steps (fresh random batches every 10) within about ``seconds``; count out-of-memory errors."""
+    """Train up to ``steps`` steps (fresh random batches every 10) within about ``seconds``; count out-of-memory errors.
+
+    The first step's peak (cuDNN autotuning, where the shape is new to this process) is kept apart from the steady
+    peak of the steps after it."""
     def train(chunk: int) -> bool:
         run_training_step(setup, batch_size, precision, steps=chunk)
         return True
 
     torch.cuda.reset_peak_memory_stats()
-    done, out_of_memory, start = 0, 0, time.perf_counter()
+    start = time.perf_counter()
+    out_of_memory = int(unless_out_of_memory(lambda: train(1)) is None)
+    torch.cuda.synchronize()
+    first_step_peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    done = 1
     while done < steps and time.perf_counter() - start < seconds:
         chunk = min(10, steps - done)
         out_of_memory += unless_out_of_memory(lambda: train(chunk)) is None
         done += chunk
     torch.cuda.synchronize()
-    return {"batch_size": batch_size, "steps": done, "out_of_memory": out_of_memory,
+    return {"batch_size": batch_size, "steps": done, "out_of_memory": out_of_memory, "first_step_peak_mib": first_step_peak / MiB,
             "peak_mib": torch.cuda.max_memory_allocated() / MiB, "seconds": time.perf_counter() - start}
 
 
-def cuda_figures(module: SegmentationModule, settings: dict[str, Any], precisions: list[str], endurance_steps: int, endurance_seconds: float) -> dict[str, Any]:
+def cuda_figures(module: SegmentationModule, settings: dict[str, Any], precisions: list[str], endurance_steps: int, endurance_seconds: float,
+                 tuner: bool) -> dict[str, Any]:
     """Measured planning, estimate accuracy, throughput and out-of-memory errors in training per precision on the current GPU."""
-    torch.backends.cudnn.benchmark = True  # as training runs (trainer.benchmark), so its autotuning workspace is counted
+    torch.backends.cudnn.benchmark = True  # as training runs (trainer.benchmark): trials' warm-up steps autotune
     module.cuda()
     setup = training_setup(module.recipe, module.net)
     results: dict[str, Any] = {}
     for precision in precisions:
         plan = plan_on_device(setup, precision, max_batch_size=COMPARISON_MAX_BATCH_SIZE)
-        # the estimator runs a real step at the planned size, beside what planning left cached
-        estimate = unless_out_of_memory(lambda: estimate_step(setup, plan.batch_size, precision))
+        estimate = fake_step(module.recipe, plan.batch_size, precision)  # fake tensors: nothing on the GPU
         results[precision] = {
-            "trials": [{"batch_size": t.batch_size, "peak_mib": None if t.peak_bytes is None else t.peak_bytes / MiB} for t in plan.trials],
+            "trials": [{"batch_size": t.batch_size, "peak_mib": None if t.peak_bytes is None else t.peak_bytes / MiB,
+                        "first_step_peak_mib": None if t.first_step_peak_bytes is None else t.first_step_peak_bytes / MiB} for t in plan.trials],
             "batch_size": plan.batch_size,
             "budget_mib": plan.budget_bytes / MiB,
             "predicted_peak_mib": plan.predicted_peak_bytes / MiB,
             "measured_peak_mib": plan.measured_peak_bytes / MiB,
+            "first_step_peak_mib": None if plan.first_step_peak_bytes is None else plan.first_step_peak_bytes / MiB,
             "budget_used": plan.measured_peak_bytes / plan.budget_bytes,
-            "estimator_peak_mib": None if estimate is None else estimate.peak_bytes / MiB,
-            "estimator_error": None if estimate is None else estimate.peak_bytes / plan.measured_peak_bytes - 1,
+            "estimator_peak_mib": estimate.peak_bytes / MiB,
+            "estimator_error": estimate.peak_bytes / plan.measured_peak_bytes - 1,
             "fixed_mib": plan.fixed_bytes / MiB,
             "per_sample_mib": plan.per_sample_bytes / MiB,
             "plan_seconds": plan.plan_seconds,
@@ -175,17 +187,18 @@ def cuda_figures(module: SegmentationModule, settings: dict[str, Any], precision
             row[f"samples_per_second_{key}"] = size / timed.seconds if timed.fits else None
         row["common_batch_size"] = common
         row["training_at_planned_size"] = endurance(setup, row["batch_size"], precision, endurance_steps, endurance_seconds)
-        tuner = row["lightning_tuner"] = lightning_tuner(settings, precision, row["batch_size"])
-        release_memory()  # the tuner's trainer and module, held in reference cycles
-        if tuner["batch_size"]:
-            tuner["training"] = endurance(setup, tuner["batch_size"], precision, endurance_steps, endurance_seconds)
+        if tuner:
+            found = row["lightning_tuner"] = lightning_tuner(settings, precision, row["batch_size"])
+            release_memory()  # the tuner's trainer and module, held in reference cycles
+            if found["batch_size"]:
+                found["training"] = endurance(setup, found["batch_size"], precision, endurance_steps, endurance_seconds)
     return results
 
 
 CPU_COLUMNS = ["precision", "peak b=1 (MiB)", "peak b=2 (MiB)", "fixed (MiB)", "per sample (MiB)", "per sample / FP32", "simulated batch", "estimator s"]
 CUDA_COLUMNS = [
-    "precision", "batch", "predicted peak MiB", "measured peak MiB", "budget used", "estimator error", "training peak MiB",
-    "estimator vs training peak", "per sample / FP32",
+    "precision", "fixed MiB", "MiB/sample", "batch", "predicted peak MiB", "steady peak MiB", "first-step peak MiB", "budget used",
+    "estimator vs steady", "training steady peak MiB", "training first-step peak MiB", "estimator vs training steady", "per sample / FP32",
     "plan s", "samples/s (largest)", "samples/s (common)", "OOM in training (steps)", "Lightning tuner batch (s)", "tuner's OOM in training (steps)",
 ]
 
@@ -208,18 +221,16 @@ def oom_cell(training: dict[str, Any] | None) -> str:
 
 
 def cuda_cells(row: dict[str, Any], fp32_per_sample: float) -> list[str]:
-    tuner, training = row["lightning_tuner"], row["training_at_planned_size"]
-    # the planner's peak includes the first step's cuDNN autotuning; the estimator counts a step without it, as
-    # training's later steps run (their peak at the planned size)
-    estimate = row["estimator_peak_mib"]
-    steady_error = None if estimate is None else estimate / training["peak_mib"] - 1
+    tuner, training = row.get("lightning_tuner"), row["training_at_planned_size"]
+    steady_error = row["estimator_peak_mib"] / training["peak_mib"] - 1
     return [
-        str(row["batch_size"]), f"{row['predicted_peak_mib']:.0f}", f"{row['measured_peak_mib']:.0f}", f"{row['budget_used']:.1%}",
-        cell(row["estimator_error"], "+.1%"), f"{training['peak_mib']:.0f}", cell(steady_error, "+.1%"),
-        f"{row['per_sample_mib'] / fp32_per_sample:.3f}", f"{row['plan_seconds']:.1f}",
+        f"{row['fixed_mib']:.0f}", f"{row['per_sample_mib']:.1f}",
+        str(row["batch_size"]), f"{row['predicted_peak_mib']:.0f}", f"{row['measured_peak_mib']:.0f}", cell(row["first_step_peak_mib"], ".0f"),
+        f"{row['budget_used']:.1%}", cell(row["estimator_error"], "+.1%"), f"{training['peak_mib']:.0f}", f"{training['first_step_peak_mib']:.0f}",
+        cell(steady_error, "+.1%"), f"{row['per_sample_mib'] / fp32_per_sample:.3f}", f"{row['plan_seconds']:.1f}",
         cell(row["samples_per_second_largest"], ".1f"), f"{cell(row['samples_per_second_common'], '.1f')} (b={row['common_batch_size']})",
-        oom_cell(row["training_at_planned_size"]), f"{cell(tuner['batch_size'], 'd')} ({tuner['seconds']:.1f}, {tuner['max_trials']} trials)",
-        oom_cell(tuner.get("training")),
+        oom_cell(training), "not run" if tuner is None else f"{cell(tuner['batch_size'], 'd')} ({tuner['seconds']:.1f}, {tuner['max_trials']} trials)",
+        "" if tuner is None else oom_cell(tuner.get("training")),
     ]
 
 
@@ -237,15 +248,21 @@ def markdown(result: dict[str, Any], command: str) -> str:
           if result.get("gpu_memory_gib") else []),
         "",
     ]
-    if result["backend"] == "cpu-estimator":
+    if result["backend"] == "fake-tensor estimate":
         lines += [
-            f"CPU estimator, no GPU: bytes counted by `medseg.memory.estimate` (weights, gradients, AdamW state, batch, tensors saved"
-            f" for backward under each precision's CPU autocast) at batch sizes 1 and 2; batch sizes are for a simulated"
-            f" {result['capacity_gib']:g} GiB GPU with a 0.9 budget. No GPU figures: the 15 % estimator-accuracy,"
-            " 85 % budget-use, planning-time and throughput targets need a CUDA run of this script.",
+            "Fake-tensor estimate, no GPU: every allocation of a training step on fake tensors (`medseg.planning.fake_tensor`:"
+            " weights, gradients, fused AdamW state, batch, activations, backward's temporaries under each precision's CPU"
+            f" autocast) at batch sizes 1 and 2; batch sizes are planned for a {result['capacity_gib']:g} GiB GPU with a 0.9"
+            " budget. No GPU figures: the estimator-accuracy, budget-use, planning-time and throughput targets need a CUDA run.",
             "",
         ]
-    header, cells = (CPU_COLUMNS, cpu_cells) if result["backend"] == "cpu-estimator" else (CUDA_COLUMNS, cuda_cells)
+    else:
+        lines += [
+            "Steady peak: the steps after a trial's warm-up step, which the batch is planned on; first-step peak: the"
+            " warm-up, where cuDNN autotunes the new shape with whatever memory is free under the cap.",
+            "",
+        ]
+    header, cells = (CPU_COLUMNS, cpu_cells) if result["backend"] == "fake-tensor estimate" else (CUDA_COLUMNS, cuda_cells)
     fp32 = result["precisions"].get("32-true", {}).get("per_sample_mib", float("nan"))
     lines.append(markdown_rows([dict(zip(header, [precision, *cells(row, fp32)])) for precision, row in result["precisions"].items()]))
     return "\n".join(lines) + "\n"
@@ -264,12 +281,13 @@ def model_settings(config: Path | None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md are written)")
-    parser.add_argument("--capacity-gib", type=float, default=80.0, help="simulated GPU memory for the CPU estimator")
+    parser.add_argument("--capacity-gib", type=float, default=SIMULATED_CAPACITY_GIB, help="GPU memory planned for without a GPU")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--config", type=Path, default=None, help="a training config whose network and patch to plan (default: the demo's)")
     parser.add_argument("--gpu-memory-gib", type=float, default=None, help="cap this process's GPU memory (a smaller GPU on a large one)")
     parser.add_argument("--endurance-steps", type=int, default=200, help="training steps at each planned size, counting out-of-memory errors")
     parser.add_argument("--endurance-seconds", type=float, default=30.0, help="stop those steps after about this long")
+    parser.add_argument("--tuner", action=argparse.BooleanOptionalAction, default=True, help="run Lightning's scale_batch_size side by side")
     options = parser.parse_args()
     torch.manual_seed(0)
     settings = model_settings(options.config)
@@ -278,7 +296,7 @@ def main() -> None:
     if on_gpu and options.gpu_memory_gib:
         torch.cuda.set_per_process_memory_fraction(min(1.0, options.gpu_memory_gib * 2**30 / torch.cuda.mem_get_info()[1]))
     result: dict[str, Any] = {
-        "backend": "cuda" if on_gpu else "cpu-estimator",
+        "backend": "cuda" if on_gpu else "fake-tensor estimate",
         "model": {"network": module.hparams.network, **module.hparams.network_kwargs},
         "patch_size": list(module.hparams.patch_size),
         "config": str(options.config) if options.config else "demo defaults",
@@ -292,7 +310,7 @@ def main() -> None:
     }
     if on_gpu:
         precisions = [p for p in options.precisions if p != "bf16-mixed" or torch.cuda.is_bf16_supported()]
-        result["precisions"] = cuda_figures(module, settings, precisions, options.endurance_steps, options.endurance_seconds)
+        result["precisions"] = cuda_figures(module, settings, precisions, options.endurance_steps, options.endurance_seconds, options.tuner)
     else:
         result["capacity_gib"] = options.capacity_gib
         result["precisions"] = cpu_figures(module, options.precisions, options.capacity_gib)

@@ -13,19 +13,20 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
 
-from medseg.atomic import atomic_target
+from medseg.atomic import atomic_target, write_text_atomic
 from medseg.errors import run_command
-from medseg.memory.measure import check_budget_fraction
-from medseg.memory.report import plot_precision_plans
-from medseg.planning.plan import TrainingPlan
-from medseg.planning.store import SIMULATED_CAPACITY_GIB, StoredPlan, plan_for_training
+from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, check_budget_fraction
+from medseg.planning.dataset_plan import TrainingPlan
+from medseg.planning.report import plot_precision_plans
+from medseg.planning.store import StoredPlan, plan_for_training
 from medseg.precision import PRECISIONS
 from medseg.tables import format_rows
-from medseg.training.cli import build_cli
+from medseg.training_options import dataset_and_cache, read_training_options
 
 log = logging.getLogger("medseg.plan")
 
@@ -37,7 +38,8 @@ def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         epilog="Any other option is a training option (python -m medseg.train --help lists them).",
     )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
-    parser.add_argument("--budget-fraction", type=float, default=0.9, help="share of the GPU memory a step may use")
+    parser.add_argument("--budget-fraction", type=float, default=DEFAULT_BUDGET_FRACTION,
+                        help="share of the GPU memory this process may use that a step's steady state may use")
     parser.add_argument("--capacity-gib", type=float, default=None,
                         help="plan for a GPU of this much memory with the fake-tensor estimate, on a GPU machine too "
                              f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
@@ -67,13 +69,13 @@ def run(args: list[str] | None = None) -> StoredPlan:
     """Plan as the command line says, print the table and write plan.json, plan.png and plan.yaml."""
     options, training_args = parse_args(args)
     check_budget_fraction(options.budget_fraction)
-    datamodule = build_cli(training_args).datamodule
-    stored = plan_for_training(datamodule.spec, datamodule.cache_dir, options.capacity_gib, options.precisions, options.budget_fraction)
+    spec, cache_dir = dataset_and_cache(read_training_options(training_args))
+    stored = plan_for_training(spec, cache_dir, options.capacity_gib, options.precisions, options.budget_fraction)
     plan = stored.plan
     print(format_plan(plan))
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(stored.json_path, out / "plan.json")
+    write_text_atomic(out / "plan.json", json.dumps(plan.to_dict(), indent=2))
     shutil.copyfile(stored.config_path, out / "plan.yaml")
     curves = {p.precision: {"patch_size": p.patch_size, "batch_size": p.batch_size, "peak_bytes": p.peak_bytes, "samples_per_second": p.samples_per_second} for p in plan.precisions}
     title = f"{Path(plan.dataset).name}: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB"

@@ -52,6 +52,8 @@ class Recipe:
         preprocessing: how a scan is brought into the network's space.
         precision: the precision training ran at ("32-true", "16-mixed", "bf16-mixed").
         window: sliding-window settings.
+        batch_size: training patches per step on each rank (None: not trained yet, or a record from before it was kept).
+        accumulate_grad_batches: steps whose gradients make up one optimizer step.
     """
 
     network: str
@@ -62,6 +64,8 @@ class Recipe:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     precision: str = "32-true"
     window: Window = field(default_factory=Window)
+    batch_size: int | None = None
+    accumulate_grad_batches: int = 1
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -96,6 +100,8 @@ class Recipe:
             "preprocessing": self.preprocessing.to_dict(),
             "precision": self.precision,
             "window": asdict(self.window),
+            "batch_size": self.batch_size,
+            "accumulate_grad_batches": self.accumulate_grad_batches,
         }
 
     @classmethod
@@ -116,6 +122,8 @@ class Recipe:
                 preprocessing=Preprocessing.from_dict(data["preprocessing"]),
                 precision=str(data.get("precision", "32-true")),
                 window=Window(**data.get("window", {})),
+                batch_size=None if data.get("batch_size") is None else int(data["batch_size"]),
+                accumulate_grad_batches=int(data.get("accumulate_grad_batches", 1)),
             )
         except KeyError as err:
             raise MedsegError(f"{source}: the recipe lacks {err.args[0]!r}") from None

@@ -14,7 +14,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from medseg import viz
-from medseg.memory.report import plot_memory
+from medseg.planning.report import plot_memory
 from medseg.data.formats import read_dataset
 
 CLASSES = ("background", "organ", "lesion")

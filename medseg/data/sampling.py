@@ -9,6 +9,7 @@ import numpy as np
 from torch.utils.data import Dataset, Sampler
 
 SampleKey = tuple[int, int, int]  # (epoch, position in epoch, case index)
+DEFAULT_PATCH_SIZE = (64, 64, 32)  # training patch (x, y, z) in voxels when a config gives none
 
 
 class EpochSampler(Sampler[SampleKey]):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_trained_model
 from medseg.inference.postprocessing import Postprocessing
-from medseg.memory.oom import is_out_of_memory, release_memory
+from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
+from medseg.planning.step import cudnn_autotuning
 from medseg.model.inferer import window_inferer
 from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
 from medseg.precision import autocast, check_precision, inference_precision
@@ -114,17 +114,6 @@ class ScanInput:
     reference: NiftiImage
 
 
-@contextmanager
-def cudnn_autotuning(enabled: bool) -> Iterator[None]:
-    """Turn cuDNN autotuning on while ``enabled`` (windows all have one shape), then back to what it was."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before or enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
 class Predictor:
     """Segments whole scans with one loaded model, or an ensemble of them, as the (first) recipe says; reuse it across a
     folder so the models load once."""
@@ -185,9 +174,9 @@ class Predictor:
                 if not is_out_of_memory(err):
                     raise
             release_memory()  # outside the except block, where the error no longer pins the failed windows
-            if batch == 1:
+            batch = smaller_size(batch)
+            if batch is None:
                 raise MedsegError(f"out of memory on {self.device} even with window batch 1 and stitching on the CPU")
-            batch //= 2
             notes.append(f"out of memory, retried with window batch {batch}")
         route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {logits.device}"
         return torch.softmax(logits[0].cpu(), dim=0), route + "".join(f"; {note}" for note in notes)

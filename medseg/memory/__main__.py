@@ -1,11 +1,11 @@
 """`python -m medseg.memory`: compare FP32 and mixed-precision memory and batch size for a training config, without training.
 
-Takes every training option (``--config``, ``--data.root``, ``--model.*``), so the network, patch and the
-dataset's channels and classes are exactly what ``python -m medseg.train`` would use. On a CUDA GPU every
-precision is planned with real trial steps (measured peaks, verified batch size, throughput). With
-``--capacity-gib``, or without a GPU, the CPU estimator counts each precision's bytes and the batch size is
-planned against a simulated GPU of that size (default 80 GiB). Prints the table and writes memory_report.json
-and memory_report.png to ``--out``.
+A view of the batch planner (``medseg.planning``). Takes the training options (``--config``, ``--data.root``,
+``--model.*``), so the network, patch and the dataset's channels and classes are what ``python -m medseg.train``
+would use. On a CUDA GPU every precision is planned with real trials (steady-state peaks after a warm-up step,
+the first step's autotuning peak beside them, verified batch size, throughput). With ``--capacity-gib``, or
+without a GPU, fake-tensor steps plan each precision for a GPU of that size (default 8 GiB). Prints the table
+and writes memory_report.json and memory_report.png to ``--out``.
 
 Examples:
     python -m medseg.memory --config configs/demo.yaml
@@ -20,16 +20,15 @@ import logging
 import torch
 
 from medseg.errors import run_command
-from medseg.memory.compare import estimated_plans, measured_plans
-from medseg.memory.measure import check_budget_fraction
-from medseg.memory.plan import BatchPlan, PlanCache
-from medseg.memory.report import format_table, save_report
+from medseg.planning.batch_search import BatchPlan
+from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, check_budget_fraction
+from medseg.planning.cache import PlanCache
+from medseg.planning.precision_comparison import estimated_plans, measured_plans
+from medseg.planning.report import format_table, save_report
 from medseg.precision import PRECISIONS
-from medseg.training.cli import build_cli
+from medseg.training_options import read_training_options, recipe_from_options
 
 log = logging.getLogger("medseg.memory")
-
-SIMULATED_CAPACITY_GIB = 80.0  # a data-centre GPU: how far each precision goes
 
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -39,9 +38,10 @@ def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         epilog="Any other option is a training option (python -m medseg.train --help lists them).",
     )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: all the device supports")
-    parser.add_argument("--budget-fraction", type=float, default=0.9, help="share of free GPU memory a step may use")
+    parser.add_argument("--budget-fraction", type=float, default=DEFAULT_BUDGET_FRACTION,
+                        help="share of the GPU memory this process may use that a step's steady state may use")
     parser.add_argument("--capacity-gib", type=float, default=None,
-                        help="plan for a GPU of this much memory with the CPU estimator, on a GPU machine too "
+                        help="plan for a GPU of this much memory with fake-tensor steps, on a GPU machine too "
                              f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
     parser.add_argument("--out", default="runs/memory", help="folder for memory_report.json and .png")
     parser.add_argument("--cache", default="runs/batch_plans.json", help="plan cache shared with training (GPU only)")
@@ -52,7 +52,7 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
     """Compare the precisions as the command line says, print the table and save the report files."""
     options, training_args = parse_args(args)
     check_budget_fraction(options.budget_fraction)
-    recipe = build_cli(training_args).model.recipe
+    recipe = recipe_from_options(read_training_options(training_args))
     precisions = options.precisions or [
         p for p in PRECISIONS if p != "bf16-mixed" or not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
     ]
@@ -60,7 +60,7 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
         plans = measured_plans(recipe, precisions, options.budget_fraction, PlanCache(options.cache))
     else:
         capacity_gib = SIMULATED_CAPACITY_GIB if options.capacity_gib is None else options.capacity_gib
-        log.info("CPU estimator against a simulated %g GiB GPU (no throughput)", capacity_gib)
+        log.info("fake-tensor steps for a %g GiB GPU (no throughput)", capacity_gib)
         plans = estimated_plans(recipe, precisions, int(capacity_gib * 2**30), options.budget_fraction)
     print(format_table(plans))
     json_path, png_path = save_report(plans, options.out)
@@ -68,9 +68,9 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
     return plans
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     """Entry point: user errors end as one line on stderr and exit code 1."""
-    run_command(run)
+    run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

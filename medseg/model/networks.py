@@ -11,6 +11,12 @@ from medseg.errors import MedsegError
 from medseg.recipe import Recipe
 
 NETWORKS = {"UNet": nets.UNet, "DynUNet": nets.DynUNet, "SegResNet": nets.SegResNet}
+DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+
+
+def network_kwargs_or_default(network: str, network_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """Return ``network_kwargs``, or for a UNet given none, ``DEFAULT_NETWORK_KWARGS``."""
+    return dict(DEFAULT_NETWORK_KWARGS if network_kwargs is None and network == "UNet" else network_kwargs or {})
 
 
 def build_network(name: str, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:

@@ -1,9 +1,8 @@
-"""Plans on disk: the JSON record, the training config with a comment on every value, and the cache keyed by
-fingerprint and GPU, so a later start on the same dataset and GPU reuses the plan without reading voxels."""
+"""Dataset plans on disk: the record in the plan cache, keyed by fingerprint and GPU, and the training config with a
+comment on every value, so a later start on the same dataset and GPU reuses the plan without reading voxels."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,11 @@ from medseg.atomic import write_text_atomic
 from medseg.data.fingerprint import fingerprint_cache_path
 from medseg.data.formats import DatasetSpec
 from medseg.data.validation import validate_dataset
-from medseg.planning.estimate import StepCost, estimated_step, measured_step
-from medseg.planning.plan import TrainingPlan, make_plan
+from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, usable_cuda_bytes
+from medseg.planning.cache import PlanCache, plan_key
+from medseg.planning.cuda_steps import cuda_recipe_step_cost
+from medseg.planning.dataset_plan import StepCosts, TrainingPlan, make_plan
+from medseg.planning.fake_tensor import fake_tensor_step_cost
 
 MiB = 2**20
 
@@ -59,54 +61,52 @@ def config_yaml(plan: TrainingPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan_key(spec: DatasetSpec, fingerprint_json: str, capacity_bytes: int, precisions, budget_fraction: float, memory_source: str) -> str:
-    """Return the cache key of a plan: everything that changes it."""
-    parts = json.dumps([str(spec.root), fingerprint_json, capacity_bytes, list(precisions), budget_fraction, memory_source])
-    return hashlib.sha256(parts.encode()).hexdigest()[:16]
-
-
 @dataclass
 class StoredPlan:
-    """A plan with where it lies: its JSON record and training config, and whether it came from the cache."""
+    """A plan with where it lies: its training config, and whether it came from the cache."""
 
     plan: TrainingPlan
-    json_path: Path
     config_path: Path
     cached: bool
 
 
 def plan_dataset(
-    spec: DatasetSpec, cache_dir: str | Path, capacity_bytes: int, step_cost: StepCost, memory_source: str,
-    precisions=("32-true", "16-mixed"), budget_fraction: float = 0.9, show_progress: bool = True,
+    spec: DatasetSpec, cache_dir: str | Path, capacity_bytes: int, step_costs: StepCosts, memory_source: str,
+    precisions=("32-true", "16-mixed"), budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
 ) -> StoredPlan:
-    """Return the cached plan of this dataset (unchanged files) and GPU, or check the dataset, plan and cache it."""
+    """Return the cached plan of this dataset (unchanged files) and GPU, or check the dataset, plan and cache it.
+
+    The plan record lies in the plan cache (``<cache_dir>/plans/plans.json``), its training config beside it.
+    """
     fingerprint = validate_dataset(spec, show_progress, cache_path=fingerprint_cache_path(cache_dir, spec.root))
-    key = plan_key(spec, json.dumps(fingerprint.to_dict()), capacity_bytes, precisions, budget_fraction, memory_source)
+    # a GPU's usable memory varies by a few MiB between starts: tenths of a GiB still find the plan
+    key = plan_key({
+        "dataset": str(spec.root), "fingerprint": fingerprint.to_dict(), "capacity_gib": round(capacity_bytes / 2**30, 1),
+        "precisions": list(precisions), "budget_fraction": budget_fraction, "memory_source": memory_source,
+    })
     folder = Path(cache_dir) / "plans"
-    json_path, config_path = folder / f"{spec.root.name}-{key}.json", folder / f"{spec.root.name}-{key}.yaml"
-    if json_path.is_file() and config_path.is_file():
-        return StoredPlan(TrainingPlan.from_dict(json.loads(json_path.read_text())), json_path, config_path, cached=True)
-    plan = make_plan(fingerprint, capacity_bytes, step_cost, memory_source, precisions, budget_fraction)
-    write_text_atomic(json_path, json.dumps(plan.to_dict(), indent=2))
+    cache, config_path = PlanCache(folder / "plans.json"), folder / f"{spec.root.name}-{key}.yaml"
+    record = cache.get(key)
+    if record is not None and config_path.is_file():
+        return StoredPlan(TrainingPlan.from_dict(record), config_path, cached=True)
+    plan = make_plan(fingerprint, capacity_bytes, step_costs, memory_source, precisions, budget_fraction)
+    cache.put(key, plan.to_dict())
     write_text_atomic(config_path, config_yaml(plan))
-    return StoredPlan(plan, json_path, config_path, cached=False)
-
-
-# GPU memory planned for when none is given and there is no CUDA GPU to measure
-SIMULATED_CAPACITY_GIB = 8.0
+    return StoredPlan(plan, config_path, cached=False)
 
 
 def plan_for_training(
     spec: DatasetSpec, cache_dir: str | Path, capacity_gib: float | None = None, precisions=("32-true", "16-mixed"),
-    budget_fraction: float = 0.9, show_progress: bool = True,
+    budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
 ) -> StoredPlan:
     """Return the (cached) plan: for a GPU of ``capacity_gib`` with fake steps; without it, for this machine's CUDA GPU
-    with measured steps, else for a simulated GPU of ``SIMULATED_CAPACITY_GIB``. A capacity given is honoured on a GPU
-    machine too: planning for another GPU than the one at hand."""
+    (the memory this process may use, within its cap) with measured steps, else for a simulated GPU of
+    ``SIMULATED_CAPACITY_GIB``. A capacity given is honoured on a GPU machine too: planning for another GPU than the
+    one at hand."""
     if capacity_gib is None and torch.cuda.is_available():
-        step_cost, source = measured_step, f"measured on {torch.cuda.get_device_name()}"
-        capacity = torch.cuda.get_device_properties(0).total_memory
+        step_costs, source = cuda_recipe_step_cost, f"measured on {torch.cuda.get_device_name()}"
+        capacity = usable_cuda_bytes(torch.device("cuda"))
     else:
-        step_cost, source = estimated_step, "fake-tensor estimate"
+        step_costs, source = fake_tensor_step_cost, "fake-tensor estimate"
         capacity = int((SIMULATED_CAPACITY_GIB if capacity_gib is None else capacity_gib) * 2**30)
-    return plan_dataset(spec, cache_dir, capacity, step_cost, source, precisions, budget_fraction, show_progress)
+    return plan_dataset(spec, cache_dir, capacity, step_costs, source, precisions, budget_fraction, show_progress)

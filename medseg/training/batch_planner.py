@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -18,22 +17,14 @@ from torch import nn
 
 from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
-from medseg.memory.measure import OptimizerFactory, check_budget_fraction, training_setup
-from medseg.memory.plan import BatchPlan, PlanCache, plan_on_device
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.batch_search import BatchPlan
+from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, check_budget_fraction
+from medseg.planning.cache import PlanCache
+from medseg.planning.on_device import plan_on_device, record_out_of_memory
+from medseg.planning.simulated_device import SimulatedDevice
+from medseg.planning.step import training_setup
 
 log = logging.getLogger(__name__)
-
-
-def optimizer_like(optimizer: torch.optim.Optimizer) -> OptimizerFactory:
-    """Return a factory for fresh optimizers of ``optimizer``'s class and settings (trial steps must not touch its state)."""
-    accepted = inspect.signature(type(optimizer)).parameters
-    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-
-    def make(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        return type(optimizer)(parameters, **settings)
-
-    return make
 
 
 def accumulation_for(batch_size: int, effective_batch_size: int, world_size: int) -> tuple[int, int]:
@@ -65,7 +56,7 @@ class BatchSizePlanner(lightning.Callback):
 
     def __init__(
         self,
-        budget_fraction: float = 0.9,
+        budget_fraction: float = DEFAULT_BUDGET_FRACTION,
         effective_batch_size: int | None = None,
         max_batch_size: int = 1024,
         cache_path: str | Path | None = None,
@@ -88,8 +79,14 @@ class BatchSizePlanner(lightning.Callback):
         self.plan: BatchPlan | None = None
         self.window_plan: BatchPlan | None = None
 
-    def on_fit_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        """Plan on this rank's device, take the minimum over ranks, and set batch size and accumulation."""
+    def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
+        """Plan on this rank's device, take the minimum over ranks, and set batch size, accumulation and window batch.
+
+        Runs in ``setup``, before ``configure_optimizers`` and before any data loader is built, so the loader and
+        the learning-rate schedule are built once, for the batch that trains.
+        """
+        if stage != "fit":
+            return
         datamodule = trainer.datamodule
         if datamodule is None:
             raise MedsegError("the batch planner needs trainer.fit(model, datamodule=...) to set the batch size")
@@ -99,9 +96,10 @@ class BatchSizePlanner(lightning.Callback):
         self.cache = PlanCache(Path(trainer.default_root_dir) / self.cache_path) if self.cache_path else None
         if not self.enabled:
             log.info("batch planner: disabled, keeping the configured batch size %d", batch_size)
-        elif self.simulated_device is None and pl_module.device.type != "cuda":
+        elif self.simulated_device is None and trainer.strategy.root_device.type != "cuda":
             log.info("batch planner: no CUDA device, keeping the configured batch size %d", batch_size)
         else:
+            pl_module.to(trainer.strategy.root_device)  # where the strategy puts it next; trials run there
             batch_size, window_batch_size = self._plan_on_every_rank(trainer, pl_module, precision)
             if window_batch_size:
                 pl_module.recipe = pl_module.recipe.with_changes(window={"batch_size": window_batch_size})
@@ -109,9 +107,6 @@ class BatchSizePlanner(lightning.Callback):
         if self.effective_batch_size is not None:
             batch_size, accumulate = accumulation_for(batch_size, self.effective_batch_size, trainer.world_size)
         datamodule.batch_size, trainer.accumulate_grad_batches = batch_size, accumulate
-        # configure_optimizers may already have built the train loader (estimated_stepping_batches): rebuild it
-        # with the new size (the module sizes its schedule again when training starts)
-        trainer.fit_loop._combined_loader = None
         log.info(
             "batch planner: %s training at batch size %d x %d accumulation x %d ranks = %d samples per optimizer step",
             precision, batch_size, accumulate, trainer.world_size, batch_size * accumulate * trainer.world_size,
@@ -132,7 +127,7 @@ class BatchSizePlanner(lightning.Callback):
             sizes = self._plan(trainer, pl_module, precision)
         except Exception as failure:  # noqa: BLE001 (re-raised below, once every rank knows)
             error, sizes = failure, (0, 0)
-        gathered = trainer.strategy.all_gather(torch.tensor(sizes, device=pl_module.device)).reshape(-1, 2)
+        gathered = trainer.strategy.all_gather(torch.tensor(sizes, device=trainer.strategy.root_device)).reshape(-1, 2)
         if error is not None:
             raise error
         if int(gathered[:, 0].min()) == 0:
@@ -142,7 +137,7 @@ class BatchSizePlanner(lightning.Callback):
 
     def _plan(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, precision: str) -> tuple[int, int]:
         """Return (training batch, window batch or 0) planned on this rank's device."""
-        setup = training_setup(pl_module.recipe, pl_module.net, optimizer_like(trainer.optimizers[0]))
+        setup = training_setup(pl_module.recipe, pl_module.net)
         plan_here = partial(plan_on_device, setup, precision, self.budget_fraction, cache=self.cache, simulated_device=self.simulated_device)
         # each rank runs its own number of trials: SyncBatchNorm's collectives in them would never match up
         with local_batch_norm(pl_module.net):
@@ -161,7 +156,7 @@ class BatchSizePlanner(lightning.Callback):
         plan = self.window_plan if validation else self.plan
         if plan is None or self.cache is None or not plan.cache_key:
             return None
-        self.cache.record_out_of_memory(plan, batch_size)
+        record_out_of_memory(self.cache, plan, batch_size)
         return self.cache.path
 
 

@@ -18,7 +18,7 @@ from monai.transforms import Compose, ToDeviced
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
 from medseg.data.fingerprint import DatasetFingerprint, fingerprint_cache_path
 from medseg.data.formats import Case, DatasetSpec, read_dataset
-from medseg.data.sampling import EpochSampler, SeededSamples
+from medseg.data.sampling import DEFAULT_PATCH_SIZE, EpochSampler, SeededSamples
 from medseg.data.split import split_cases
 from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
 from medseg.data.validation import validate_dataset
@@ -78,7 +78,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self,
         root: str | None = None,
         batch_size: int = 2,
-        patch_size: tuple[int, int, int] = (64, 64, 32),
+        patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE,
         spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0),
         normalization: str | None = None,
         ct_window: tuple[float, float] = (-200.0, 300.0),

@@ -12,17 +12,19 @@ import torch
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from medseg.data.sampling import DEFAULT_PATCH_SIZE
 from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
 from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
-from medseg.model.networks import network_for
+from medseg.model.networks import DEFAULT_NETWORK_KWARGS, network_for, network_kwargs_or_default
+from medseg.planning.step import training_optimizer
 from medseg.recipe import Recipe, Window
 from medseg.training.nonfinite import NonfiniteLossCounter, nonfinite_gradients
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+__all__ = ["DEFAULT_NETWORK_KWARGS", "SegmentationModule"]  # the benchmarks read the default UNet here
 
 
 class SegmentationModule(L.LightningModule):
@@ -55,7 +57,7 @@ class SegmentationModule(L.LightningModule):
         class_names: list[str] | None = None,
         channel_names: list[str] | None = None,
         preprocessing: dict[str, Any] | None = None,
-        patch_size: tuple[int, int, int] = (64, 64, 32),
+        patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE,
         learning_rate: float = 3e-3,
         weight_decay: float = 1e-5,
         sw_batch_size: int = 4,
@@ -64,7 +66,7 @@ class SegmentationModule(L.LightningModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
-        network_kwargs = dict(DEFAULT_NETWORK_KWARGS if network_kwargs is None and network == "UNet" else network_kwargs or {})
+        network_kwargs = network_kwargs_or_default(network, network_kwargs)
         class_names = list(class_names or [f"class_{i}" for i in range(out_channels)])
         channel_names = list(channel_names or [f"channel_{i}" for i in range(in_channels)])
         self.save_hyperparameters(
@@ -102,8 +104,14 @@ class SegmentationModule(L.LightningModule):
         self.nonfinite_losses = NonfiniteLossCounter(max_nonfinite_steps)
 
     def on_fit_start(self) -> None:
-        """Record the precision that actually runs (the CLI resolved "16-mixed" for this machine)."""
-        self.recipe = self.recipe.with_changes(precision=str(self.trainer.precision))
+        """Record what this fit runs, decided before it: the precision (the CLI resolved "16-mixed" for this machine),
+        the batch and accumulation (the batch planner's, in its ``setup``)."""
+        datamodule = self.trainer.datamodule
+        self.recipe = self.recipe.with_changes(
+            precision=str(self.trainer.precision),
+            batch_size=getattr(datamodule, "batch_size", None),
+            accumulate_grad_batches=self.trainer.accumulate_grad_batches,
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
@@ -159,28 +167,34 @@ class SegmentationModule(L.LightningModule):
         return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # fused: one kernel per step, and it honours found_inf (skipped NaN/Inf updates) without a host sync
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay, fused=True)
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
+        # the batch and accumulation are decided before this (the batch planner's setup), and a resumed or recovered
+        # fit builds it again: the decay always spans the steps this fit takes; only the step count is restored
+        optimizer = training_optimizer(self.parameters(), self.hparams.learning_rate, self.hparams.weight_decay)
+        scheduler = polynomial_decay(optimizer, max(int(self.trainer.estimated_stepping_batches), 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_start(self) -> None:
-        """Size the learning-rate decay to the optimizer steps training will take now: the batch planner changes
-        them after ``configure_optimizers`` ran, and a resumed checkpoint brings back the old count."""
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        for config in self.trainer.lr_scheduler_configs:
-            config.scheduler.total_iters = total_steps
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``."""
+        """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``; the hyper-parameters' window
+        batch is the recipe's, so a module rebuilt from them cannot disagree with it."""
         checkpoint["medseg"] = self.recipe.to_dict()
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"]["sw_batch_size"] = self.recipe.window.batch_size
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume the random streams too, so dropout and other model-side randomness continue as if never stopped."""
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        for state in checkpoint.get("lr_schedulers", []):
+            # a checkpoint of the PolynomialLR schedule medseg used before: its step count carries over the same way
+            state.setdefault("lr_lambdas", [None] * len(state.get("base_lrs", [None])))
+
+
+def polynomial_decay(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
+    """Return the schedule that decays the rate polynomially to zero over ``total_steps`` (nnU-Net's poly rule).
+
+    The factor is computed from the step alone, so a checkpoint restores only the step count, never the length."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps) ** power)
 
 
 def rng_states() -> dict[str, Any]:

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import RunningStage
 
 from medseg.errors import MedsegError
-from medseg.memory.oom import is_out_of_memory, release_memory
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
+from medseg.planning.simulated_device import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,11 @@ def newest_checkpoint(trainer: lightning.Trainer) -> str | None:
 
 
 def next_smaller(batch_size: int, verified: Sequence[int], what: str = "batch size") -> int:
-    """Return the largest verified size below ``batch_size``, else half of it (memory only shrinks with the batch)."""
-    if batch_size <= 1:
+    """Return the size to resume with after an out-of-memory error at ``batch_size`` (``smaller_size``'s rule)."""
+    smaller = smaller_size(batch_size, verified)
+    if smaller is None:
         raise MedsegError(f"out of memory at {what} 1: use a smaller patch size or model")
-    return max((b for b in verified if b < batch_size), default=batch_size // 2)
+    return smaller
 
 
 def fit_with_oom_recovery(

@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import lightning as L
@@ -6,8 +7,8 @@ import torch
 
 from medseg import nifti
 from medseg.data.formats import read_dataset
-from medseg.memory.simulate import SimulatedDevice
-from medseg.planning.estimate import estimated_step
+from medseg.planning.simulated_device import SimulatedDevice
+from medseg.planning.fake_tensor import fake_tensor_step_cost
 from medseg.planning.store import plan_dataset, plan_for_training
 from medseg.training.cli import build_cli, with_plan
 from medseg.training.recovery import SimulatedOOMCallback
@@ -17,9 +18,9 @@ GiB = 2**30
 
 def test_second_plan_of_an_unchanged_dataset_is_cached_and_reads_no_voxels(demo_root, tmp_path, monkeypatch):
     spec = read_dataset(demo_root)
-    first = plan_dataset(spec, tmp_path, 8 * GiB, estimated_step, "fake", precisions=("16-mixed",), show_progress=False)
+    first = plan_dataset(spec, tmp_path, 8 * GiB, fake_tensor_step_cost, "fake", precisions=("16-mixed",), show_progress=False)
     monkeypatch.setattr(nifti, "read_voxels", lambda path: (_ for _ in ()).throw(AssertionError(f"read {path}")))
-    second = plan_dataset(spec, tmp_path, 8 * GiB, estimated_step, "fake", precisions=("16-mixed",), show_progress=False)
+    second = plan_dataset(spec, tmp_path, 8 * GiB, fake_tensor_step_cost, "fake", precisions=("16-mixed",), show_progress=False)
     assert not first.cached and second.cached and second.plan == first.plan
 
 
@@ -30,11 +31,9 @@ def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulate
     args = with_plan(["--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache")])
     assert args[0] == "--config" and args[1].endswith(".yaml")
     cli = build_cli([*args, "--data.iterations_per_epoch=1", "--data.num_workers=0", "--data.cache=none", "--trainer.accelerator=cpu"])
-    plan = [p for p in (tmp_path / "cache" / "plans").glob("*.json")]
-    assert len(plan) == 1 and list(cli.datamodule.patch_size) == cli.model.hparams.patch_size
-    import json
-
-    chosen = [p for p in json.loads(plan[0].read_text())["precisions"] if p["precision"] == "16-mixed"][0]
+    [record] = json.loads((tmp_path / "cache" / "plans" / "plans.json").read_text()).values()  # the one plan cache
+    assert list(cli.datamodule.patch_size) == cli.model.hparams.patch_size
+    chosen = [p for p in record["precisions"] if p["precision"] == "16-mixed"][0]
     assert list(cli.datamodule.patch_size) == chosen["patch_size"] and cli.datamodule.batch_size == chosen["batch_size"]
     device = SimulatedDevice(8 * GiB, lambda b: chosen["fixed_bytes"] + chosen["per_sample_bytes"] * b)
     trainer = L.Trainer(

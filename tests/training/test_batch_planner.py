@@ -11,7 +11,8 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from medseg.errors import MedsegError
 from medseg.training.batch_planner import BatchSizePlanner, accumulation_for
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.simulated_device import Autotuning, SimulatedDevice
+from medseg.training.recovery import SimulatedOOMCallback
 from medseg.training.module import SegmentationModule
 from tests.helpers.stand_ins import PATCH, TINY_UNET, MiB, RandomPatches, linear_curve
 
@@ -156,3 +157,29 @@ def test_plan_cache_is_written_in_the_trainer_s_root_folder(tiny_module, make_tr
     make_trainer(callbacks=[planner], max_steps=1, default_root_dir=tmp_path / "runs").fit(tiny_module, datamodule=RandomPatches(batch_size=1))
     assert (tmp_path / "runs" / "plans.json").is_file()
     assert list(started_in.iterdir()) == []
+
+
+def test_training_from_a_cached_plan_autotunes_in_its_first_step_and_never_runs_out_of_memory(tiny_module, make_trainer, tmp_path) -> None:
+    # the first run plans on the steady state, a later one re-verifies the cached plan; training's own first step
+    # autotunes as in a process of its own
+    def capped_gpu() -> SimulatedDevice:
+        return SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB), name="gpu", autotuning=Autotuning(driver_free_bytes=141 * 2**30))
+
+    for _ in range(2):
+        planner = BatchSizePlanner(cache_path=tmp_path / "plans.json", size_sliding_window=False, simulated_device=capped_gpu())
+        data = RandomPatches(batch_size=1, num_samples=5 * 20)
+        trainer = make_trainer(callbacks=[planner, SimulatedOOMCallback(capped_gpu())], max_steps=20)
+        trainer.fit(tiny_module, datamodule=data)  # an out-of-memory error would end it here
+        assert (data.batch_size, trainer.global_step) == (5, 20)  # 10 + 5 x 15 = 85 MiB of the 90 MiB budget
+
+
+def test_the_checkpoint_records_the_planned_batch_and_window_batch_once(tiny_module, make_trainer, tmp_path) -> None:
+    device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))  # 5 samples; windows 5 too
+    planner = BatchSizePlanner(effective_batch_size=12, simulated_device=device)
+    trainer = make_trainer(callbacks=[planner], max_steps=1)
+    trainer.fit(tiny_module, datamodule=RandomPatches(batch_size=2, num_samples=12))
+    trainer.save_checkpoint(tmp_path / "planned.ckpt")
+    checkpoint = torch.load(tmp_path / "planned.ckpt", weights_only=True)
+    recipe = checkpoint["medseg"]
+    assert (recipe["batch_size"], recipe["accumulate_grad_batches"], recipe["window"]["batch_size"]) == (4, 3, 5)
+    assert checkpoint["hyper_parameters"]["sw_batch_size"] == 5  # the module rebuilt from them windows as planned

@@ -8,15 +8,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.simulated_device import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
-from medseg.training.module import rng_states, set_rng_states
+from medseg.training.module import polynomial_decay, rng_states, set_rng_states
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery
 from tests.helpers.stand_ins import MiB, RandomPatches, linear_curve
 
 
+def steps_until_zero(scheduler) -> int:
+    """Return the step at which the schedule's rate reaches zero."""
+    return next(step for step in range(10**6) if scheduler.lr_lambdas[0](step) == 0)
+
+
 class ScheduleLength(L.Callback):
-    """Records (scheduler total_iters, trainer.estimated_stepping_batches) at the first training batch of every fit."""
+    """Records (the step the rate reaches zero, trainer.estimated_stepping_batches) at the first training batch of every fit."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
@@ -27,7 +32,7 @@ class ScheduleLength(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_batch:
-            self.seen.append((trainer.lr_scheduler_configs[0].scheduler.total_iters, int(trainer.estimated_stepping_batches)))
+            self.seen.append((steps_until_zero(trainer.lr_scheduler_configs[0].scheduler), int(trainer.estimated_stepping_batches)))
             self.first_batch = False
 
 
@@ -73,3 +78,16 @@ def test_resuming_on_fewer_gpus_restores_the_random_states_of_the_gpus_there(mon
         set_rng_states(states)
     assert restored == [(7, 0)]
     assert "random states of 2 GPUs, this machine 1" in caplog.text
+
+
+def test_a_checkpoint_of_the_polynomial_schedule_medseg_used_before_resumes_at_its_step(tiny_module) -> None:
+    optimizer = torch.optim.AdamW(tiny_module.parameters(), lr=1.0)
+    before = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10, power=0.9)
+    for _ in range(3):
+        optimizer.step()
+        before.step()
+    checkpoint = {"lr_schedulers": [before.state_dict()]}
+    tiny_module.on_load_checkpoint(checkpoint)
+    resumed = polynomial_decay(torch.optim.AdamW(tiny_module.parameters(), lr=1.0), total_steps=20)
+    resumed.load_state_dict(checkpoint["lr_schedulers"][0])
+    assert resumed.last_epoch == 3 and resumed.lr_lambdas[0](20) == 0  # its step, and the length of the run that resumes

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medseg.errors import MedsegError
 from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery, next_smaller
-from medseg.memory.simulate import SimulatedDevice
+from medseg.planning.simulated_device import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
 from tests.helpers.stand_ins import MiB, RandomPatches, WithValidation, linear_curve
 

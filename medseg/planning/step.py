@@ -1,13 +1,12 @@
-"""One training step at a given batch size, and its peak memory on a CUDA device.
+"""The training step every step cost runs, with the optimizer training uses, and what one trial of it cost.
 
-The step is the same for every backend (CUDA measurement, CPU estimator, simulated capacity) so that
-what is measured is what training runs: forward and loss under the precision's autocast, backward
-(through a GradScaler for fp16), optimizer step and zero_grad.
+The step is the same for every backend (real CUDA steps, fake tensors, the simulated device) so that what is
+measured is what training runs: forward and loss under the precision's autocast, backward (through a
+GradScaler for fp16), optimizer step and zero_grad.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,14 +15,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.errors import MedsegError
-from medseg.memory.oom import is_out_of_memory, release_memory
+from medseg.planning.oom import is_out_of_memory, release_memory
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import network_for
 from medseg.precision import autocast
 from medseg.recipe import Recipe
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def training_optimizer(parameters: Iterable[nn.Parameter], learning_rate: float = 3e-3, weight_decay: float = 1e-5) -> torch.optim.AdamW:
+    """Return the optimizer training steps with, which trials and estimates therefore step with too: fused AdamW.
+
+    Fused: one kernel per step, and it honours ``found_inf`` (skipped NaN/Inf updates) without a host sync. Its
+    state's size does not depend on the rate or the decay, so a trial's optimizer counts what training's holds.
+    """
+    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay, fused=True)
 
 
 @dataclass
@@ -52,12 +59,18 @@ class TrainingSetup:
 
 @dataclass(frozen=True)
 class StepMeasurement:
-    """What one trial step at ``batch_size`` cost; ``peak_bytes`` is None when it ran out of memory."""
+    """What a trial at ``batch_size`` cost; ``peak_bytes`` is None when it ran out of memory.
+
+    ``peak_bytes`` is the steady state: the peak of the steps after the first, which hold the previous step's
+    gradients and the optimizer state as training does from its second step on. ``first_step_peak_bytes`` is the
+    first step's peak, where cuDNN autotunes a new shape (None where it was not measured apart).
+    """
 
     batch_size: int
     precision: str
     peak_bytes: int | None
     seconds: float | None = None
+    first_step_peak_bytes: int | None = None
 
     @property
     def fits(self) -> bool:
@@ -65,19 +78,17 @@ class StepMeasurement:
         return self.peak_bytes is not None
 
 
-Probe = Callable[[int], StepMeasurement]  # runs one trial step at a batch size
+StepCost = Callable[[int], StepMeasurement]  # one trial at a batch size, of one model and precision on one backend
 
 
 def training_setup(recipe: Recipe, net: nn.Module | None = None, make_optimizer: OptimizerFactory | None = None) -> TrainingSetup:
-    """Return the trial-step setup of a recipe: its network (``net``, else a new one), training loss and optimizer.
-
-    ``make_optimizer`` defaults to AdamW, the training optimizer; its state's size does not depend on its settings.
-    """
+    """Return the trial-step setup of a recipe: its network (``net``, else a new one), training loss and optimizer
+    (``make_optimizer``, default ``training_optimizer``)."""
     config = {"network": recipe.network, "network_kwargs": dict(recipe.network_kwargs), "in_channels": recipe.in_channels, "out_channels": recipe.out_channels}
     return TrainingSetup(
         net=net if net is not None else network_for(recipe),
         loss_fn=segmentation_loss(),
-        make_optimizer=make_optimizer or torch.optim.AdamW,
+        make_optimizer=make_optimizer or training_optimizer,
         in_channels=recipe.in_channels,
         out_channels=recipe.out_channels,
         patch_size=tuple(recipe.patch_size),
@@ -148,6 +159,18 @@ def run_training_step(
 
 
 @contextmanager
+def cudnn_autotuning(enabled: bool) -> Iterator[None]:
+    """Turn cuDNN autotuning on while ``enabled`` (training patches, and windows, all have one shape), then back to
+    what it was."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@contextmanager
 def preserved_weights(net: nn.Module) -> Iterator[None]:
     """Restore the network's weights, buffers and train/eval mode after trial steps changed them."""
     saved = {name: value.detach().to("cpu", copy=True) for name, value in net.state_dict().items()}
@@ -159,67 +182,20 @@ def preserved_weights(net: nn.Module) -> Iterator[None]:
         net.train(training)
 
 
-def measure_cuda_step(setup: TrainingSetup, batch_size: int, precision: str, train: bool = True, steps: int = 1) -> StepMeasurement:
-    """Return the peak CUDA memory of ``steps`` steps with one optimizer at ``batch_size`` (None when out of memory).
-
-    ``steps=2`` counts the optimizer state and previous gradients steady-state training holds, and, since the
-    time is that of the last step, leaves cuDNN autotuning out of throughput figures. The peak is that of all
-    steps, the first one's cuDNN autotuning too (``cudnn.benchmark``): its trial workspaces take what memory is
-    free, so it overstates what later steps need (fp32 most), but training's first step at the planned size
-    autotunes the same way. Measured on an H200 capped at 8 GiB (benchmarks/results/memory_cuda_spleen.md and
-    memory_cuda_spleen_steady_state_peak.md): planned on all steps, a 96^3 fp32 UNet trained 180 steps at batch
-    11 without running out of memory, at 2.3 GiB after the first step's 6.7 GiB; planned on the steps after the
-    first, it chose 35, and the next step run at that size ran out of memory.
-    Memory is released before returning either way, so one trial leaves nothing behind for the next.
-    """
-    device = device_of(setup.net)
-    if device.type != "cuda":
-        raise MedsegError(f"measuring memory needs a CUDA device, the model is on {device}: use the CPU estimator")
-
-    def timed_steps() -> tuple[int, float | None]:
-        torch.cuda.reset_peak_memory_stats(device)
-        times: list[float] = []
-
-        def mark() -> None:
-            torch.cuda.synchronize(device)
-            times.append(time.perf_counter())
-
-        mark()
-        run_training_step(setup, batch_size, precision, train, steps=steps, after_step=mark)
-        return torch.cuda.max_memory_allocated(device), times[-1] - times[-2]
-
-    return run_trial(timed_steps, batch_size, precision)
-
-
-def run_trial(step: Callable[[], tuple[int, float | None]], batch_size: int, precision: str) -> StepMeasurement:
-    """Return the measurement of ``step`` (which gives peak bytes and seconds), or a failed one if it ran out of memory.
+def run_trial(step: Callable[[], tuple[int, float | None, int | None]], batch_size: int, precision: str) -> StepMeasurement:
+    """Return the measurement of ``step`` (which gives steady-state peak bytes, seconds and first-step peak bytes),
+    or a failed one if it ran out of memory.
 
     A step that returns has freed its tensors by reference counting. One that ran out of memory leaves them
     pinned by reference cycles through its traceback's frames, so those are collected and the CUDA cache
     emptied before the next trial.
     """
     try:
-        peak, seconds = step()
-        return StepMeasurement(batch_size, precision, peak, seconds)
+        peak, seconds, first_step_peak = step()
+        return StepMeasurement(batch_size, precision, peak, seconds, first_step_peak)
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
     # reached only after an OOM, outside the except block, where `error` no longer pins the traceback
     release_memory()
     return StepMeasurement(batch_size, precision, None)
-
-
-def check_budget_fraction(fraction: float) -> float:
-    """Return ``fraction`` if it is a usable share of memory, else raise a one-line error."""
-    if not 0 < fraction <= 1:
-        raise MedsegError(f"memory budget fraction must be in (0, 1], got {fraction}")
-    return fraction
-
-
-def cuda_budget_bytes(device: torch.device, fraction: float) -> int:
-    """Return ``fraction`` of the memory this process can use now: free memory plus torch's own cache, within the
-    cap of ``torch.cuda.set_per_process_memory_fraction`` (a process sharing a GPU), whose excess raises OOM."""
-    release_memory()
-    free, total = torch.cuda.mem_get_info(device)
-    usable = free + torch.cuda.memory_reserved(device)
-    return int(fraction * min(usable, torch.cuda.get_per_process_memory_fraction(device) * total))

@@ -1,8 +1,8 @@
-"""CPU estimate of a training step's peak memory without computing anything: fake tensors, tracked allocations.
+"""Step cost for a GPU that is not here: a training step's peak memory on fake tensors, tracked allocations.
 
 Under PyTorch's ``FakeTensorMode`` every tensor has a shape, dtype and device but no data, so a step of a
 large network at a large patch costs about a second whatever its size. ``MemTracker`` sees every
-allocation and free of the step (forward under the precision's autocast, loss, backward, AdamW step) and
+allocation and free of the step (forward under the precision's autocast, loss, backward, training's AdamW step) and
 keeps the peak of the live bytes: weights, gradients, optimizer state, batch, activations and backward's
 temporaries. Peaks are counted at tensor storage sizes (CUDA's 512-byte rounding included), not
 allocator caching.
@@ -15,13 +15,15 @@ scaling (one scalar) is left out.
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from medseg.memory.measure import StepMeasurement
 from medseg.model.networks import network_for
+from medseg.planning.step import StepCost, StepMeasurement, training_optimizer
 from medseg.precision import autocast
 from medseg.recipe import Recipe
 
@@ -39,10 +41,15 @@ def dice_ce_footprint(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor
 
 
 def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasurement:
-    """Return the peak bytes of one training step of the recipe's network at ``batch_size``, computed on fake tensors."""
+    """Return the steady-state peak bytes of a training step of the recipe's network at ``batch_size``, computed on
+    fake tensors: the step runs as training's second and later ones do (Lightning's order), with AdamW's state made
+    and the previous step's gradients alive during the forward pass."""
     with FakeTensorMode():
         net = network_for(recipe).train()
-        optimizer = torch.optim.AdamW(net.parameters(), foreach=True)  # what training uses on a GPU
+        optimizer = training_optimizer(net.parameters())
+        for parameter in net.parameters():  # the previous step: its gradients, and the optimizer state it made
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()
         image = torch.empty(batch_size, recipe.in_channels, *recipe.patch_size)
         label = torch.empty(batch_size, 1, *recipe.patch_size)  # float class indices, as the data module delivers them
         tracker = MemTracker()
@@ -50,9 +57,24 @@ def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasuremen
         with tracker:
             with autocast(precision, "cpu"):
                 loss = dice_ce_footprint(net(image), label)
+            optimizer.zero_grad(set_to_none=True)  # after the forward pass, as Lightning releases them
             loss.backward()
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     return StepMeasurement(batch_size, precision, int(peak))
 
+
+_estimates: dict[str, StepMeasurement] = {}
+
+
+def fake_tensor_step_cost(recipe: Recipe, precision: str) -> StepCost:
+    """Return the step cost of the recipe's network at ``precision`` on fake tensors (no time: nothing ran); peaks are
+    remembered, so plans for several budgets share them."""
+
+    def cost(batch_size: int) -> StepMeasurement:
+        key = json.dumps([recipe.network, recipe.network_kwargs, recipe.in_channels, recipe.out_channels, recipe.patch_size, batch_size, precision])
+        if key not in _estimates:
+            _estimates[key] = fake_step(recipe, batch_size, precision)
+        return _estimates[key]
+
+    return cost

@@ -11,14 +11,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medseg.atomic import atomic_target, write_text_atomic
-from medseg.memory.plan import BatchPlan
+from medseg.planning.batch_search import BatchPlan
 from medseg.tables import format_rows
 
 MiB = 2**20
 
 
 def comparison(plans: Sequence[BatchPlan]) -> list[dict[str, Any]]:
-    """Return one row per precision: memory figures, verified batch, throughput, and ratios to the 32-true plan."""
+    """Return one row per precision: steady-state memory line, verified batch, its steady and first-step (cuDNN
+    autotuning) peaks, throughput, the fake-tensor estimate against the measured steady state, and ratios to 32-true."""
     reference = next((p for p in plans if p.precision == "32-true"), None)
     rows = []
     for plan in plans:
@@ -28,8 +29,12 @@ def comparison(plans: Sequence[BatchPlan]) -> list[dict[str, Any]]:
             "per_sample_mib": plan.per_sample_bytes / MiB,
             "batch_size": plan.batch_size,
             "measured_peak_mib": plan.measured_peak_bytes / MiB,
+            "first_step_peak_mib": None if plan.first_step_peak_bytes is None else plan.first_step_peak_bytes / MiB,
             "budget_mib": plan.budget_bytes / MiB,
+            "budget_used": plan.measured_peak_bytes / plan.budget_bytes,
             "samples_per_second": plan.samples_per_second,
+            "estimated_peak_mib": None if plan.estimated_peak_bytes is None else plan.estimated_peak_bytes / MiB,
+            "estimate_error": None if plan.estimated_peak_bytes is None or plan.backend != "cuda" else plan.estimated_peak_bytes / plan.measured_peak_bytes - 1,
             "plan_seconds": plan.plan_seconds,
             "per_sample_ratio_to_fp32": None,
             "fixed_ratio_to_fp32": None,
@@ -49,12 +54,14 @@ def format_table(plans: Sequence[BatchPlan]) -> str:
     """Return the comparison as an aligned text table with the device and backend on top."""
     columns = [
         ("precision", "precision", 0), ("fixed MiB", "fixed_mib", 1), ("MiB/sample", "per_sample_mib", 2),
-        ("batch", "batch_size", 0), ("peak MiB", "measured_peak_mib", 1), ("samples/s", "samples_per_second", 1),
+        ("batch", "batch_size", 0), ("steady peak MiB", "measured_peak_mib", 1), ("first-step peak MiB", "first_step_peak_mib", 1),
+        ("samples/s", "samples_per_second", 1), ("estimate vs steady", "estimate_error", 3),
         ("per-sample vs fp32", "per_sample_ratio_to_fp32", 3), ("fixed vs fp32", "fixed_ratio_to_fp32", 3),
     ]
     rows = [{title: _cell(row[key], digits) for title, key, digits in columns} for row in comparison(plans)]
     first = plans[0]
-    header = f"device: {first.device_name} ({first.backend}), budget {first.budget_bytes / MiB:.0f} MiB"
+    header = (f"device: {first.device_name} ({first.backend}), budget {first.budget_bytes / MiB:.0f} MiB for the steady state"
+              " (the steps after the first); the first step at a new shape also autotunes cuDNN, up to the cap")
     return f"{header}\n{format_rows(rows)}"
 
 
@@ -89,13 +96,22 @@ def plot_memory(
 
 
 def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:
-    """Plot each precision's trial peaks against batch size, out-of-memory trials and the budget drawn in."""
+    """Plot each precision's steady-state trial peaks against batch size, out-of-memory trials and the budget drawn in,
+    and the first steps' peaks (cuDNN autotuning) as hollow markers beside them."""
     peaks = {plan.precision: {t.batch_size: t.peak_bytes for t in plan.trials if t.fits} for plan in plans}
     failed = {plan.precision: [t.batch_size for t in plan.trials if not t.fits] for plan in plans}
     first = plans[0]
-    title = f"Training step peak memory\n{first.device_name} ({first.backend})"
+    title = f"Training step peak memory (steady state)\n{first.device_name} ({first.backend})"
+    figure = plot_memory(peaks, first.budget_bytes, title, failed)
+    axes = figure.axes[0]
+    for plan, line in zip(plans, axes.get_lines()):
+        first_steps = sorted((t.batch_size, t.first_step_peak_bytes) for t in plan.trials if t.fits and t.first_step_peak_bytes is not None)
+        if first_steps:
+            axes.scatter([b for b, _ in first_steps], [p / MiB for _, p in first_steps], facecolors="none",
+                         edgecolors=line.get_color(), label=f"{plan.precision}: first step (autotuning)")
+    axes.legend()
     with atomic_target(path) as temp:
-        plot_memory(peaks, first.budget_bytes, title, failed).savefig(temp, dpi=120, format="png")
+        figure.savefig(temp, dpi=120, format="png")
 
 
 def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, Path]:

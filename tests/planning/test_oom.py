@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.memory.measure import run_trial
-from medseg.memory.oom import is_out_of_memory
+from medseg.planning.step import run_trial
+from medseg.planning.oom import is_out_of_memory, smaller_size
 
 LIBRARY_OOM_MESSAGES = [
     "CUDA out of memory. Tried to allocate 2.00 GiB",
@@ -42,3 +42,8 @@ def test_a_trial_failing_inside_cudnn_or_cublas_is_a_failed_measurement_not_an_a
         raise RuntimeError(message)
 
     assert not run_trial(step, batch_size=8, precision="16-mixed").fits
+
+
+@pytest.mark.parametrize(("size", "verified", "smaller"), [(12, [12, 9, 4], 9), (12, [], 6), (3, [8], 1), (1, [], None)])
+def test_one_rule_shrinks_training_and_window_batches_after_running_out_of_memory(size, verified, smaller) -> None:
+    assert smaller_size(size, verified) == smaller

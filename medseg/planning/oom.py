@@ -1,8 +1,9 @@
-"""Recognising out-of-memory errors and giving their memory back, for trial steps, training and inference."""
+"""Recognising out-of-memory errors, giving their memory back, and the size to retry with, for trial steps, training and inference."""
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 
 import torch
 
@@ -32,3 +33,13 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def smaller_size(size: int, verified: Sequence[int] = ()) -> int | None:
+    """Return the size to retry with after running out of memory at ``size``: the largest verified size below it,
+    else half of it (memory only shrinks with the batch); None at size 1, below which there is nothing to try.
+
+    One rule for training's batch (OOM recovery) and inference's window batch."""
+    if size <= 1:
+        return None
+    return max((b for b in verified if b < size), default=size // 2)

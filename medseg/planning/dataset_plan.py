@@ -1,4 +1,4 @@
-"""The training plan: spacing, normalisation, and per precision the patch, network and batch that fit the memory budget.
+"""The dataset plan (a training configuration): spacing, normalisation, and per precision the patch, network and batch that fit the memory budget.
 
 Like nnU-Net's plans.json the result is plain data (``TrainingPlan.to_dict``), written as JSON and as a
 training config. Unlike nnU-Net, every candidate's memory is measured (CUDA) or estimated on fake
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,12 +18,15 @@ import numpy as np
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
-from medseg.memory.plan import fit_memory
 from medseg.planning import rules
-from medseg.planning.estimate import StepCost
+from medseg.planning.batch_search import fit_memory
+from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, budget_bytes
+from medseg.planning.step import StepCost
 from medseg.recipe import Recipe
 
 log = logging.getLogger(__name__)
+
+StepCosts = Callable[[Recipe, str], StepCost]  # a candidate and a precision -> its step cost on one backend
 
 
 @dataclass
@@ -101,7 +104,7 @@ def _recipe(fingerprint: DatasetFingerprint, patch: Sequence[int], precision: st
     return Recipe("UNet", kwargs, fingerprint.channel_names, fingerprint.class_names, tuple(size), precision=precision)
 
 
-def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precision: str, budget_bytes: int, step_cost: StepCost):
+def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precision: str, budget: int, step_costs: StepCosts):
     """Return the recipe of the largest patch (from nnU-Net's first patch down) whose step at batch 2 fits, and every try.
 
     After a try over budget the patch shrinks (nnU-Net's steps) until its voxels, scaled from that try's peak,
@@ -111,11 +114,11 @@ def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precis
     tried: list[list] = []
     while True:
         recipe = _recipe(fingerprint, patch, precision)
-        step = step_cost(recipe, rules.MIN_BATCH_SIZE, precision)
+        step = step_costs(recipe, precision)(rules.MIN_BATCH_SIZE)
         tried.append([list(recipe.patch_size), step.peak_bytes])
-        if step.fits and step.peak_bytes <= budget_bytes:
+        if step.fits and step.peak_bytes <= budget:
             return recipe, tried
-        share = budget_bytes / step.peak_bytes if step.fits else 0.5
+        share = budget / step.peak_bytes if step.fits else 0.5
         target_voxels = 0.95 * share * math.prod(recipe.patch_size)
         patch = rules.smaller_patch(recipe.patch_size, median_shape)
         while math.prod(patch) > target_voxels:
@@ -123,18 +126,19 @@ def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precis
 
 
 def plan_precision(
-    fingerprint: DatasetFingerprint, spacing, median_shape, dataset_voxels: float, precision: str, budget_bytes: int, step_cost: StepCost
+    fingerprint: DatasetFingerprint, spacing, median_shape, dataset_voxels: float, precision: str, budget: int, step_costs: StepCosts
 ) -> PrecisionPlan:
-    """Return one precision's patch, network and batch under ``budget_bytes``."""
-    recipe, tried = largest_patch(fingerprint, spacing, median_shape, precision, budget_bytes, step_cost)
-    steps = [step_cost(recipe, size, precision) for size in (1, rules.MIN_BATCH_SIZE)]
+    """Return one precision's patch, network and batch under ``budget``."""
+    recipe, tried = largest_patch(fingerprint, spacing, median_shape, precision, budget, step_costs)
+    step_cost = step_costs(recipe, precision)
+    steps = [step_cost(size) for size in (1, rules.MIN_BATCH_SIZE)]
     fit = fit_memory(steps)
-    batch, reason = rules.largest_batch(fit.fixed_bytes, fit.per_sample_bytes, budget_bytes, recipe.patch_size, dataset_voxels)
+    batch, reason = rules.largest_batch(fit.fixed_bytes, fit.per_sample_bytes, budget, recipe.patch_size, dataset_voxels)
     throughput: dict[int, float] = {}
     if steps[-1].seconds:  # timed steps (a GPU): stop where doubling the batch stops paying
         size = rules.MIN_BATCH_SIZE
         while size <= batch:
-            step = step_cost(recipe, size, precision)
+            step = step_cost(size)
             if not step.fits or not step.seconds:
                 break
             throughput[size] = size / step.seconds
@@ -143,7 +147,7 @@ def plan_precision(
         if knee < batch:
             batch, reason = knee, f"samples/s rises < {rules.THROUGHPUT_GAIN:.0%} per doubling beyond it"
     return PrecisionPlan(
-        precision, list(recipe.patch_size), recipe.network_kwargs, batch, reason, fit.peak_bytes(batch), budget_bytes,
+        precision, list(recipe.patch_size), recipe.network_kwargs, batch, reason, fit.peak_bytes(batch), budget,
         fit.fixed_bytes, fit.per_sample_bytes, throughput, tried,
     )
 
@@ -151,18 +155,18 @@ def plan_precision(
 def make_plan(
     fingerprint: DatasetFingerprint,
     capacity_bytes: int,
-    step_cost: StepCost,
+    step_costs: StepCosts,
     memory_source: str,
     precisions: Sequence[str] = ("32-true", "16-mixed"),
-    budget_fraction: float = 0.9,
+    budget_fraction: float = DEFAULT_BUDGET_FRACTION,
 ) -> TrainingPlan:
     """Return the training plan of a checked dataset for a GPU of ``capacity_bytes``.
 
     Args:
         fingerprint: the dataset's fingerprint (``medseg.data.validation.validate_dataset``).
-        capacity_bytes: GPU memory (the real one's, or a simulated one's).
-        step_cost: costs a candidate's step (``medseg.planning.estimate``).
-        memory_source: how ``step_cost`` knows, for the report.
+        capacity_bytes: GPU memory this process can use (the real one's within its cap, or a simulated one's).
+        step_costs: gives a candidate's step cost (``fake_tensor_step_cost``, or ``cuda_recipe_step_cost`` on a GPU).
+        memory_source: how ``step_costs`` know, for the report.
         precisions: the precisions to plan side by side.
         budget_fraction: share of the capacity a step may use.
     """
@@ -173,8 +177,8 @@ def make_plan(
     median_shape = np.median(shapes, axis=0)
     dataset_voxels = float(np.prod(shapes, axis=1).sum())
     normalization, normalization_reason = rules.normalization(fingerprint)
-    budget = int(budget_fraction * capacity_bytes)
-    plans = [plan_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_cost) for p in precisions]
+    budget = budget_bytes(capacity_bytes, budget_fraction)
+    plans = [plan_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs) for p in precisions]
     plan = TrainingPlan(
         fingerprint.root, list(fingerprint.channel_names), list(fingerprint.class_names), list(spacing), spacing_reason,
         [round(float(v), 1) for v in median_shape], dataset_voxels, normalization, normalization_reason, capacity_bytes,
