@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
+from medseg.errors import MedsegError
 from medseg.model.networks import network_for
 from medseg.planning.step import StepCost, StepMeasurement, training_optimizer
 from medseg.precision import autocast
@@ -43,7 +44,27 @@ def dice_ce_footprint(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor
 def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasurement:
     """Return the steady-state peak bytes of a training step of the recipe's network at ``batch_size``, computed on
     fake tensors: the step runs as training's second and later ones do (Lightning's order), with AdamW's state made
-    and the previous step's gradients alive during the forward pass."""
+    and the previous step's gradients alive during the forward pass.
+
+    Fake tensors and ``MemTracker`` are private PyTorch API, tested with the pinned torch only. A torch that cannot run
+    the step (13 planning tests failed so on an H200 with torch 2.11; not reproduced on a CPU with 2.11 or 2.13) ends
+    in one line naming that torch, the step and the way out; the original error is chained for a traceback.
+    """
+    try:
+        return StepMeasurement(batch_size, precision, _fake_peak_bytes(recipe, batch_size, precision))
+    except MedsegError:
+        raise
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise MedsegError(
+            f"the fake-tensor memory estimate failed at {precision}, batch {batch_size}, patch {list(recipe.patch_size)} under torch "
+            f"{torch.__version__} ({type(error).__name__}: {reason}): install the tested torch==2.13.0, or on a CUDA GPU leave "
+            "--capacity-gib out to measure real steps instead"
+        ) from error
+
+
+def _fake_peak_bytes(recipe: Recipe, batch_size: int, precision: str) -> int:
+    """Return MemTracker's peak of the step's live bytes on fake CPU tensors."""
     with FakeTensorMode():
         net = network_for(recipe).train()
         optimizer = training_optimizer(net.parameters())
@@ -60,8 +81,7 @@ def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasuremen
             optimizer.zero_grad(set_to_none=True)  # after the forward pass, as Lightning releases them
             loss.backward()
             optimizer.step()
-        peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
-    return StepMeasurement(batch_size, precision, int(peak))
+        return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
 
 
 _estimates: dict[str, StepMeasurement] = {}

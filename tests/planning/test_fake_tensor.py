@@ -1,8 +1,13 @@
 """Fake-tensor step cost: a training step's memory for a GPU that is not here."""
 
-import pytest
+import re
 
+import pytest
+import torch
+
+from medseg.errors import MedsegError
 from medseg.model.networks import network_for
+from medseg.planning import fake_tensor
 from medseg.planning.batch_search import fit_memory
 from medseg.planning.fake_tensor import fake_step, fake_tensor_step_cost
 from medseg.recipe import Recipe
@@ -27,3 +32,26 @@ def test_mixed_precision_needs_clearly_less_memory_per_sample_than_fp32(mixed) -
 def test_fake_step_costs_are_remembered_per_recipe_batch_and_precision() -> None:
     cost = fake_tensor_step_cost(RECIPE, "32-true")
     assert cost(2) is cost(2) and cost(2) is not fake_tensor_step_cost(RECIPE, "16-mixed")(2)
+
+
+def test_a_step_this_torch_cannot_fake_is_one_line_naming_the_torch_version_and_the_way_out(monkeypatch) -> None:
+    # fake tensors are private torch API: another torch may fail inside the step (13 planning tests did on an H200 with torch 2.11)
+    def unsupported(logits, label):
+        raise RuntimeError("aten::scatter_ has no fake implementation\n(the rest of torch's message)")
+
+    monkeypatch.setattr(fake_tensor, "dice_ce_footprint", unsupported)
+    with pytest.raises(MedsegError) as caught:
+        fake_step(RECIPE, 2, "16-mixed")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert re.fullmatch(
+        rf"the fake-tensor memory estimate failed at 16-mixed, batch 2, patch \[32, 32, 16\] under torch {re.escape(torch.__version__)} "
+        r"\(RuntimeError: aten::scatter_ has no fake implementation\): install the tested torch==2\.13\.0, or on a CUDA GPU leave "
+        r"--capacity-gib out to measure real steps instead",
+        str(caught.value),
+    )
+
+
+def test_a_bad_network_in_the_recipe_keeps_its_own_one_line_error() -> None:
+    bad = Recipe("UNet", {"channels": [16], "strides": [], "num_res_units": 1}, ("CT",), ("b", "o"), (16, 16, 16))
+    with pytest.raises(MedsegError, match=r"^bad arguments for network UNet"):
+        fake_step(bad, 1, "16-mixed")
