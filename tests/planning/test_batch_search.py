@@ -73,7 +73,8 @@ def test_plan_refits_when_the_line_underestimates_and_uses_most_of_the_budget() 
     device = SimulatedDevice(4000 * MiB, lambda b: 300 * MiB + 200 * MiB * math.sqrt(b) * 3)
     plan = plan_batch_size(device.step_cost("32-true"), "32-true", budget_bytes=4000 * MiB)
     largest = max(b for b in range(1, 1025) if device.peak_bytes(b) <= 4000 * MiB)
-    assert plan.measured_peak_bytes >= 0.85 * 4000 * MiB or plan.batch_size == largest
+    # the line through 1 and 2 predicts 16; refits on the measured peaks reach 31 (38 is the largest that fits)
+    assert 0.85 * 4000 * MiB <= plan.measured_peak_bytes <= 4000 * MiB and 16 < plan.batch_size <= largest
 
 
 def test_plan_respects_the_maximum_batch_size() -> None:
