@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from medseg.planning.cuda_steps import measure_cuda_step
+from medseg.planning.fake_tensor import fake_step
 from medseg.planning.on_device import plan_on_device
-from medseg.planning.step import TrainingSetup
+from medseg.planning.step import TrainingSetup, training_setup
+from medseg.recipe import Recipe
 from tests.helpers.stand_ins import MiB
 
 
@@ -70,3 +72,15 @@ def test_cuda_trial_plans_on_the_steady_state_and_keeps_the_first_steps_autotuni
     tuned = replace(tiny_setup, net=FirstStepWorkspace(tiny_setup.net, 512 * MiB))
     trial = measure_cuda_step(tuned, 4, "32-true")
     assert trial.first_step_peak_bytes > 512 * MiB > trial.peak_bytes
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_the_fake_tensor_estimate_lies_within_ten_percent_of_the_measured_steady_state(precision: str) -> None:
+    # what planning without a GPU (--capacity-gib, medseg.plan) relies on: issue 19's target for the estimator
+    recipe = Recipe("UNet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}, ("CT",), ("b", "o", "l"), (64, 64, 32))
+    setup = training_setup(recipe)
+    setup.net.cuda()
+    measured = measure_cuda_step(setup, 2, precision, steps=2).peak_bytes
+    estimated = fake_step(recipe, 2, precision).peak_bytes
+    assert abs(estimated - measured) <= 0.10 * measured, (estimated / MiB, measured / MiB)
