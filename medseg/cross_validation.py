@@ -31,6 +31,7 @@ from medseg.inference import InferenceOptions, segment_scans
 from medseg.inference.postprocessing import POSTPROCESSING_FILE
 from medseg.postprocess import choose_postprocessing
 from medseg.tables import format_rows
+from medseg.training.cli import build_cli
 
 log = logging.getLogger("medseg.cross_validation")
 
@@ -89,8 +90,6 @@ def _mean_dice(evaluation: Evaluation) -> dict[str, float]:
 
 def run_cross_validation(args: list[str]) -> dict:
     """Train every fold as ``args`` say (``--data.fold all`` removed), then write and return the summary."""
-    from medseg.training.cli import build_cli
-
     args = without_fold(args)
     probe = build_cli([*args, "--data.fold=0"])  # the configuration as every fold reads it, checked before any fold trains
     data, logger = probe.config["data"], probe.config["trainer"]["logger"]
