@@ -26,7 +26,7 @@ import numpy as np
 from medseg.atomic import write_text_atomic
 from medseg.data.split import split_cases
 from medseg.errors import MedsegError
-from medseg.evaluate import Evaluation, read_label_pair, score_case
+from medseg.evaluate import Evaluation, dice_per_class, read_label_pair, score_case
 from medseg.inference import InferenceOptions, segment_scans
 from medseg.inference.postprocessing import POSTPROCESSING_FILE
 from medseg.postprocess import choose_postprocessing
@@ -83,8 +83,10 @@ def summary_table(summary: dict) -> str:
     return format_rows([{key: f"{value:.4f}" if isinstance(value, float) else value for key, value in row.items()} for row in rows])
 
 
-def _mean_dice(evaluation: Evaluation) -> dict[str, float]:
-    means = {name: float(np.nanmean(evaluation.column("dice", index))) for index, name in enumerate(evaluation.class_names)}
+def _mean_dice(dice: list[tuple[float, ...]], class_names: list[str]) -> dict[str, float]:
+    """Return each foreground class's Dice averaged over the cases where it is defined, and their mean."""
+    with np.errstate(invalid="ignore"):
+        means = {name: float(np.nanmean([case[index] for case in dice])) for index, name in enumerate(class_names[1:])}
     return {**means, "mean": float(np.mean(list(means.values())))}
 
 
@@ -125,20 +127,21 @@ def run_cross_validation(args: list[str]) -> dict:
 
 def summarise(folder: Path, folds: list[tuple[int, list]], class_names: list[str]) -> dict:
     """Write summary.json and postprocessing.json for the finished ``folds`` under ``folder``, print the table, return the summary."""
-    per_fold, pooled_scores, pooled_maps = [], [], []
+    per_fold, pooled_dice, pooled_maps = [], [], []
     for fold, val_cases in folds:
-        predictions = [(folder / f"fold_{fold}" / VALIDATION_FOLDER / f"{case.name}.nii.gz", case.label) for case in val_cases]
-        scores = [score_case(prediction, truth) for prediction, truth in predictions]
-        per_fold.append({"fold": fold, "cases": len(scores), "dice": _mean_dice(Evaluation(scores, class_names[1:]))})
-        pooled_scores += scores
-        pooled_maps += [read_label_pair(prediction, truth)[:2] for prediction, truth in predictions]
+        # each label map is read once: its Dice here, and the map itself for choosing postprocessing
+        maps = [read_label_pair(folder / f"fold_{fold}" / VALIDATION_FOLDER / f"{case.name}.nii.gz", case.label)[:2] for case in val_cases]
+        dice = [dice_per_class(pred, truth, len(class_names)) for pred, truth in maps]
+        per_fold.append({"fold": fold, "cases": len(dice), "dice": _mean_dice(dice, class_names)})
+        pooled_dice += dice
+        pooled_maps += maps
     names = [*class_names[1:], "mean"]
     summary = {
         "folder": str(folder),
         "class_names": class_names,
         "folds": per_fold,
         "mean_over_folds": {name: float(np.mean([fold["dice"][name] for fold in per_fold])) for name in names},
-        "pooled": {"cases": len(pooled_scores), "dice": _mean_dice(Evaluation(pooled_scores, class_names[1:]))},
+        "pooled": {"cases": len(pooled_dice), "dice": _mean_dice(pooled_dice, class_names)},
     }
     write_text_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=2))
     chosen = choose_postprocessing(pooled_maps, class_names)
