@@ -103,7 +103,10 @@ def _one_hot_pair(pred: np.ndarray, truth: np.ndarray, classes: int) -> tuple[to
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> tuple[float, ...]:
     """Return Dice of foreground classes 1..classes-1: 0 for a class in only one of the maps, NaN for one in neither."""
-    pred_hot, truth_hot = _one_hot_pair(pred, truth, classes)
+    return _dice(*_one_hot_pair(pred, truth, classes))
+
+
+def _dice(pred_hot: torch.Tensor, truth_hot: torch.Tensor) -> tuple[float, ...]:
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred_hot, truth_hot)[0]
     both_empty = (pred_hot[0, 1:].sum(dim=(1, 2, 3)) == 0) & (truth_hot[0, 1:].sum(dim=(1, 2, 3)) == 0)
     dice[both_empty] = math.nan
@@ -122,7 +125,7 @@ def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
         return CaseScores(case_name(prediction), (), ())
     pred_hot, truth_hot = _one_hot_pair(pred, truth, classes)
     hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(pred_hot, truth_hot, spacing=list(spacing))[0]
-    return CaseScores(case_name(prediction), dice_per_class(pred, truth, classes), tuple(hd95.tolist()))
+    return CaseScores(case_name(prediction), _dice(pred_hot, truth_hot), tuple(hd95.tolist()))
 
 
 def _ground_truth(source: Path) -> tuple[dict[str, Path], list[str]]:
