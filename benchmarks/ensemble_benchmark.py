@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import monai
-import numpy as np
 import torch
 
 from medseg.data.demo import generate_demo_dataset
@@ -32,6 +31,7 @@ from medseg.evaluate import evaluate
 from medseg.inference import InferenceOptions, Predictor, segment_scans
 from medseg.inference.checkpoint import load_ensemble
 from medseg.tables import markdown_rows
+from medseg.viz import plot_score_comparison
 
 
 def best_fold_checkpoint(folder: Path) -> tuple[int, Path]:
@@ -45,10 +45,8 @@ def best_fold_checkpoint(folder: Path) -> tuple[int, Path]:
 def scores(predictions: Path, truth: Path) -> dict[str, dict[str, float]]:
     """Return mean Dice and HD95 per class (over the cases where each is defined)."""
     result = evaluate(predictions, truth)
-    return {
-        name: {metric: float(np.nanmean(result.column(metric, index))) for metric in ("dice", "hd95_mm")}
-        for index, name in enumerate(result.class_names)
-    }
+    means = {metric: result.class_means(metric) for metric in ("dice", "hd95_mm")}
+    return {name: {metric: means[metric][name] for metric in means} for name in result.class_names}
 
 
 def window_seconds(models: list, scan, repeats: int) -> float:
@@ -70,7 +68,7 @@ def main() -> None:
     parser.add_argument("--unseen", type=int, default=8, help="unseen demo cases to segment")
     parser.add_argument("--repeats", type=int, default=3, help="timed window stages per model count")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs and predictions (default: a temporary one)")
-    parser.add_argument("--output", type=Path, required=True, help="results stem: writes .json and .md")
+    parser.add_argument("--output", type=Path, required=True, help="results stem: writes .json, .md and a .png of Dice per class")
     args, training = parser.parse_known_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="medseg-ensemble-"))
     runs = work / "runs"
@@ -129,6 +127,8 @@ def main() -> None:
         f"Postprocessing chosen on the pooled validation: {record['postprocessing']}",
     ]
     args.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    dice = {name: {c: v["dice"] for c, v in per_class.items()} for name, per_class in results.items()}
+    plot_score_comparison(dice, "Dice").savefig(args.output.with_suffix(".png"), dpi=120)
     print("\n".join(lines))
 
 

@@ -46,6 +46,15 @@ class Evaluation:
         """Return one class's scores over the cases, NaN where the class was absent or undefined."""
         return np.array([getattr(case, metric)[index] if index < len(getattr(case, metric)) else math.nan for case in self.cases])
 
+    def class_means(self, metric: str) -> dict[str, float]:
+        """Return each class's mean ``metric`` ("dice" or "hd95_mm") over the cases where it is defined (NaN if none)."""
+        means = {}
+        for index, name in enumerate(self.class_names):
+            values = self.column(metric, index)
+            values = values[np.isfinite(values)]
+            means[name] = float(values.mean()) if values.size else math.nan
+        return means
+
     def summary_lines(self) -> list[str]:
         """Return one line per class: mean and standard deviation over the cases where each score is defined."""
         lines = [f"{len(self.cases)} cases; mean +- std over cases where the score is defined (n)"]

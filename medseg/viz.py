@@ -241,6 +241,30 @@ def plot_training_curves(metrics_csv: str | Path, class_names: Sequence[str] | N
     return figure
 
 
+def plot_score_comparison(scores: Mapping[str, Mapping[str, float]], metric: str = "Dice") -> Figure:
+    """Return one group of bars per class, one bar per way of predicting (e.g. a single fold against the ensemble).
+
+    Args:
+        scores: way -> class name -> mean score (``Evaluation.class_means``); every way names the same classes.
+        metric: the score's name, for the axis ("Dice" is drawn on [0, 1]).
+    """
+    ways = list(scores)
+    classes = list(scores[ways[0]])
+    figure = Figure(figsize=(max(5, 1.6 * len(classes) * len(ways) / 2 + 2), 4), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(ways)
+    for offset, way in enumerate(ways):
+        positions = [index + (offset - (len(ways) - 1) / 2) * width for index in range(len(classes))]
+        bars = axes.bar(positions, [scores[way][name] for name in classes], width, label=way)
+        axes.bar_label(bars, fmt="%.3f", fontsize=8)
+    axes.set_xticks(range(len(classes)), classes)
+    axes.set(ylabel=metric)
+    if metric == "Dice":
+        axes.set_ylim(0, 1.05)
+    figure.legend(loc="outside upper center", ncols=len(ways))
+    return figure
+
+
 def case_summary(case: Case, class_names: Sequence[str]) -> dict[str, object]:
     """Return one row of the dataset table: shape, spacing, orientation, intensity range and label volume per class (ml).
 

@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # Figures each notebook must show inline (a figure that fails to render is silently missing otherwise).
-FIGURES = {"01_explore_data.ipynb": 3, "02_memory_fp32_vs_amp.ipynb": 1, "03_inference.ipynb": 2}
+FIGURES = {"01_explore_data.ipynb": 3, "02_memory_fp32_vs_amp.ipynb": 1, "03_inference.ipynb": 2, "04_cross_validation.ipynb": 2}
 CELL_TIMEOUT_S = 120
 
 

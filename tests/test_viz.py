@@ -179,3 +179,14 @@ def test_case_summary_reports_geometry_and_label_volumes(demo_root):
     assert list(row) == ["case", "shape", "spacing_mm", "orientation", "intensity", "organ_ml", "lesion_ml"]
     assert row["case"] == "phantom_000" and row["orientation"] == "LPS"
     assert row["organ_ml"] > 0 and row["lesion_ml"] > 0
+
+
+def test_score_comparison_draws_a_bar_per_way_and_class_with_its_value():
+    scores = {"best single fold": {"organ": 0.9, "lesion": 0.5}, "5-fold ensemble": {"organ": 0.92, "lesion": 0.55}}
+    figure = viz.plot_score_comparison(scores, "Dice")
+    axes = figure.axes[0]
+    heights = [round(bar.get_height(), 3) for container in axes.containers for bar in container]
+    assert heights == [0.9, 0.5, 0.92, 0.55]
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["organ", "lesion"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == list(scores)
+    assert axes.get_ylim() == (0, 1.05)

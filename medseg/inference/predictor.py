@@ -26,6 +26,9 @@ from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_
 from medseg.precision import autocast, check_precision, inference_precision
 
 FLIP_AXES = [dims for n in (1, 2, 3) for dims in itertools.combinations((2, 3, 4), n)]
+# An ensemble's weights may take this share of the GPU memory free when inference starts; beyond it the models
+# wait on the CPU and visit the GPU in turn, leaving the rest to windows and stitching
+ENSEMBLE_WEIGHTS_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,17 @@ class ScanInput:
     reference: NiftiImage
 
 
+def weight_bytes(network: torch.nn.Module) -> int:
+    """Return the bytes of a network's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in itertools.chain(network.parameters(), network.buffers()))
+
+
+def ensemble_stays_on_device(member_bytes: Sequence[int], free_bytes: int) -> bool:
+    """Return whether every model of an ensemble may stay on the GPU: one model always does, several while their
+    weights together take at most ``ENSEMBLE_WEIGHTS_SHARE`` of the free memory."""
+    return len(member_bytes) == 1 or sum(member_bytes) <= ENSEMBLE_WEIGHTS_SHARE * free_bytes
+
+
 class Predictor:
     """Segments whole scans with one loaded model, or an ensemble of them, as the (first) recipe says; reuse it across a
     folder so the models load once."""
@@ -128,8 +142,11 @@ class Predictor:
         first = self.models[0].recipe
         self.recipe = first.with_changes(window=self.options.window_changes())
         self.precision = self.options.precision or inference_precision(first.precision, self.device.type)
+        self.resident = self.device.type != "cuda" or ensemble_stays_on_device(
+            [weight_bytes(member.network) for member in self.models], torch.cuda.mem_get_info(self.device)[0]
+        )
         for member in self.models:
-            member.network.to(self.device)
+            member.network.to(self.device if self.resident else "cpu")
             if self.device.type == "cuda":
                 # with cuDNN autotuning (below), channels-last weights ran fp16 windows 1.28x faster on an H200
                 # (benchmarks/results/inference_cuda_autotuned.md); a CPU's oneDNN chooses its own layout
@@ -143,12 +160,22 @@ class Predictor:
 
         Every model sees the same windows one after another, and their mean is blended once: the same as nnU-Net's
         mean of each fold's blended logits (blending is linear), with one stitching buffer instead of one per model.
+        Models that are not ``resident`` visit the device for their turn only.
         """
         with autocast(self.precision, self.device.type):
             logits = sum(self._model_logits(member.network, windows) for member in self.models)
         return logits / len(self.models) if len(self.models) > 1 else logits
 
     def _model_logits(self, network: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        if not self.resident:
+            network.to(self.device)
+            try:
+                return self._resident_logits(network, windows)
+            finally:
+                network.to("cpu")
+        return self._resident_logits(network, windows)
+
+    def _resident_logits(self, network: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
         logits = network(windows).float()
         if self.options.tta:
             for dims in FLIP_AXES:
@@ -179,6 +206,8 @@ class Predictor:
                 raise MedsegError(f"out of memory on {self.device} even with window batch 1 and stitching on the CPU")
             notes.append(f"out of memory, retried with window batch {batch}")
         route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {logits.device}"
+        if not self.resident:
+            route += f"; the {len(self.models)} models visit {self.device} in turn (their weights take over {ENSEMBLE_WEIGHTS_SHARE:.0%} of its free memory)"
         return torch.softmax(logits[0].cpu(), dim=0), route + "".join(f"; {note}" for note in notes)
 
     def read(self, case: Case, reference: NiftiImage | None = None) -> ScanInput:

@@ -15,9 +15,12 @@ import torch
 from medseg.errors import MedsegError
 from medseg.infer import main
 from medseg.inference import InferenceOptions, Predictor, load_trained_model
+from medseg.inference import predictor as predictor_module
 from medseg.inference.checkpoint import load_ensemble
+from medseg.inference.predictor import ensemble_stays_on_device, weight_bytes
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, Postprocessing
 from medseg.model.networks import build_network
+from tests.helpers.stand_ins import MiB
 
 from .conftest import SPACING_MM, TINY_UNET, medseg_meta, phantom_hu, phantom_labels, save_checkpoint, save_scan
 
@@ -126,3 +129,28 @@ def test_postprocessing_chosen_for_other_classes_is_refused(members, scans, tmp_
         "but the models predict ['background', 'box', 'slab']"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_one_model_always_stays_on_the_gpu_and_several_while_their_weights_take_a_quarter_of_free_memory():
+    assert ensemble_stays_on_device([10 * MiB], free_bytes=1 * MiB)
+    assert ensemble_stays_on_device([10 * MiB] * 5, free_bytes=200 * MiB)
+    assert not ensemble_stays_on_device([10 * MiB] * 5, free_bytes=199 * MiB)
+
+
+def test_the_weight_bytes_of_a_network_count_its_parameters_and_buffers():
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
+    # float32: conv weight and bias, norm weight and bias, running mean and variance; int64: the norm's batch count
+    assert weight_bytes(network) == 4 * (2 * 27 + 2 + 2 + 2 + 2 + 2) + 8
+
+
+@pytest.mark.cuda
+def test_models_that_do_not_fit_visit_the_gpu_in_turn_and_predict_the_same(members, monkeypatch):
+    options = InferenceOptions(precision="32-true", device="cuda", sw_batch_size=2)
+    resident = Predictor([load_trained_model(path) for path in members], options)
+    expected, _ = resident.probabilities(_image())
+    monkeypatch.setattr(predictor_module, "ENSEMBLE_WEIGHTS_SHARE", 0.0)
+    visiting = Predictor([load_trained_model(path) for path in members], options)
+    probabilities, route = visiting.probabilities(_image())
+    assert not visiting.resident and "visit cuda in turn" in route
+    assert all(p.device.type == "cpu" for member in visiting.models for p in member.network.parameters())
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=1e-5)

@@ -59,6 +59,12 @@ def test_summary_gives_mean_and_std_over_cases_where_defined(folders):
     assert lines[2] == "class_2: Dice 0.0000 +- 0.0000 (n=1), HD95 6.0000 +- 0.0000 mm (n=1)"
 
 
+def test_class_means_average_over_the_cases_where_a_score_is_defined(folders):
+    result = evaluate(*folders)
+    assert result.class_means("dice") == pytest.approx({"class_1": 5 / 6, "class_2": 0.0})
+    assert result.class_means("hd95_mm") == pytest.approx({"class_1": 2.0, "class_2": 6.0})
+
+
 def test_cli_writes_per_case_csv_with_nan_for_a_class_absent_from_both(folders, tmp_path, capsys):
     pred, gt = folders
     assert main(["--pred", str(pred), "--gt", str(gt), "--output", str(tmp_path / "scores.csv")]) == 0
