@@ -19,7 +19,7 @@ import numpy as np
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
 from medseg.planning import rules
-from medseg.planning.batch_search import fit_memory
+from medseg.planning.batch_search import MemoryFit, plan_batch_size
 from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, budget_bytes
 from medseg.planning.step import StepCost
 from medseg.recipe import Recipe
@@ -31,14 +31,15 @@ StepCosts = Callable[[Recipe, str], StepCost]  # a candidate and a precision -> 
 
 @dataclass
 class PrecisionPlan:
-    """What one precision gets: the largest patch with its UNet at batch 2 in budget, then the batch.
+    """What one precision gets: the largest patch with its UNet at batch 2 in budget, then the batch the batch search
+    verifies (``plan_batch_size``, as training plans it), within what the dataset warrants.
 
     Attributes:
         precision: Lightning precision string.
         patch_size: training patch (x, y, z) in voxels at the target spacing.
         network_kwargs: MONAI UNet arguments (channels, strides per level and axis, residual units).
         batch_size, batch_reason: the batch and the rule that set it.
-        peak_bytes: the step's peak at ``batch_size`` (fitted line through the costed steps).
+        peak_bytes: the step's peak at ``batch_size``: its verified trial's (the fitted line's below a throughput knee).
         budget_bytes: memory a step may use.
         fixed_bytes, per_sample_bytes: the fitted line ``peak = fixed + per_sample x batch``.
         samples_per_second: per batch size, where steps were timed (GPU only).
@@ -131,11 +132,16 @@ def plan_precision(
     """Return one precision's patch, network and batch under ``budget``."""
     recipe, tried = largest_patch(fingerprint, spacing, median_shape, precision, budget, step_costs)
     step_cost = step_costs(recipe, precision)
-    steps = [step_cost(size) for size in (1, rules.MIN_BATCH_SIZE)]
-    fit = fit_memory(steps)
-    batch, reason = rules.largest_batch(fit.fixed_bytes, fit.per_sample_bytes, budget, recipe.patch_size, dataset_voxels)
+    limit = rules.dataset_batch_limit(recipe.patch_size, dataset_voxels)
+    search = plan_batch_size(step_cost, precision, budget, max_batch_size=limit)  # the training planner's search
+    batch = search.batch_size
+    if batch == limit:
+        reason = f"at most {rules.MAX_DATASET_SHARE:.0%} of the dataset's voxels per step"
+    else:
+        reason = "the largest batch the memory budget holds (verified)"
+    fit = MemoryFit(search.fixed_bytes, search.per_sample_bytes)
     throughput: dict[int, float] = {}
-    if steps[-1].seconds:  # timed steps (a GPU): stop where doubling the batch stops paying
+    if search.samples_per_second:  # timed steps (a GPU): stop where doubling the batch stops paying
         size = rules.MIN_BATCH_SIZE
         while size <= batch:
             step = step_cost(size)
@@ -146,8 +152,9 @@ def plan_precision(
         knee = rules.throughput_knee(throughput)
         if knee < batch:
             batch, reason = knee, f"samples/s rises < {rules.THROUGHPUT_GAIN:.0%} per doubling beyond it"
+    peak = search.measured_peak_bytes if batch == search.batch_size else fit.peak_bytes(batch)
     return PrecisionPlan(
-        precision, list(recipe.patch_size), recipe.network_kwargs, batch, reason, fit.peak_bytes(batch), budget,
+        precision, list(recipe.patch_size), recipe.network_kwargs, batch, reason, peak, budget,
         fit.fixed_bytes, fit.per_sample_bytes, throughput, tried,
     )
 

@@ -93,13 +93,9 @@ def smaller_patch(patch: Sequence[int], median_shape: Sequence[float]) -> list[i
     return smaller
 
 
-def largest_batch(fixed_bytes: float, per_sample_bytes: float, budget_bytes: float, patch: Sequence[int], dataset_voxels: float) -> tuple[int, str]:
-    """Return the batch size and why: as many as the memory holds, at least 2, at most 5 % of the dataset's voxels per step."""
-    by_memory = int((budget_bytes - fixed_bytes) // per_sample_bytes) if per_sample_bytes > 0 else MIN_BATCH_SIZE
-    by_dataset = max(MIN_BATCH_SIZE, int(MAX_DATASET_SHARE * dataset_voxels // math.prod(patch)))
-    if by_dataset <= by_memory:
-        return max(MIN_BATCH_SIZE, by_dataset), f"at most {MAX_DATASET_SHARE:.0%} of the dataset's voxels per step (memory holds {by_memory})"
-    return max(MIN_BATCH_SIZE, by_memory), "as many as the memory budget holds"
+def dataset_batch_limit(patch: Sequence[int], dataset_voxels: float) -> int:
+    """Return the largest batch the dataset warrants: at most ``MAX_DATASET_SHARE`` of its voxels per step, at least 2."""
+    return max(MIN_BATCH_SIZE, int(MAX_DATASET_SHARE * dataset_voxels // math.prod(patch)))
 
 
 def throughput_knee(samples_per_second: dict[int, float]) -> int:

@@ -6,7 +6,10 @@ from medseg.data.fingerprint import DatasetFingerprint
 from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
 from medseg.planning.fake_tensor import fake_tensor_step_cost
+from medseg.planning import rules
 from medseg.planning.dataset_plan import make_plan
+from medseg.planning.step import StepMeasurement
+from tests.helpers.stand_ins import MiB
 
 GiB = 2**30
 
@@ -53,3 +56,23 @@ def test_all_background_labels_fail_the_plan_in_one_line(fingerprints):
     empty = replace(fingerprints["demo"], cases=tuple(replace(c, class_voxels=(sum(c.class_voxels), 0, 0)) for c in fingerprints["demo"].cases))
     with pytest.raises(MedsegError, match=r"every label is background \(no voxel of organ, lesion\)"):
         make_plan(empty, 8 * GiB, fake_tensor_step_cost, "fake")
+
+
+def test_the_batch_is_the_largest_whose_step_fits_when_memory_grows_faster_than_the_line_of_the_first_sizes(fingerprints, monkeypatch):
+    monkeypatch.setattr(rules, "MAX_DATASET_SHARE", 1e6)  # memory alone decides
+    # peak = 100 MiB + 10 MiB x b + 1 MiB x b^2: the line through batches 1 and 2 predicts 30 for a 500 MiB budget,
+    # whose step peaks at 1300 MiB; 15 is the largest that fits (475 MiB, 16: 516 MiB)
+    peaks = lambda b: (100 + 10 * b + b * b) * MiB
+    step_costs = lambda recipe, precision: lambda b: StepMeasurement(b, precision, peaks(b))
+    plan = make_plan(fingerprints["demo"], int(500 * MiB / 0.9) + 1, step_costs, "quadratic", precisions=("16-mixed",))
+    chosen = plan.chosen
+    assert chosen.batch_size == 15 and chosen.peak_bytes == peaks(15) <= chosen.budget_bytes
+    assert chosen.batch_reason == "the largest batch the memory budget holds (verified)"
+
+
+def test_the_batch_stops_at_five_percent_of_the_dataset_when_memory_holds_more(fingerprints):
+    step_costs = lambda recipe, precision: lambda b: StepMeasurement(b, precision, (100 + b) * MiB)
+    plan = make_plan(fingerprints["demo"], 80 * GiB, step_costs, "linear", precisions=("16-mixed",))
+    chosen = plan.chosen
+    assert chosen.batch_size == rules.dataset_batch_limit(chosen.patch_size, plan.dataset_voxels)
+    assert chosen.batch_reason == "at most 5% of the dataset's voxels per step"

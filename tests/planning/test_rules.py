@@ -29,9 +29,8 @@ def test_unet_brings_every_axis_to_four_to_seven_voxels_at_the_bottleneck():
 
 
 def test_batch_covers_at_most_five_percent_of_the_dataset_but_at_least_two():
-    assert rules.largest_batch(0, 1, 100, [10, 10, 10], dataset_voxels=200_000)[0] == 10
-    assert rules.largest_batch(0, 1, 100, [10, 10, 10], dataset_voxels=1_000)[0] == 2
-    assert rules.largest_batch(0, 1, 7, [10, 10, 10], dataset_voxels=1e9)[0] == 7
+    assert rules.dataset_batch_limit([10, 10, 10], dataset_voxels=200_000) == 10
+    assert rules.dataset_batch_limit([10, 10, 10], dataset_voxels=1_000) == 2
 
 
 def test_throughput_knee_is_the_last_doubling_that_added_ten_percent():
