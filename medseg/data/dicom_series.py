@@ -23,6 +23,8 @@ PREAMBLE_BYTES = 128
 MAGIC = b"DICM"
 # Attributes that group files into series and name them; reading only these keeps a large archive's scan quick.
 GROUPING_TAGS = ["SeriesInstanceUID", "SeriesDescription", "Modality"]
+# The SOP class of a DICOMDIR (PS3.3 F.2), which CD and archive exports put beside their series.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9.-]+")
 NAME_LENGTH = 48
 
@@ -80,6 +82,8 @@ def find_series(folder: Path) -> list[tuple[str, tuple[Path, ...]]]:
         except Exception:  # noqa: BLE001  (reading the series again reports the reason, naming the file)
             uid, description = f"unreadable {path}", path.name
         else:
+            if ds.file_meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+                continue  # a DICOMDIR indexes the files beside it; it is not a series
             uid = str(ds.get("SeriesInstanceUID") or f"no SeriesInstanceUID in {path.parent}")
             description = str(ds.get("SeriesDescription") or ds.get("Modality") or "series")
         groups[uid].append(path)

@@ -13,7 +13,10 @@ from medseg.data.formats import find_scans
 from medseg.errors import MedsegError
 from tests.helpers.dicom_series import SeriesGeometry, oblique_directions, write_series
 
-from pydicom.uid import ComprehensiveSRStorage, RTStructureSetStorage, SegmentationStorage  # noqa: E402  (after the helper skips without pydicom)
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402  (after the helper skips without pydicom)
+from pydicom.uid import (  # noqa: E402
+    ComprehensiveSRStorage, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, RTStructureSetStorage, SegmentationStorage, generate_uid,
+)
 from medseg.data.dicom_series import series_name  # noqa: E402
 from medseg.data.dicom_volume import read_series  # noqa: E402
 
@@ -38,6 +41,18 @@ def test_each_series_is_a_case_found_in_subfolders_beside_nifti_files(tmp_path):
     series = sorted((case for case in cases if case.dicom), key=lambda case: case.name)
     assert [case.name.rsplit("_", 1)[0] for case in series] == ["CT_abdomen", "CT_late_phase"]
     assert [len(case.images) for case in series] == [SHAPE[2], SHAPE[2]]
+
+
+def test_a_dicomdir_beside_the_series_is_not_a_case(tmp_path):
+    write_series(tmp_path / "series", _hu())
+    index = Dataset()
+    index.file_meta = FileMetaDataset()
+    index.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    index.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    index.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    index.FileSetID = "EXPORT"
+    index.save_as(tmp_path / "DICOMDIR", enforce_file_format=True)
+    assert [len(case.images) for case in find_scans(tmp_path)] == [SHAPE[2]]
 
 
 def test_series_name_is_the_sanitised_description_and_a_stable_hash_of_the_uid():
