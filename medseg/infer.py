@@ -1,4 +1,4 @@
-"""``python -m medseg.infer``: segment a NIfTI scan, a folder of scans, or a dataset with a trained checkpoint."""
+"""``python -m medseg.infer``: segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset with a trained checkpoint."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ from typing import Sequence
 
 from medseg.errors import MedsegError
 from medseg.inference.predictor import InferenceOptions
-from medseg.inference.runner import segment_scans
+from medseg.inference.runner import OUTPUT_FORMATS, segment_scans
 from medseg.precision import PRECISIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of scans, or a dataset file with a trained medseg checkpoint.")
+    parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.")
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt), "
                              "are ensembled: window logits averaged over the models, as nnU-Net averages folds")
-    parser.add_argument("--input", required=True, help="a .nii/.nii.gz scan, a folder of them, or a dataset (folder or dataset.json; its training cases)")
-    parser.add_argument("--output", required=True, help="folder for <case>.nii.gz label maps")
+    parser.add_argument("--input", required=True,
+                        help="a .nii/.nii.gz scan; a folder of them and of DICOM series (each series a case, subfolders searched; "
+                             'needs pip install "medseg[dicom]"); or a dataset (folder or dataset.json; its training cases)')
+    parser.add_argument("--output", required=True, help="folder for <case>.nii.gz label maps (and <case>.seg.dcm DICOM-SEGs)")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="nifti",
+                        help="nifti: <case>.nii.gz; dicom-seg: <case>.seg.dcm referencing the DICOM series (DICOM inputs only); both (default: nifti)")
     parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the checkpoint's recipe, as validation used)")
     parser.add_argument("--no-gaussian", action="store_true", help="blend windows with equal weights instead of a Gaussian (default: the recipe's blending)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips of each window (8x slower)")
@@ -44,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             probabilities=args.probabilities,
         )
-        summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite, postprocessing=not args.no_postprocessing)
+        summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite, postprocessing=not args.no_postprocessing,
+                                output_format=args.output_format)
     except MedsegError as err:
         print(f"medseg: error: {err}", file=sys.stderr)
         return 1

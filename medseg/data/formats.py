@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg.data.dicom_series import find_series
 from medseg.errors import MedsegError
 from medseg.nifti import case_name, is_nifti
 
@@ -17,11 +18,15 @@ CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 @dataclass(frozen=True)
 class Case:
-    """One case: its name (an output's file stem), image files (one per channel, or one multi-channel file), label file if known."""
+    """One case: its name (an output's file stem), image files (one per channel, or one multi-channel file), label file if known.
+
+    With ``dicom``, the image files are the slices of one DICOM series (``medseg.data.dicom_series``).
+    """
 
     name: str
     images: tuple[Path, ...]
     label: Path | None = None
+    dicom: bool = False
 
     def as_dict(self) -> dict:
         """MONAI dictionary-transform input; a single file stays a string so 4D files load as channels."""
@@ -155,20 +160,21 @@ def _folder_scans(folder: Path) -> list[Case]:
 
 
 def find_scans(path: str | Path) -> list[Case]:
-    """Return the cases `path` names: a NIfTI file, a folder of NIfTI files, or a dataset (its training cases)."""
+    """Return the cases `path` names: a NIfTI file, a dataset (its training cases), or a folder of NIfTI files and DICOM
+    series (each series one case, found in subfolders too)."""
     path = Path(path)
     if is_dataset(path):
         scans = list(read_dataset(path).cases)
     elif path.is_dir():
-        scans = _folder_scans(path)
+        scans = _folder_scans(path) + [Case(name, files, dicom=True) for name, files in find_series(path)]
     elif is_nifti(path):
         scans = [Case(case_name(path), (path,))]
     elif not path.exists():
         raise MedsegError(f"{path} does not exist")
     else:
-        raise MedsegError(f"{path} is not a .nii/.nii.gz file, a folder of them, or a dataset.json")
+        raise MedsegError(f"{path} is not a .nii/.nii.gz file, a folder of them or of DICOM series, or a dataset.json")
     if not scans:
-        raise MedsegError(f"{path} holds no .nii or .nii.gz scans")
+        raise MedsegError(f"{path} holds no .nii or .nii.gz scans and no DICOM series")
     names = [scan.name for scan in scans]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Iterator, Mapping, Sequence
 
 import torch
 from monai import transforms as T
@@ -14,6 +17,10 @@ from monai.transforms.utils import map_binary_to_indices
 from medseg.errors import MedsegError
 
 NORMALIZATIONS = ("ct", "ct_zscore", "zscore", "none")
+# MONAI's loader builds every reader it knows beside the one asked for; with pydicom installed (the dicom extra) its
+# nvImageCodec DICOM reader warns, on a logger and as a warning, that the GPU decoder is absent.
+NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+NVIMGCODEC_WARNING = "NvImgCodecPydicomReader"
 # "ct_zscore" clips to the foreground's percentiles (organ HU), too high to tell body from air: crop above this
 BODY_HU = -500.0
 
@@ -77,6 +84,21 @@ def _above(image: torch.Tensor, threshold: float) -> torch.Tensor:
     return image > threshold
 
 
+@contextmanager
+def _quiet_unused_dicom_reader() -> Iterator[None]:
+    """Silence the nvImageCodec reader's notice while a loader is built: medseg loads NIfTI with nibabel and reads DICOM
+    with pydicom and highdicom, so the notice says nothing about a run."""
+    logger = logging.getLogger(NVIMGCODEC_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=NVIMGCODEC_WARNING, category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", label_key: str | None = "label") -> T.Compose:
     """Return the deterministic (cacheable, invertible) transforms from file paths to normalised tensors.
 
@@ -84,8 +106,10 @@ def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", labe
     """
     keys = [image_key] + ([label_key] if label_key else [])
     modes = ["bilinear"] + (["nearest"] if label_key else [])
+    with _quiet_unused_dicom_reader():
+        load = T.LoadImaged(keys, reader="NibabelReader", image_only=True)
     steps: list = [
-        T.LoadImaged(keys, reader="NibabelReader", image_only=True),
+        load,
         T.EnsureChannelFirstd(keys),
         T.EnsureTyped(keys, dtype=torch.float32, track_meta=True),
         T.Orientationd(keys, axcodes=prep.axcodes, labels=None),

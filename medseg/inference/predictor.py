@@ -14,6 +14,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
+from medseg.data.dicom_series import require_pydicom
 from medseg.data.formats import Case
 from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
@@ -214,8 +215,11 @@ class Predictor:
         """Return ``case`` read and preprocessed into the network's space, with the header outputs copy.
 
         ``reference`` replaces the header read from the case's files (an in-memory image saved to a temporary file).
-        Reading holds no model state, so a folder's next scan can be read while this one is segmented.
+        Reading holds no model state, so a folder's next scan can be read while this one is segmented. A DICOM series
+        is read into a NIfTI image first (``read_series``), and its outputs copy that image's header.
         """
+        if case.dicom:
+            return self._read_series(case)
         header = open_scan(case.images, self.recipe.in_channels)  # checks channels and grids before any voxel is read
         source = [str(p) for p in case.images] if len(case.images) > 1 else str(case.images[0])
         try:
@@ -225,6 +229,18 @@ class Predictor:
                 raise
             raise unreadable(", ".join(map(str, case.images)), err.__cause__) from None
         return ScanInput(data, reference or header)
+
+    def _read_series(self, case: Case) -> ScanInput:
+        """Return a DICOM series preprocessed as a NIfTI scan of the same voxels and geometry would be."""
+        require_pydicom(f"DICOM series {case.name}")
+        from medseg.data.dicom_volume import read_series
+
+        if self.recipe.in_channels != 1:
+            raise MedsegError(f"DICOM series {case.name} is one channel but the model expects {self.recipe.in_channels}")
+        image = read_series(case.name, case.images)
+        with saved_image(image) as path:
+            data = self.preprocess({"image": str(path)})
+        return ScanInput(data, image)
 
     def predict(self, case: Case | ScanInput, reference: NiftiImage | None = None) -> Prediction:
         """Return the segmentation of ``case`` (or of a scan ``read`` already) on its own grid: shape, voxel order and

@@ -109,3 +109,10 @@ def test_crop_centres_are_labelled_and_unlabelled_voxels_drawn_once_for_the_cach
     assert len(first["fg_indices"]) == CROP_CENTRES and bool((flat[first["fg_indices"]] == 1).all())
     assert len(first["bg_indices"]) == 27_000 and bool((flat[first["bg_indices"]] == 0).all())  # 1 % of them
     assert torch.equal(first["fg_indices"], second["fg_indices"])  # deterministic: cacheable
+
+
+def test_building_the_preprocessing_gives_no_notice_about_monais_unused_gpu_dicom_reader(caplog, recwarn):
+    pytest.importorskip("pydicom")  # MONAI builds its nvImageCodec DICOM reader only where pydicom is installed
+    preprocessing_transforms(_plain())
+    assert "nvImageCodec" not in caplog.text
+    assert not [warning for warning in recwarn if "NvImgCodec" in str(warning.message)]

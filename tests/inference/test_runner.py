@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -137,3 +138,11 @@ def test_multichannel_scans_are_read_from_channel_files_or_a_4d_file(tmp_path):
         summary = segment_scans(checkpoint, source, tmp_path / f"out_{source.name}", InferenceOptions(sw_batch_size=2))
         assert summary.done == ["case"] and not summary.failed
         assert nib.load(tmp_path / f"out_{source.name}" / "case.nii.gz").shape == (24, 22, 20)
+
+
+def test_dicom_seg_output_without_the_dicom_extra_is_a_one_line_error_saying_what_to_install(random_checkpoint, scans, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
+    assert _run(random_checkpoint, scans, tmp_path / "out", "--output-format", "dicom-seg") == 1
+    err = capsys.readouterr().err.strip()
+    assert err == 'medseg: error: --output-format dicom-seg needs DICOM support, which is not installed: pip install "medseg[dicom]"'
+    assert not (tmp_path / "out").exists()
