@@ -100,7 +100,7 @@ def available_memory_bytes() -> int:
         try:
             readings.append(int(Path(limit).read_text()) - int(Path(usage).read_text()))
         except (OSError, ValueError):  # no such cgroup, or no limit ("max")
-            continue
+            continue  # (a cgroup's usage counts its file cache too, so this errs low)
     known = [value for value in readings if value is not None]
     return max(0, min(known)) if known else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
