@@ -204,7 +204,7 @@ def nnunet_version(python: Path) -> str:
 
 def training_command(root: Path, cache_dir: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "medseg.train", f"--data.root={root}", f"--data.cache_dir={cache_dir}", "--data.num_workers=0",
+        sys.executable, "-m", "medseg.train", f"--data.root={root}", f"--data.cache_dir={cache_dir}", "--data.cache=memory", "--data.num_workers=0",
         "--data.num_folds=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0",
         "--trainer.logger=false", f"--trainer.default_root_dir={out}", "--trainer.callbacks+=benchmarks.planning_benchmark.StopAtFirstStep",
     ]

@@ -94,7 +94,8 @@ def fingerprint_cache_path(cache_dir: str | Path, root: str | Path) -> Path:
     return Path(cache_dir) / "fingerprints" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}.json"
 
 
-def _stamp(path: Path) -> list[Any]:
+def file_stamp(path: Path) -> list[Any]:
+    """Return what identifies a file's version: its path, size and modification time."""
     stat = path.stat()
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
@@ -103,7 +104,7 @@ def case_key(case: Case, num_channels: int, num_classes: int) -> str | None:
     """Return the cache key of a case: its files' paths, sizes and modification times (None if a file is missing)."""
     files = [*case.images, *([case.label] if case.label else [])]
     try:
-        stamps = [_stamp(Path(path)) for path in files]
+        stamps = [file_stamp(Path(path)) for path in files]
     except OSError:
         return None
     text = json.dumps([stamps, num_channels, num_classes])

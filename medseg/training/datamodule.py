@@ -11,8 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader
-from monai.data.utils import pickle_hashing
+from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
 from monai.transforms import Compose, ToDeviced
 
 from medseg.data.demo import default_cache_dir, ensure_demo_dataset
@@ -22,9 +21,11 @@ from medseg.data.sampling import DEFAULT_PATCH_SIZE, EpochSampler, SeededSamples
 from medseg.data.split import split_cases
 from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
 from medseg.data.validation import validate_dataset
+from medseg.data.volume_cache import (
+    CACHE_MODES, VolumeStorage, available_memory_bytes, choose_storage, dataset_bytes, disk_cache, preprocess_missing, split_at_first_random,
+)
 from medseg.errors import MedsegError
 
-CACHE_MODES = ("memory", "disk", "none")
 MAX_WORKERS_PER_GPU = 12  # nnU-Net's default number of augmentation processes per GPU
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,11 @@ class SegmentationDataModule(L.LightningDataModule):
             Which cases and augmentations an epoch gets depends only on the seed (``seed_everything``) and
             the epoch, so a resumed run trains on exactly what an uninterrupted one would.
         num_folds, fold, split_seed: deterministic cross-validation split; fold `fold` is the validation set.
-        cache: "memory" (CacheDataset), "disk" (PersistentDataset in cache_dir, keyed by case and preprocessing) or "none".
+        cache: where preprocessed volumes are kept (``medseg.data.volume_cache``). "auto": preprocessed once into
+            cache_dir (keyed by each case's files and the preprocessing: a second start preprocesses nothing), then held
+            in memory when the dataset takes at most half of the memory available, else read from disk per patch;
+            "memory": preprocessed at every start and held in memory (refused when larger than the memory available);
+            "disk": preprocessed once into cache_dir, read from there per patch; "none": preprocessed per patch.
         cache_dir: where disk caches and the demo data live; None = $MEDSEG_CACHE or ~/.cache/medseg.
         num_workers: data-loading worker processes; "auto" chooses from the device and the cores each rank has
             (``workers_for``) when training starts.
@@ -90,7 +95,7 @@ class SegmentationDataModule(L.LightningDataModule):
         num_folds: int = 5,
         fold: int = 0,
         split_seed: int = 0,
-        cache: str = "memory",
+        cache: str = "auto",
         cache_dir: str | None = None,
         num_workers: int | Literal["auto"] = 2,
         augmentation: Augmentation = Augmentation(),
@@ -100,8 +105,8 @@ class SegmentationDataModule(L.LightningDataModule):
         super().__init__()
         if cache not in CACHE_MODES:
             raise MedsegError(f"unknown cache {cache!r}: choose one of {', '.join(CACHE_MODES)}")
-        if augment_on_gpu and cache != "memory":
-            raise MedsegError(f"augment_on_gpu caches volumes in GPU memory: it needs cache 'memory', not {cache!r}")
+        if augment_on_gpu and cache not in ("memory", "auto"):
+            raise MedsegError(f"augment_on_gpu caches volumes in GPU memory: it needs cache 'memory' or 'auto', not {cache!r}")
         if batch_size < 1:
             raise MedsegError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
@@ -124,6 +129,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.iterations_per_epoch = iterations_per_epoch
         self.train_cases, self.val_cases = split_cases(self.spec.cases, num_folds, fold, split_seed)
         self.cache = cache
+        self.storage: VolumeStorage | None = None  # decided at setup, from the dataset's size and the memory available
         self.num_workers = num_workers
         self.augmentation = augmentation
         self.augment_on_gpu = augment_on_gpu
@@ -147,17 +153,19 @@ class SegmentationDataModule(L.LightningDataModule):
     def channel_names(self) -> list[str]:
         return list(self.spec.channel_names)
 
-    def _dataset(self, cases: list[Case], transform) -> Dataset:
-        data = [case.as_dict() for case in cases]
-        if self.cache == "memory":
+    def _dataset(self, cases: list[Case], transform: Compose) -> Dataset:
+        data, cached, random = [case.as_dict() for case in cases], *split_at_first_random(transform)
+        source, after_source = data, transform
+        if self.storage.on_disk:
+            # keyed by each case's files and the cached transforms' settings: a changed file, spacing or patch is preprocessed again
+            source, after_source = disk_cache(data, cached, self.cache_dir / "preprocessed" / self.spec.root.name), random
+            if not self.storage.in_memory:
+                preprocess_missing(source, self.num_workers or None)
+        if self.storage.in_memory:
             # no copy of the cached volume per patch (50 ms at 250x250x150): the random transforms start with the crop
             # and none works in place, so the cache is never changed (tests/training/test_datamodule.py checks it)
-            return CacheDataset(data, transform, num_workers=self.num_workers or None, progress=True, copy_cache=False)
-        if self.cache == "disk":
-            # keyed by the cached transforms' settings too: a changed spacing or patch never reads volumes cached before
-            folder = self.cache_dir / "preprocessed" / self.spec.root.name
-            return PersistentDataset(data, transform, cache_dir=folder, hash_transform=pickle_hashing)
-        return Dataset(data, transform)
+            return CacheDataset(source, after_source, num_workers=self.num_workers or None, progress=True, copy_cache=False)
+        return Dataset(source, after_source)
 
     def setup(self, stage: str | None = None) -> None:
         if self.num_workers == "auto":
@@ -168,14 +176,32 @@ class SegmentationDataModule(L.LightningDataModule):
                      self.num_workers, cores, ranks, self._device.type)
         if self.check_dataset and self.fingerprint is None:
             self.fingerprint = validate_dataset(self.spec, cache_path=fingerprint_cache_path(self.cache_dir, self.spec.root))
-        prep = preprocessing_transforms(self.preprocessing)
+        if self.storage is None:
+            self.storage = self._choose_storage()
+        # each dataset gets transforms of its own: MONAI's reader keeps the last file it read, which would change the
+        # disk cache's hash of transforms another dataset had used before
         if stage in ("fit", None) and not hasattr(self, "train_dataset"):
+            prep = preprocessing_transforms(self.preprocessing)
             augment = training_transforms(self.patch_size, self.positive_fraction, self.augmentation)
             to_gpu = [ToDeviced(["image", "label"], self._device)] if self._augments_on_gpu else []
             cached = self._dataset(self.train_cases, Compose([*prep.transforms, *to_gpu, *augment.transforms]))
             self.train_dataset = SeededSamples(cached, self.sampling_seed)
         if stage in ("fit", "validate", None) and not hasattr(self, "val_dataset"):
-            self.val_dataset = self._dataset(self.val_cases, prep)
+            self.val_dataset = self._dataset(self.val_cases, preprocessing_transforms(self.preprocessing))
+
+    def _choose_storage(self) -> VolumeStorage:
+        """Return where this run keeps its preprocessed volumes (``cache``), logged in one line with the numbers."""
+        if self.cache == "auto" and self._augments_on_gpu:
+            return VolumeStorage(False, True, "data.cache auto: held in GPU memory, for augment_on_gpu")
+        needed = available = None
+        if self.cache in ("auto", "memory"):
+            spacing = self.preprocessing.spacing
+            needed = dataset_bytes(self.train_cases, self.val_cases, self.in_channels, spacing, self.patch_size, self.fingerprint)
+            available = available_memory_bytes()
+        ranks = self.trainer.num_devices if self.trainer is not None else 1
+        storage = choose_storage(self.cache, needed, available, ranks)
+        log.info(storage.summary)
+        return storage
 
     @property
     def _device(self) -> torch.device:

@@ -21,6 +21,7 @@ from medseg.model.networks import DEFAULT_NETWORK_KWARGS, network_for, network_k
 from medseg.planning.step import training_optimizer
 from medseg.recipe import Recipe, Window
 from medseg.training.nonfinite import NonfiniteLossCounter, nonfinite_gradients
+from medseg.training.running_loss import RunningLoss
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class SegmentationModule(L.LightningModule):
         self.loss_fn = segmentation_loss()
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
         self.nonfinite_losses = NonfiniteLossCounter(max_nonfinite_steps)
+        self.running_loss = RunningLoss(every=1)  # at fit start: every trainer.log_every_n_steps
 
     def on_fit_start(self) -> None:
         """Record what this fit runs, decided before it: the precision (the CLI resolved "16-mixed" for this machine),
@@ -112,6 +114,7 @@ class SegmentationModule(L.LightningModule):
             batch_size=getattr(datamodule, "batch_size", None),
             accumulate_grad_batches=self.trainer.accumulate_grad_batches,
         )
+        self.running_loss = RunningLoss(every=max(1, self.trainer.log_every_n_steps))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
@@ -126,6 +129,10 @@ class SegmentationModule(L.LightningModule):
             raise MedsegError(stop)
         # on_step values reach the logger every log_every_n_steps; in the progress bar they would be read every step
         self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=image.shape[0])
+        # the bar's "loss": the mean of the last log_every_n_steps steps, a CPU tensor copied from the device without blocking
+        shown = self.running_loss.add(loss)
+        if shown is not None:
+            self.log("loss", shown, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=image.shape[0])
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -87,7 +87,7 @@ def test_training_batches_are_plain_tensors(demo_root):
 
 
 def test_gpu_augmentation_needs_the_memory_cache(demo_root):
-    with pytest.raises(MedsegError, match="augment_on_gpu caches volumes in GPU memory: it needs cache 'memory', not 'disk'"):
+    with pytest.raises(MedsegError, match="augment_on_gpu caches volumes in GPU memory: it needs cache 'memory' or 'auto', not 'disk'"):
         SegmentationDataModule(str(demo_root), cache="disk", augment_on_gpu=True)
 
 
@@ -102,7 +102,8 @@ def test_gpu_augmentation_yields_patches_already_on_the_gpu(demo_root):
     assert batch["image"].device.type == "cuda" and batch["image"].shape == (2, 1, 32, 32, 16)
 
 
-def test_drawing_patches_never_changes_the_cached_volumes(demo_root):
+@pytest.mark.parametrize("cache", ["memory", "auto"])
+def test_drawing_patches_never_changes_the_cached_volumes(demo_root, tmp_path, cache):
     # the memory cache hands out its volumes without a copy: every augmentation must leave them as they were
     from monai.data import MetaTensor
 
@@ -110,15 +111,17 @@ def test_drawing_patches_never_changes_the_cached_volumes(demo_root):
 
     every_augmentation = Augmentation(flip_prob=1.0, rotate90_prob=1.0, rotate_prob=1.0, intensity_prob=1.0, noise_prob=1.0)
     dm = SegmentationDataModule(str(demo_root), batch_size=2, patch_size=(32, 32, 16), num_folds=3, iterations_per_epoch=8, num_workers=0,
-                                augmentation=every_augmentation)
+                                augmentation=every_augmentation, cache=cache, cache_dir=str(tmp_path))
     dm.setup("fit")
     cache = dm.train_dataset.dataset._cache
-    before = [{k: (v.clone(), len(v.applied_operations)) for k, v in item.items() if isinstance(v, MetaTensor)} for item in cache]
+    before = [{k: (v.clone(), len(getattr(v, "applied_operations", ()))) for k, v in item.items() if isinstance(v, torch.Tensor)} for item in cache]
     for _ in dm.train_dataloader():
         pass
     for item, kept in zip(cache, before):
+        assert "image" in kept
         for key, (values, operations) in kept.items():
-            assert torch.equal(item[key].as_tensor(), values.as_tensor()) and len(item[key].applied_operations) == operations
+            now = item[key].as_tensor() if isinstance(item[key], MetaTensor) else item[key]
+            assert torch.equal(now, values) and len(getattr(item[key], "applied_operations", ())) == operations
 
 
 def test_disk_cache_of_other_preprocessing_is_never_read(demo_root, tmp_path):
@@ -131,7 +134,7 @@ def test_disk_cache_of_other_preprocessing_is_never_read(demo_root, tmp_path):
     coarse = first_validation_shape((1.5, 1.5, 3.0))
     fine = first_validation_shape((1.0, 1.0, 2.0))
     assert fine != coarse and first_validation_shape((1.5, 1.5, 3.0)) == coarse
-    assert len(list((tmp_path / "preprocessed").rglob("*.pt"))) == 2  # one validation case cached per preprocessing
+    assert len(list((tmp_path / "preprocessed").rglob("*.pt"))) == 12  # every case (4 training, 2 validation) once per preprocessing
 
 
 @pytest.mark.parametrize(
@@ -171,3 +174,74 @@ def test_epoch_patches_are_identical_with_or_without_workers_and_differ_between_
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.manual_seed(0)
     assert not torch.equal(in_process[0], _epoch_batches(demo_root, num_workers=0, epoch=3)[0])
+
+
+@pytest.fixture
+def spacing_calls(monkeypatch) -> list[int]:
+    """Counts resamplings (one per case and preprocessing) since the fixture was set up."""
+    from monai.transforms import Spacingd
+
+    calls = []
+    original = Spacingd.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Spacingd, "__call__", counting)
+    return calls
+
+
+def _auto_data(root, cache_dir, **settings) -> SegmentationDataModule:
+    dm = SegmentationDataModule(str(root), patch_size=(32, 32, 16), num_folds=3, num_workers=0, cache_dir=str(cache_dir), check_dataset=False, **settings)
+    dm.setup("fit")
+    return dm
+
+
+def test_auto_cache_holds_a_small_dataset_in_memory_and_says_so(demo_root, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="medseg.training.datamodule"):
+        dm = _auto_data(demo_root, tmp_path)
+    assert dm.storage.in_memory and dm.storage.on_disk and type(dm.train_dataset.dataset).__name__ == "CacheDataset"
+    assert "data.cache auto: the preprocessed dataset takes up to" in caplog.text and "held in memory" in caplog.text
+
+
+def test_auto_cache_reads_a_dataset_too_large_for_memory_from_disk(demo_root, tmp_path, monkeypatch):
+    monkeypatch.setattr("medseg.training.datamodule.available_memory_bytes", lambda: 2**20)  # 1 MiB available
+    dm = _auto_data(demo_root, tmp_path)
+    assert dm.storage.on_disk and not dm.storage.in_memory
+    assert not hasattr(dm.train_dataset.dataset, "_cache")  # nothing held: each patch reads its case from disk
+    assert len(list((tmp_path / "preprocessed").rglob("*.pt"))) == 6  # every case preprocessed up front, once
+    assert next(iter(dm.train_dataloader()))["image"].shape == (2, 1, 32, 32, 16)
+
+
+def test_memory_cache_too_large_for_the_memory_available_is_refused_before_any_case_is_read(demo_root, tmp_path, monkeypatch, spacing_calls):
+    monkeypatch.setattr("medseg.training.datamodule.available_memory_bytes", lambda: 2**20)
+    with pytest.raises(MedsegError, match="^data.cache memory: the preprocessed dataset takes up to .* it does not fit: use --data.cache auto or disk$"):
+        _auto_data(demo_root, tmp_path, cache="memory")
+    assert spacing_calls == []
+
+
+@pytest.mark.parametrize("available", [2**40, 2**20], ids=["in-memory", "from-disk"])
+def test_a_second_start_preprocesses_nothing(demo_root, tmp_path, monkeypatch, spacing_calls, available):
+    monkeypatch.setattr("medseg.training.datamodule.available_memory_bytes", lambda: available)
+    _auto_data(demo_root, tmp_path)
+    assert len(spacing_calls) == 6  # every case once: 4 training, 2 validation
+    spacing_calls.clear()
+    dm = _auto_data(demo_root, tmp_path)
+    next(iter(dm.train_dataloader()))
+    dm.val_dataset[0]
+    assert spacing_calls == []
+
+
+def test_a_case_whose_file_changed_is_preprocessed_again(demo_root, tmp_path, spacing_calls):
+    import shutil
+
+    root = shutil.copytree(demo_root, tmp_path / "data")
+    _auto_data(root, tmp_path / "cache")
+    spacing_calls.clear()
+    scan = next((root / "imagesTr").glob("*.nii.gz"))
+    os.utime(scan, ns=(scan.stat().st_atime_ns, scan.stat().st_mtime_ns + 10**9))
+    _auto_data(root, tmp_path / "cache")
+    assert len(spacing_calls) == 1
