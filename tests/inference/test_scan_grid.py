@@ -62,11 +62,12 @@ def test_resampled_labels_are_the_whole_volume_paths_and_probabilities_match_to_
     np.testing.assert_allclose(prediction.probabilities.sum(axis=-1), 1.0, atol=1e-5)
 
 
-def test_prediction_holds_no_tensor_of_every_class_over_the_scan(random_checkpoint, tmp_path):
+@pytest.mark.parametrize("spacing", [None, (2 * SPACING_MM, SPACING_MM, SPACING_MM)], ids=["as scanned", "resampled"])
+def test_prediction_holds_no_tensor_of_every_class_over_the_scan(random_checkpoint, tmp_path, spacing):
     shape = (120, 24, 20)
     path = save_scan(tmp_path / "long.nii.gz", np.zeros(shape, np.float32), LPS)
     model = load_trained_model(random_checkpoint)
-    model = dataclasses.replace(model, recipe=model.recipe.with_changes(preprocessing=Preprocessing(spacing=None, crop_foreground=False)))
+    model = dataclasses.replace(model, recipe=model.recipe.with_changes(preprocessing=Preprocessing(spacing=spacing, crop_foreground=False)))
     predictor = Predictor(model, InferenceOptions(device="cpu"))
     scan = predictor.read(Case("long", (path,)))
     with LargestTensor() as largest:
