@@ -34,7 +34,7 @@ class ScanGridSlabs:
             to_network = to_network.round()  # MONAI skips resampling here: network voxels are copied exactly
         linear = to_network[:3, :3]
         self.scan_axis = [int(np.abs(row).argmax()) for row in linear]  # the scan axis each network axis moves along
-        if sorted(self.scan_axis) != [0, 1, 2] or not np.allclose(linear[np.arange(3), self.scan_axis], linear.sum(axis=1)):
+        if sorted(self.scan_axis) != [0, 1, 2] or not np.allclose(np.abs(linear[np.arange(3), self.scan_axis]), np.abs(linear).sum(axis=1)):
             raise RuntimeError(f"preprocessing did not keep the scan's axes (scan to network map {to_network.tolist()})")
         cropped = _cropped(image)
         self.coordinates = []  # per network axis: where along it lies each scan voxel of the matching scan axis
