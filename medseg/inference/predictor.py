@@ -1,9 +1,10 @@
-"""Whole-scan prediction: the recipe's preprocessing, its sliding windows at its precision, inversion onto the scan's grid."""
+"""Whole-scan prediction: the recipe's preprocessing, its sliding windows at its precision, inversion onto the scan's grid,
+slab by slab so that memory does not grow with classes x voxels."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Invertd
 
 from medseg.data.dicom_series import require_pydicom
 from medseg.data.formats import Case
@@ -20,9 +19,10 @@ from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_trained_model
 from medseg.inference.postprocessing import Postprocessing
+from medseg.inference.scan_grid import ScanGridSlabs
+from medseg.inference.slabs import blended_slabs
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
 from medseg.planning.step import cudnn_autotuning
-from medseg.model.inferer import window_inferer
 from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
 from medseg.precision import autocast, check_precision, inference_precision
 
@@ -153,8 +153,6 @@ class Predictor:
                 # (benchmarks/results/inference_cuda_autotuned.md); a CPU's oneDNN chooses its own layout
                 member.network.to(memory_format=torch.channels_last_3d)
         self.preprocess = preprocessing_transforms(self.recipe.preprocessing, image_key="image", label_key=None)
-        # Probabilities are resampled (not nearest) back to the scan's grid, then argmaxed there.
-        self.invert = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
 
     def _window_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Return float32 logits of a batch of windows, averaged over the ensemble's models (and over flips with TTA).
@@ -187,29 +185,51 @@ class Predictor:
     def probabilities(self, image: torch.Tensor) -> tuple[torch.Tensor, str]:
         """Return softmax probabilities (classes, X, Y, Z) on the CPU for a (1, C, X, Y, Z) image, and the route taken.
 
-        Window logits are blended as validation blends them, then turned into probabilities. The output
-        is stitched on the window device, or on the CPU when it does not fit there (MONAI's
-        adaptive inferer). If the windows themselves run out of memory, the window batch is halved and the
-        scan retried; the next scan starts again from the recipe's batch.
+        The whole-volume tensor is built here because it is what is asked for; ``predict`` never builds it.
+        """
+        slabs: list[torch.Tensor] = []
+
+        def start_scan() -> Callable[[int, torch.Tensor], None]:
+            slabs.clear()
+            return lambda first_row, probabilities: slabs.append(probabilities)
+
+        route = self._each_slab(image, start_scan)
+        return torch.cat(slabs, dim=1), route
+
+    def _each_slab(self, image: torch.Tensor, start_scan: Callable[[], Callable[[int, torch.Tensor], None]]) -> str:
+        """Hand softmax probabilities (classes, rows, Y, Z) on the CPU of a (1, C, X, Y, Z) image, slab by slab along X,
+        to the consumer ``start_scan`` returns, and return the route taken.
+
+        Window logits are blended as validation blends them (``medseg.inference.slabs``), then turned into
+        probabilities. Rows are blended on the window device, or on the CPU when they do not fit there (as MONAI's
+        adaptive inferer falls back). If the windows themselves run out of memory, the window batch is halved and
+        the scan retried, with a fresh consumer; the next scan starts again from the recipe's batch.
         """
         batch, notes = self.recipe.window.batch_size, []
+        stitch_device = self.device
         while True:
+            consume = start_scan()
             try:
                 with torch.inference_mode(), cudnn_autotuning(self.device.type == "cuda"):
-                    logits = window_inferer(self.recipe, batch, self.device)(image.to(self.device), self._window_logits)
+                    for first_row, logits in blended_slabs(image, self._window_logits, self.recipe, batch, self.device, stitch_device):
+                        consume(first_row, torch.softmax(logits.cpu(), dim=0))
                 break
             except RuntimeError as err:
                 if not is_out_of_memory(err):
                     raise
             release_memory()  # outside the except block, where the error no longer pins the failed windows
+            if stitch_device.type != "cpu":
+                stitch_device = torch.device("cpu")
+                notes.append("out of memory, stitched on the cpu")
+                continue
             batch = smaller_size(batch)
             if batch is None:
                 raise MedsegError(f"out of memory on {self.device} even with window batch 1 and stitching on the CPU")
             notes.append(f"out of memory, retried with window batch {batch}")
-        route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {logits.device}"
+        route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {stitch_device}"
         if not self.resident:
             route += f"; the {len(self.models)} models visit {self.device} in turn (their weights take over {ENSEMBLE_WEIGHTS_SHARE:.0%} of its free memory)"
-        return torch.softmax(logits[0].cpu(), dim=0), route + "".join(f"; {note}" for note in notes)
+        return route + "".join(f"; {note}" for note in notes)
 
     def read(self, case: Case, reference: NiftiImage | None = None) -> ScanInput:
         """Return ``case`` read and preprocessed into the network's space, with the header outputs copy.
@@ -244,22 +264,39 @@ class Predictor:
 
     def predict(self, case: Case | ScanInput, reference: NiftiImage | None = None) -> Prediction:
         """Return the segmentation of ``case`` (or of a scan ``read`` already) on its own grid: shape, voxel order and
-        affine of its first file."""
+        affine of its first file.
+
+        Probabilities are reduced to labels slab by slab on the scan's grid (``medseg.inference.scan_grid``), so
+        memory holds a few rows of every class, the label map, and the probabilities only when asked for.
+        """
         scan = case if isinstance(case, ScanInput) else self.read(case, reference)
-        data, reference = scan.data, scan.reference
-        probs, route = self.probabilities(data["image"].as_tensor()[None])
-        # Only the foreground classes are resampled back: inverse cropping pads every class with 0, so background
-        # is what the foreground leaves, computed on the scan's grid.
-        data["pred"] = MetaTensor(probs[1:])
-        foreground = self.invert(data)["pred"].as_tensor()
-        restored = torch.cat([1.0 - foreground.sum(dim=0, keepdim=True), foreground])
-        if tuple(restored.shape[1:]) != tuple(reference.shape[:3]):
-            raise RuntimeError(f"inverted prediction has shape {tuple(restored.shape[1:])}, scan {reference.shape[:3]}")
-        labels = most_likely_class(restored).numpy().astype(label_dtype(self.recipe.out_channels), copy=False)
+        image, reference = scan.data["image"], scan.reference
+        shape = tuple(reference.shape[:3])
+        if tuple(int(size) for size in image.meta["spatial_shape"]) != shape:
+            raise RuntimeError(f"preprocessed scan comes from a grid of shape {tuple(image.meta['spatial_shape'])}, scan {shape}")
+        classes = self.recipe.out_channels
+        labels = torch.zeros(shape, dtype=torch.int64 if classes > 256 else torch.uint8)
+        probabilities = np.empty((*shape, classes), np.float32) if self.options.probabilities else None
+
+        def start_scan() -> Callable[[int, torch.Tensor], None]:
+            to_scan = ScanGridSlabs(image)
+
+            def consume(first_row: int, slab: torch.Tensor) -> None:
+                # Only the foreground classes are resampled: outside the crop they are 0, and background is
+                # what the foreground leaves, computed on the scan's grid.
+                for index, foreground in to_scan.add(first_row, slab[1:]):
+                    restored = torch.cat([1.0 - foreground.sum(dim=0, keepdim=True), foreground])
+                    labels[index] = most_likely_class(restored)
+                    if probabilities is not None:
+                        probabilities[index] = restored.permute(1, 2, 3, 0).numpy()
+
+            return consume
+
+        route = self._each_slab(image.as_tensor()[None], start_scan)
+        labels = labels.numpy().astype(label_dtype(classes), copy=False)
         if self.postprocessing is not None and self.postprocessing.does_anything:
             labels = self.postprocessing.apply(labels)
             route += f"; {self.postprocessing.describe()}"
-        probabilities = np.ascontiguousarray(restored.permute(1, 2, 3, 0).numpy()) if self.options.probabilities else None
         return Prediction(labels, reference, probabilities, route)
 
 

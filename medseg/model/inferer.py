@@ -1,4 +1,5 @@
-"""The sliding-window inferer of a recipe: validation during training and inference both call this one."""
+"""The sliding-window inferer of a recipe: validation during training calls it; whole-scan inference blends the same
+windows with the same arithmetic slab by slab (``medseg.inference.slabs``), and a test pins the two equal."""
 
 from __future__ import annotations
 
