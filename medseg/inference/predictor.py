@@ -162,7 +162,9 @@ class Predictor:
         Models that are not ``resident`` visit the device for their turn only.
         """
         with autocast(self.precision, self.device.type):
-            logits = sum(self._model_logits(member.network, windows) for member in self.models)
+            logits = self._model_logits(self.models[0].network, windows)
+            for member in self.models[1:]:  # summed in place: ``sum()`` would copy the first model's logits
+                logits += self._model_logits(member.network, windows)
         return logits / len(self.models) if len(self.models) > 1 else logits
 
     def _model_logits(self, network: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
