@@ -247,7 +247,7 @@ def main() -> None:
     import monai
     import torch
 
-    from benchmarks.inference_benchmark import cpu_name
+    from benchmarks.common import cpu_name
 
     counts = sorted(args.cases)
     began, load_before = time.time(), os.getloadavg()

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import cpu_name  # noqa: E402
 from medseg.data.dicom_volume import read_series  # noqa: E402
 from medseg.data.formats import find_scans  # noqa: E402
 from medseg.data.transforms import Preprocessing  # noqa: E402
@@ -47,12 +47,6 @@ PATCH = (64, 64, 32)
 # Recipe spacings: resampling to 1.5 x 1.5 x 2.0 mm (and back), or the scan's own (no resampling).
 RECIPES = {"resampled": (1.5, 1.5, 2.0), "own spacing": None}
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def phantom_hu(shape: tuple[int, int, int]) -> np.ndarray:

@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from monai.data import DataLoader, Dataset, decollate_batch
 from monai.inferers import sliding_window_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import cpu_name  # noqa: E402
 from medseg.data.transforms import Preprocessing  # noqa: E402
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, segment_scans  # noqa: E402
 from medseg.precision import inference_precision  # noqa: E402
@@ -54,15 +54,6 @@ from medseg.model.networks import network_for  # noqa: E402
 SPLEEN_NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
 PATCH, SPACING, CT_WINDOW = (96, 96, 96), (1.5, 1.5, 2.0), (-57.0, 164.0)
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_checkpoints(folder: Path) -> tuple[Path, Path, Recipe]:

@@ -35,20 +35,14 @@ import nibabel as nib
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks.common import cpu_name  # noqa: E402
+
 CT_WINDOW = (-200.0, 300.0)
 # A light UNet (the demo's architecture, fewer channels) keeps a 512x512x600 run to minutes on two cores; memory is the
 # stitching's, which does not depend on the network's width.
 NETWORK = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_scan(path: Path, size: tuple[int, int, int]) -> None:

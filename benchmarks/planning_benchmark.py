@@ -47,7 +47,7 @@ from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.inference_benchmark import cpu_name  # noqa: E402
+from benchmarks.common import cpu_name  # noqa: E402
 from medseg.data.demo import ensure_demo_dataset  # noqa: E402
 from medseg.data.formats import DatasetSpec, read_dataset  # noqa: E402
 from medseg.nifti import in_ras_order  # noqa: E402
