@@ -3,11 +3,12 @@ after too many in a row, read back a step or two late instead of stalling every 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch.nn.utils import get_total_norm
+
+from medseg.training.host_copies import HostCopies
 
 
 def nonfinite_gradients(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -33,32 +34,25 @@ def agreed_on_all_ranks(flag: torch.Tensor) -> torch.Tensor:
 class NonfiniteLossCounter:
     """Counts NaN/Inf losses in a row on the device and tells the host once ``limit`` is reached.
 
-    Each step's count is copied to host memory without blocking (pinned memory, a CUDA event); the host reads
-    only copies that have arrived: at once on a CPU, a step or two later on a GPU.
+    Each step's count is copied to host memory without blocking (``HostCopies``); the host reads only copies that
+    have arrived: at once on a CPU, a step or two later on a GPU.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_a_row: torch.Tensor | None = None
-        self._copies: deque[tuple[torch.Tensor, torch.cuda.Event | None, int, Sequence[str]]] = deque()
+        self._copies = HostCopies()
 
     def count(self, loss: torch.Tensor, step: int, cases: Sequence[str]) -> str | None:
         """Count ``loss`` of global ``step`` on ``cases``; return the stop message once a read-back count reaches the limit."""
         nonfinite = agreed_on_all_ranks((~torch.isfinite(loss.detach())).to(torch.int32))
         previous = self.in_a_row if self.in_a_row is not None else torch.zeros_like(nonfinite)
         self.in_a_row = torch.where(nonfinite > 0, previous + 1, 0)
-        on_gpu = loss.device.type == "cuda"
-        host = torch.empty((), dtype=self.in_a_row.dtype, pin_memory=on_gpu)
-        host.copy_(self.in_a_row, non_blocking=on_gpu)
-        event = torch.cuda.Event() if on_gpu else None
-        if event is not None:
-            event.record()
-        self._copies.append((host, event, step, list(cases)))
+        self._copies.put(self.in_a_row, (step, list(cases)))
         return self._arrived_stop()
 
     def _arrived_stop(self) -> str | None:
-        while self._copies and (self._copies[0][1] is None or self._copies[0][1].query()):
-            host, _, step, cases = self._copies.popleft()
+        for host, (step, cases) in self._copies.arrived():
             in_a_row = int(host.numpy())  # host memory: reading it waits for nothing
             if in_a_row >= self.limit:
                 return (

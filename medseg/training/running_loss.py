@@ -3,16 +3,16 @@ the host every few steps without waiting for it, so that no training step stalls
 
 from __future__ import annotations
 
-from collections import deque
-
 import torch
+
+from medseg.training.host_copies import HostCopies
 
 
 class RunningLoss:
     """Mean training loss over windows of ``every`` steps.
 
     Losses are summed on their device; at the end of each window the mean is copied to host memory without blocking
-    (pinned memory, a CUDA event). ``add`` hands back the newest mean that has arrived: at once on a CPU, a step or so
+    (``HostCopies``). ``add`` hands back the newest mean that has arrived: at once on a CPU, a step or so
     later on a GPU. It is a CPU tensor, so Lightning's progress bar reads it (``.item()``) without a device sync.
     """
 
@@ -22,7 +22,7 @@ class RunningLoss:
         self.every = every
         self._sum: torch.Tensor | None = None
         self._steps = 0
-        self._copies: deque[tuple[torch.Tensor, torch.cuda.Event | None]] = deque()
+        self._copies = HostCopies()
 
     def add(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Add one step's loss; return the newest window mean that has reached host memory since the last call, else None."""
@@ -33,16 +33,10 @@ class RunningLoss:
             self._copy_to_host(self._sum / self._steps)
             self._sum, self._steps = None, 0
         newest = None
-        while self._copies and (self._copies[0][1] is None or self._copies[0][1].query()):
-            newest = self._copies.popleft()[0]
+        for newest, _ in self._copies.arrived():
+            pass
         return newest
 
     def _copy_to_host(self, mean: torch.Tensor) -> None:
         """Queue the window's mean for the host: the only read-back from the device, once per window."""
-        on_gpu = mean.device.type == "cuda"
-        host = torch.empty((), dtype=torch.float32, pin_memory=on_gpu)
-        host.copy_(mean, non_blocking=on_gpu)
-        event = torch.cuda.Event() if on_gpu else None
-        if event is not None:
-            event.record()
-        self._copies.append((host, event))
+        self._copies.put(mean)
