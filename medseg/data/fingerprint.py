@@ -67,6 +67,11 @@ def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
+def ras_geometry(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Return a grid's (shape, spacing in mm) in RAS order, as the fingerprint and preprocessing see it."""
+    return in_ras_order([int(size) for size in shape[:3]], affine), in_ras_order([float(length) for length in voxel_spacing(affine)], affine)
+
+
 def _intensity(voxels: np.ndarray, rng: np.random.Generator) -> ChannelIntensity:
     values = voxels.astype(np.float64, copy=False)
     chosen = rng.choice(values, size=min(SAMPLES_PER_CASE, values.size), replace=False) if values.size else values
@@ -77,8 +82,7 @@ def case_fingerprint(
     case: Case, affine: np.ndarray, images: Sequence[np.ndarray], label: np.ndarray, class_voxels: Sequence[int]
 ) -> CaseFingerprint:
     """Return the fingerprint of a case from voxels already read and checked (images 3D, or 4D channels last)."""
-    spacing = in_ras_order([float(length) for length in voxel_spacing(affine)], affine)
-    shape = in_ras_order([int(size) for size in label.shape[:3]], affine)
+    shape, spacing = ras_geometry(label.shape, affine)
     foreground = label.reshape(label.shape[:3]) > 0
     rng = np.random.default_rng(0)
     channels = []

@@ -23,7 +23,7 @@ from monai.transforms import Compose, RandomizableTrait, Transform
 from tqdm import tqdm
 
 from medseg import nifti
-from medseg.data.fingerprint import DatasetFingerprint, file_stamp, voxel_spacing
+from medseg.data.fingerprint import DatasetFingerprint, file_stamp, ras_geometry
 from medseg.data.formats import Case
 from medseg.data.transforms import CROP_CENTRE_SHARE, CROP_CENTRES
 from medseg.errors import MedsegError
@@ -72,8 +72,7 @@ def case_geometry(case: Case, known: dict[str, tuple[tuple[int, ...], tuple[floa
     if case.name in known:
         return known[case.name]
     header = nifti.load_header(case.label or case.images[0])
-    affine = header.affine
-    return nifti.in_ras_order(header.shape[:3], affine), nifti.in_ras_order(voxel_spacing(affine).tolist(), affine)
+    return ras_geometry(header.shape, header.affine)
 
 
 def dataset_bytes(
