@@ -1,4 +1,5 @@
 """Training throughput on one GPU per precision: AMP (fp16, bf16) against TF32 and against strict FP32, in one run.
+On a CPU the same for fp32 against bf16 (``--modes fp32-strict bf16-mixed``: TF32 is a GPU's).
 
 The step is the batch planner's trial step (``medseg.planning.step.run_training_step``: forward and DiceCE
 under the precision's autocast, backward through a GradScaler for fp16, AdamW), on one fixed random batch, with
@@ -7,9 +8,11 @@ default for convolutions) and strict (``torch.backends.cudnn.allow_tf32 = False`
 at 2.43-2.55x TF32 on an A100. ``--variants`` adds training's speed options (``speed.channels_last``,
 ``speed.compile``, applied by the same function) beside the eager network. Samples/s come from the median of
 ``--steps`` steps after ``--warmup`` (each step ends with a device synchronisation; a compiled network compiles in
-the warm-up), the modes interleaved ``--repeats`` times.
+the warm-up), the modes interleaved ``--repeats`` times. The warm-up's seconds are reported too: what compiling costs.
 
     python benchmarks/gpu_precision_benchmark.py --out benchmarks/results/precision_cuda
+    python benchmarks/gpu_precision_benchmark.py --settings spleen --batch-sizes 8 --modes fp32-strict bf16-mixed \
+        --variants eager channels_last compile channels_last+compile --steps 4 --warmup 2 --repeats 1 --out benchmarks/results/precision_cpu_spleen
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -28,8 +30,10 @@ import monai
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import cpu_name  # noqa: E402
 from benchmarks.training_benchmark import SPLEEN_NETWORK  # noqa: E402
 from medseg.planning.step import run_training_step, synthetic_batch, training_setup  # noqa: E402
+from medseg.precision import cpu_has_native_bf16  # noqa: E402
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.tables import markdown_rows  # noqa: E402
 from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
@@ -42,8 +46,8 @@ MODES = {"fp32-strict": ("32-true", False), "fp32-tf32": ("32-true", True), "16-
 VARIANTS = {"eager": (False, False), "channels_last": (True, False), "compile": (False, True), "channels_last+compile": (True, True)}
 
 
-def step_times(setting: str, batch_size: int, mode: str, variant: str, steps: int, warmup: int, device: torch.device) -> list[float]:
-    """Return the wall time of each training step after the warm-up, synchronised with the device."""
+def step_times(setting: str, batch_size: int, mode: str, variant: str, steps: int, warmup: int, device: torch.device) -> tuple[float, list[float]]:
+    """Return the warm-up's wall time (compiling included) and that of each training step after it, synchronised with the device."""
     precision, tf32 = MODES[mode]
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
@@ -63,7 +67,7 @@ def step_times(setting: str, batch_size: int, mode: str, variant: str, steps: in
 
     mark()
     run_training_step(setup, batch_size, precision, batch=batch, steps=warmup + steps, after_step=mark)
-    return [b - a for a, b in zip(ends[warmup:], ends[warmup + 1:])]
+    return ends[warmup] - ends[0], [b - a for a, b in zip(ends[warmup:], ends[warmup + 1:])]
 
 
 def write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
@@ -71,7 +75,7 @@ def write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> N
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}",
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "monai": monai.__version__},
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "variants": args.variants,
         "rows": rows,
@@ -85,9 +89,10 @@ def write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> N
         f"MONAI {v['monai']}.  \nBare training step (network + DiceCE + AdamW, one fixed random batch, cuDNN autotuning on); "
         f"samples/s from the median of {args.steps} steps after {args.warmup} warm-up steps, {args.repeats} interleaved runs per mode. "
         "Spleen: configs/spleen_ct.yaml's UNet at 96^3; demo: the default UNet at 64x64x32. Variants: training's speed "
-        "options (eager: neither). x TF32: against TF32 in the same variant; x eager TF32: against the eager network at TF32.\n\n"
+        "options (eager: neither). Warm-up s: the warm-up steps' wall time, compiling included. x TF32: against TF32 in the same "
+        "variant; x eager TF32: against the eager network at TF32 (on a CPU TF32 is not run: see x strict FP32 and x eager, same mode).\n\n"
         + markdown_rows([{"setting": r["setting"], "batch": r["batch_size"], "variant": r["variant"], "mode": r["mode"],
-                          "samples/s": f"{r['samples_per_s']:.1f}" if "error" not in r else r["error"], "x TF32": r.get("x_tf32"),
+                          "samples/s": f"{r['samples_per_s']:.2f}" if "error" not in r else r["error"], "warm-up s": r.get("warmup_s"), "x TF32": r.get("x_tf32"),
                           "x strict FP32": r.get("x_fp32_strict"), "x eager TF32": r.get("x_eager_tf32"),
                           "x eager, same mode": r.get("x_eager_same_mode")} for r in rows]) + "\n"
     )
@@ -111,13 +116,16 @@ def main() -> None:
     for setting in args.settings:
         for batch_size in args.batch_sizes:
             times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+            warmups: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
             failed: dict[tuple[str, str], str] = {}
             for _ in range(args.repeats):
                 for run in runs:
                     if run in failed:
                         continue
                     try:
-                        times[run] += step_times(setting, batch_size, run[1], run[0], args.steps, args.warmup, device)
+                        warmup, seconds = step_times(setting, batch_size, run[1], run[0], args.steps, args.warmup, device)
+                        warmups[run].append(warmup)
+                        times[run] += seconds
                     except Exception as error:  # a variant that cannot run here (no compiler for torch.compile, say) is reported
                         failed[run] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
                         print(f"{setting} batch {batch_size} {run}: {failed[run]}", flush=True)
@@ -134,6 +142,7 @@ def main() -> None:
                 rows.append({
                     "setting": setting, "patch": list(SETTINGS[setting][1]), "batch_size": batch_size, "variant": variant, "mode": mode,
                     "samples_per_s": round(per_s[variant, mode], 2), "median_step_s": round(statistics.median(times[variant, mode]), 5),
+                    "warmup_s": round(statistics.mean(warmups[variant, mode]), 1),
                     "x_tf32": ratio((variant, mode), (variant, "fp32-tf32")),
                     "x_fp32_strict": ratio((variant, mode), (variant, "fp32-strict")),
                     "x_eager_tf32": ratio((variant, mode), ("eager", "fp32-tf32")),

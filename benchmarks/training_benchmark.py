@@ -13,9 +13,10 @@ quartile measures the loops rather than those bursts (median and fastest steps a
 goes comes from Lightning's SimpleProfiler (fetching the next batch against running the training batch) and from
 medseg's ``ThroughputMonitor`` (data-wait share).
 
-Settings: ``spleen`` is configs/spleen_ct.yaml's network and 96^3 patches, 4 patches per step (2 samples x batch 2;
-the tutorial takes 4 x 2, which a 2-core CPU runs too slowly for interleaved repeats); ``demo`` is the demo's default
-UNet and 64x64x32 patch, 4 patches per step (2 x 2).
+Settings: ``spleen`` is configs/spleen_ct.yaml's network and 96^3 patches, 8 patches per step (the tutorial's
+4 samples x batch 2; ``--samples 2`` halves it, for slow machines); ``demo`` is the demo's default UNet and 64x64x32
+patch, 4 patches per step (2 x 2). The bare step takes medseg's speed settings as its run resolves them (channels-last
+weights on a CPU, compiled on a GPU, or what ``--option speed.…`` says); the tutorial loop takes none.
 
     python benchmarks/training_benchmark.py --setting spleen --output benchmarks/results/training_cpu_spleen
     python benchmarks/training_benchmark.py --setting demo --output benchmarks/results/training_cpu_demo
@@ -64,7 +65,7 @@ from medseg.model.loss import segmentation_loss  # noqa: E402
 from medseg.precision import autocast, resolve_precision  # noqa: E402
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
-from medseg.training.speed import apply_speed_settings  # noqa: E402
+from medseg.training.speed import apply_speed_settings, resolved_speed_settings  # noqa: E402
 from medseg.training.throughput import ThroughputMonitor  # noqa: E402
 from medseg.model.networks import network_for  # noqa: E402
 
@@ -92,7 +93,7 @@ class Setting:
 
 
 SETTINGS = {
-    "spleen": Setting("configs/spleen_ct.yaml", SPLEEN_NETWORK, (96, 96, 96), (1.5, 1.5, 2.0), (-57.0, 164.0), 2, 2, steps=3),
+    "spleen": Setting("configs/spleen_ct.yaml", SPLEEN_NETWORK, (96, 96, 96), (1.5, 1.5, 2.0), (-57.0, 164.0), 4, 2, steps=3),
     "demo": Setting(None, DEFAULT_NETWORK_KWARGS, (64, 64, 32), (1.5, 1.5, 3.0), (-200.0, 300.0), 2, 2, steps=20),
 }
 
@@ -188,11 +189,10 @@ def bare_step(setting: Setting, precision: str, device: torch.device, options: l
     recipe = Recipe("UNet", setting.network_kwargs, ("CT",), CLASS_NAMES, setting.patch)
     network = network_for(recipe).to(device).train()
     loss_fn = segmentation_loss()
-    # the same speed settings as medseg's run: --option speed.channels_last=true, speed.compile=true|false,
-    # trainer.benchmark=false; speed.compile's default (auto) compiles on a GPU
+    # the same speed settings as medseg's run resolves: --option speed.channels_last=…, speed.compile=…, trainer.benchmark=false
     torch.backends.cudnn.benchmark = "trainer.benchmark=false" not in options
-    compile = "speed.compile=true" in options or (device.type == "cuda" and "speed.compile=false" not in options)
-    apply_speed_settings(network, "speed.channels_last=true" in options, compile)
+    choices = speed_option(options, "channels_last"), speed_option(options, "compile")
+    apply_speed_settings(network, *resolved_speed_settings(*choices, device.type, steps=setting.warmup + setting.steps))
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-5)
     image = torch.rand(setting.patches_per_step, 1, *setting.patch, device=device)
     label = torch.randint(0, len(CLASS_NAMES), (setting.patches_per_step, 1, *setting.patch), device=device).float()
@@ -209,6 +209,13 @@ def bare_step(setting: Setting, precision: str, device: torch.device, options: l
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return seconds[setting.warmup:]
+
+
+def speed_option(options: list[str], name: str) -> bool | str:
+    """Return the value ``--option speed.NAME=…`` gives (true, false, auto), "auto" when none does."""
+    values = [option.split("=", 1)[1] for option in options if option.startswith(f"speed.{name}=")]
+    value = values[-1] if values else "auto"
+    return {"true": True, "false": False}.get(value, value)
 
 
 def synchronize(device: torch.device) -> None:
@@ -298,6 +305,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "medseg-training-benchmark"), help="where the scans are written once")
     parser.add_argument("--precision", default="16-mixed", help="requested as medseg's configs do; resolved for this machine")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default: the setting's)")
+    parser.add_argument("--samples", type=int, default=None, help="patches per scan in the tutorial loop (default: the setting's)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--option", action="append", default=[],
                         help="medseg override, also applied to the bare step where it applies: speed.channels_last=true, speed.compile=true, "
@@ -308,8 +316,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     setting = SETTINGS[args.setting]
-    if args.steps:
-        setting = Setting(**{**asdict(setting), "steps": args.steps})
+    changes = {"steps": args.steps, "samples_per_scan": args.samples}
+    setting = Setting(**{**asdict(setting), **{key: value for key, value in changes.items() if value}})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision, _ = resolve_precision(args.precision, device.type)
     root = write_dataset(Path(args.data))

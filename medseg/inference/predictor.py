@@ -147,11 +147,10 @@ class Predictor:
             [weight_bytes(member.network) for member in self.models], torch.cuda.mem_get_info(self.device)[0]
         )
         for member in self.models:
-            member.network.to(self.device if self.resident else "cpu")
-            if self.device.type == "cuda":
-                # with cuDNN autotuning (below), channels-last weights ran fp16 windows 1.28x faster on an H200
-                # (benchmarks/results/inference_cuda_autotuned.md); a CPU's oneDNN chooses its own layout
-                member.network.to(memory_format=torch.channels_last_3d)
+            # channels-last weights: with cuDNN autotuning (below) fp16 windows ran 1.28x faster on an H200
+            # (benchmarks/results/inference_cuda_autotuned.md), and oneDNN's kernels ran a CPU's bf16 and fp32 windows
+            # 1.2-1.3x faster (benchmarks/results/inference_cpu_stages.md)
+            member.network.to(self.device if self.resident else "cpu", memory_format=torch.channels_last_3d)
         self.preprocess = preprocessing_transforms(self.recipe.preprocessing, image_key="image", label_key=None)
 
     def _window_logits(self, windows: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,16 @@ def test_cpu_windows_are_stitched_on_the_cpu_at_the_recipe_window_batch(random_c
     assert route == "windows on cpu (32-true, batch 4), stitched on cpu"
 
 
+def test_cpu_windows_run_channels_last_weights_and_give_the_channels_first_probabilities(random_checkpoint):
+    predictor = Predictor(load_trained_model(random_checkpoint), InferenceOptions(device="cpu", precision="32-true"))
+    convolutions = [m.weight for m in predictor.models[0].network.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convolutions)
+    channels_last, _ = predictor.probabilities(_image())
+    predictor.models[0].network.to(memory_format=torch.contiguous_format)
+    channels_first, _ = predictor.probabilities(_image())
+    torch.testing.assert_close(channels_last, channels_first, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.cuda
 def test_cuda_windows_at_fp32_equal_cpu_windows(random_checkpoint):
     fp32 = InferenceOptions(precision="32-true")

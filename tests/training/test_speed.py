@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medseg.model.networks import network_for
-from medseg.training.speed import SpeedSettings
+from medseg.training import speed
+from medseg.training.speed import CPU_COMPILE_MIN_STEPS, SpeedSettings
 from tests.helpers.stand_ins import RandomPatches, WithValidation
 
 
@@ -16,12 +17,29 @@ def test_channels_last_puts_convolution_weights_in_channels_last_order(tiny_modu
     assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convolutions)
 
 
-@pytest.mark.parametrize(("device", "compiled"), [("cuda", True), ("cpu", False)])
-def test_compile_auto_compiles_the_network_on_a_cuda_gpu_only(tiny_module, device, compiled):
+@pytest.mark.parametrize(
+    ("device", "steps", "channels_last", "compiled"),
+    [("cuda", 10, False, True), ("cpu", CPU_COMPILE_MIN_STEPS - 1, True, False), ("cpu", CPU_COMPILE_MIN_STEPS, True, True)],
+)
+def test_auto_runs_channels_last_on_a_cpu_and_compiles_on_a_gpu_and_for_long_cpu_runs(tiny_module, monkeypatch, device, steps, channels_last, compiled):
+    monkeypatch.setattr(speed, "cpu_compiler_available", lambda: True)
     # nn.Module.compile compiles at the first call, so no GPU is needed to see the choice
-    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), estimated_stepping_batches=steps)
+    SpeedSettings().on_fit_start(trainer, tiny_module)
     SpeedSettings().on_train_start(trainer, tiny_module)
+    convolutions = [m.weight for m in tiny_module.net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convolutions) == channels_last
     assert (tiny_module.net._compiled_call_impl is not None) == compiled
+
+
+def test_a_long_cpu_run_stays_uncompiled_without_a_cpp_compiler(monkeypatch):
+    monkeypatch.setattr(speed, "cpu_compiler_available", lambda: False)
+    assert SpeedSettings().resolved("cpu", steps=10 * CPU_COMPILE_MIN_STEPS) == (True, False)
+
+
+def test_explicit_choices_override_auto_on_every_device():
+    assert SpeedSettings(channels_last=False, compile=True).resolved("cpu") == (False, True)
+    assert SpeedSettings(channels_last=True, compile=False).resolved("cuda") == (True, False)
 
 
 def test_a_compiled_network_trains_validates_and_saves_the_keys_inference_loads(tiny_module, make_trainer):
