@@ -62,7 +62,7 @@ from benchmarks.inference_benchmark import cpu_name  # noqa: E402
 from medseg import train  # noqa: E402
 from medseg.data.demo import CLASS_NAMES, make_case  # noqa: E402
 from medseg.model.loss import segmentation_loss  # noqa: E402
-from medseg.precision import autocast, resolve_precision  # noqa: E402
+from medseg.precision import CPU_BF16_ENV, autocast, resolve_precision  # noqa: E402
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
 from medseg.training.speed import apply_speed_settings, resolved_speed_settings  # noqa: E402
@@ -338,8 +338,9 @@ def main() -> None:
             record(peer, peer_fit(tutorial, out / f"peer{repeat}", precision), setting.warmup)
             print(f"repeat {repeat}: bare {bare.run_patches_per_s[-1]:.2f}, medseg {medseg.run_patches_per_s[-1]:.2f}, "
                   f"peer {peer.run_patches_per_s[-1]:.2f} patches/s; load {os.getloadavg()[0]:.1f}", flush=True)
+    forced = os.environ.get(CPU_BF16_ENV, "")  # a forced precision resolution is part of the command
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": (f"{CPU_BF16_ENV}={forced} " if forced else "") + "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
