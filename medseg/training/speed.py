@@ -44,10 +44,10 @@ class SpeedSettings(Callback):
         self.channels_last = channels_last
         self.compile = compile
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # before the batch planner's trial steps, which then measure the layout training runs
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # before the optimizer, DDP's gradient buckets and the batch planner's trial steps: all then see the layout training runs
         channels_last, _ = self.resolved(trainer.strategy.root_device.type)
-        if channels_last:
+        if stage == "fit" and channels_last:
             apply_speed_settings(pl_module.net, channels_last=True, compile=False)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -58,6 +58,8 @@ class SpeedSettings(Callback):
                  "torch.compile of the network" if compile else "not compiled")
         if compile:
             apply_speed_settings(pl_module.net, channels_last=False, compile=True)
+        for optimizer in trainer.optimizers:  # restored from a checkpoint by now
+            match_parameter_layouts(optimizer)
 
     def resolved(self, device_type: str, steps: float = 0) -> tuple[bool, bool]:
         """Return (channels_last, compile) as they apply on a "cpu" or "cuda" device to a run of ``steps`` training steps."""
@@ -83,6 +85,18 @@ def cpu_compiler_available() -> bool:
         return bool(get_cpp_compiler())
     except Exception:  # inductor raises its own errors when it finds none
         return False
+
+
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each state tensor of the optimizer shaped like its parameter the parameter's memory layout.
+
+    A resumed optimizer's state keeps the layout it was saved in: channels-first from a GPU run or an older one,
+    channels-last from a CPU run. Fused AdamW then updates the parameter wrongly, without an error, where the two differ.
+    """
+    for parameter, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 def apply_speed_settings(network: torch.nn.Module, channels_last: bool, compile: bool) -> None:
