@@ -66,9 +66,11 @@ step memory_spleen_uncapped 60 "$MEMORY --config configs/spleen_ct.yaml --endura
 step memory_demo_uncapped 45 "$MEMORY --config configs/demo.yaml --endurance-seconds 3 --no-tuner --out $RESULTS/memory_cuda_demo_uncapped_steady"
 step memory_planned_uncapped 45 "$MEMORY --config $PLANNED/plan.yaml --endurance-seconds 3 --no-tuner --out $RESULTS/memory_cuda_planned_uncapped_steady"
 # issue 23's fit-loop checks (name them in STEPS): the tutorial's 8 patches per step and 4, compiled as the GPU default;
-# AMP against TF32, eager, compiled and channels-last + compiled
+# the loop's host time a step; AMP against TF32, eager, compiled and channels-last + compiled
 step fit_spleen_8_patches 150 "$PYTHON benchmarks/training_benchmark.py --setting spleen --steps 30 --output $RESULTS/training_cuda_spleen_8_patches"
 step fit_spleen_4_patches 150 "$PYTHON benchmarks/training_benchmark.py --setting spleen --samples 2 --steps 30 --output $RESULTS/training_cuda_spleen_4_patches"
+# the fit loop's host time a step, piece by piece, beside the bare step: what a compiled GPU step cannot hide
+step loop_overhead 90 "$PYTHON benchmarks/loop_overhead_benchmark.py --device cuda --steps 200 --repeats 2 --output $RESULTS/loop_overhead_cuda"
 step precision_spleen_variants 240 "$PYTHON benchmarks/gpu_precision_benchmark.py --settings spleen --batch-sizes 2 16 --modes fp32-tf32 16-mixed --variants eager compile channels_last+compile --steps 15 --out $RESULTS/precision_cuda_variants"
 # one pytest per folder, so that each prints its failures' summary even if the step's time limit ends the last one
 # (the notebook tests need nbclient, a test extra the GPU image may lack)

@@ -117,8 +117,14 @@ def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", labe
     if prep.spacing is not None:
         steps.append(T.Spacingd(keys, pixdim=prep.spacing, mode=modes, dtype=torch.float32))
     if prep.crop_foreground:
+        # the crop's box is kept in the image's applied operations (inversion reads it there), not as keys of its own:
+        # those are numpy arrays when a case is preprocessed and tensors when read back from the disk cache, and
+        # a batch mixing the two cannot be collated
         steps.append(
-            T.CropForegroundd(keys, source_key=image_key, select_fn=partial(_above, threshold=prep.foreground_threshold), allow_smaller=True)
+            T.CropForegroundd(
+                keys, source_key=image_key, select_fn=partial(_above, threshold=prep.foreground_threshold), allow_smaller=True,
+                start_coord_key=None, end_coord_key=None,
+            )
         )
     if prep.normalization == "ct":
         low, high = prep.ct_window

@@ -108,8 +108,9 @@ class BatchSizePlanner(lightning.Callback):
             batch_size, accumulate = accumulation_for(batch_size, self.effective_batch_size, trainer.world_size)
         datamodule.batch_size, trainer.accumulate_grad_batches = batch_size, accumulate
         log.info(
-            "batch planner: %s training at batch size %d x %d accumulation x %d ranks = %d samples per optimizer step",
-            precision, batch_size, accumulate, trainer.world_size, batch_size * accumulate * trainer.world_size,
+            "batch planner: %s training at batch size %d x %d accumulation x %d %s = %d samples per optimizer step",
+            precision, batch_size, accumulate, trainer.world_size, "rank" if trainer.world_size == 1 else "ranks",
+            batch_size * accumulate * trainer.world_size,
         )
         # log_dir is a collective (a broadcast from rank 0): every rank reads it, or rank 0 waits forever
         log_dir = trainer.log_dir

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medseg.data.demo import default_cache_dir
@@ -35,6 +37,7 @@ from medseg.precision import resolve_precision
 from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
+from medseg.training.progress import ProgressBar
 from medseg.training.recovery import fit_with_oom_recovery
 from medseg.training.speed import SpeedSettings
 from medseg.training.throughput import ThroughputMonitor
@@ -95,6 +98,14 @@ class MedsegCLI(LightningCLI):
         ]:
             compute = (lambda p: p.to_dict()) if source == "preprocessing" else None
             parser.link_arguments(f"data.{source}", f"model.{target}", compute_fn=compute, apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """Build the trainer with medseg's progress bar (``ProgressBar``) unless the bar is off or another one is given."""
+        config = self.config_init["trainer"]
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBarBase) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, ProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config["trainer"]
@@ -234,7 +245,8 @@ def run(args: list[str] | None = None) -> TrainResult:
     best_path = Path(best.best_model_path) if best.best_model_path else None
     last_path = Path(last.last_model_path) if last.last_model_path else None
     # a run that ended before its first validation (short, max_time, Ctrl-C) validates the weights it has
-    results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+    # this run's own checkpoint holds plain data only (tensors, numbers, strings): loaded weights-only
+    results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in results[0].items()}
     result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)  # log_dir is a broadcast: before the group ends
     if trainer.is_global_zero:

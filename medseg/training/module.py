@@ -127,17 +127,26 @@ class SegmentationModule(L.LightningModule):
         stop = self.nonfinite_losses.count(loss, self.global_step, batch.get("name", ()))
         if stop:
             raise MedsegError(stop)
-        # on_step values reach the logger every log_every_n_steps; in the progress bar they would be read every step
-        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=image.shape[0])
-        # the bar's "loss": the mean of the last log_every_n_steps steps, a CPU tensor copied from the device without blocking
+        # The mean of the last log_every_n_steps steps, a CPU tensor copied from the device without blocking: the bar's
+        # "loss" and the logger's train_loss_step. Logged once per window, as Lightning's self.log costs host time that
+        # a fast GPU step does not have (benchmarks/results/loop_overhead_cpu.md); the logger writes it at its next step.
         shown = self.running_loss.add(loss)
         if shown is not None:
             self.log("loss", shown, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=image.shape[0])
+            self.log("train_loss_step", shown, on_step=True, on_epoch=False, batch_size=image.shape[0])
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        mean = self.running_loss.epoch_mean()
+        if mean is not None:
+            self.log("train_loss_epoch", mean, on_step=False, on_epoch=True)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip the update on the device when a gradient is NaN/Inf (fused AdamW reads ``found_inf``; the fp16 scaler sets its own)."""
-        optimizer.found_inf = nonfinite_gradients(self.parameters())
+        """Skip the update on the device when a gradient is NaN/Inf: fused AdamW reads ``found_inf``. Under fp16 the
+        gradient scaler checks the gradients itself and sets ``found_inf`` over this one, so it is not computed there."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            optimizer.found_inf = nonfinite_gradients(self.parameters())
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Return logits for whole volumes (B, C, X, Y, Z), stitched where ``image`` is, with the recipe's sliding

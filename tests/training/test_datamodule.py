@@ -245,3 +245,18 @@ def test_a_case_whose_file_changed_is_preprocessed_again(demo_root, tmp_path, sp
     os.utime(scan, ns=(scan.stat().st_atime_ns, scan.stat().st_mtime_ns + 10**9))
     _auto_data(root, tmp_path / "cache")
     assert len(spacing_calls) == 1
+
+
+@pytest.mark.parametrize("available", [2**40, 2**20], ids=["in-memory", "from-disk"])
+def test_batches_mix_cases_preprocessed_before_and_now(demo_root, tmp_path, monkeypatch, spacing_calls, available):
+    # a case preprocessed now and one read back from the disk cache come in one batch: cases added to a dataset since
+    # the last run, an interrupted first run, or another fold's cases
+    monkeypatch.setattr("medseg.training.datamodule.available_memory_bytes", lambda: available)
+    _auto_data(demo_root, tmp_path)
+    for cached in sorted((tmp_path / "preprocessed").rglob("*.pt"))[::2]:
+        cached.unlink()
+    spacing_calls.clear()
+    dm = _auto_data(demo_root, tmp_path, batch_size=8)
+    assert len(spacing_calls) == 3
+    batches = list(dm.train_dataloader())
+    assert [batch["image"].shape for batch in batches] == [(8, 1, 32, 32, 16)] * len(batches)

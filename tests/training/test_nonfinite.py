@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from medseg.training.nonfinite import NonfiniteLossCounter
 from medseg.training.speed import SpeedSettings
@@ -88,12 +89,19 @@ def test_cuda_compiled_training_steps_run_without_host_device_sync(tiny_module, 
     assert tiny_module.net._compiled_call_impl is not None
 
 
-def test_nonfinite_step_leaves_weights_and_optimizer_state_unchanged(tiny_module, make_trainer):
+def fp16_with_gradient_scaler() -> MixedPrecision:
+    """fp16 autocast with its gradient scaler, as 16-mixed runs on a GPU (Lightning turns 16-mixed into bf16 on a CPU)."""
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+
+
+# under fp16 the gradient scaler, not medseg, finds the NaN gradients and has the update skipped
+@pytest.mark.parametrize("plugins", [[], [fp16_with_gradient_scaler()]], ids=["32-true", "16-mixed with scaler"])
+def test_nonfinite_step_leaves_weights_and_optimizer_state_unchanged(tiny_module, make_trainer, plugins):
     data = RandomPatches(batch_size=2, num_samples=2)
     for sample in data.samples:
         sample["image"][0, 0, 0, 0] = float("nan")
     before = {k: v.clone() for k, v in tiny_module.state_dict().items() if "running" not in k}
-    trainer = make_trainer(max_steps=1)
+    trainer = make_trainer(max_steps=1, plugins=plugins)
     trainer.fit(tiny_module, datamodule=data)
     for name, value in before.items():
         torch.testing.assert_close(tiny_module.state_dict()[name], value, msg=name)
