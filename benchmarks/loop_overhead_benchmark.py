@@ -46,7 +46,7 @@ from medseg.data.demo import CLASS_NAMES  # noqa: E402
 from medseg.model.loss import segmentation_loss  # noqa: E402
 from medseg.model.networks import network_for  # noqa: E402
 from medseg.planning.step import training_optimizer  # noqa: E402
-from medseg.precision import CPU_BF16_ENV, autocast, resolve_precision  # noqa: E402
+from medseg.precision import CPU_BF16_ENV, resolve_precision  # noqa: E402
 from medseg.recipe import Recipe  # noqa: E402
 from medseg.training.speed import apply_speed_settings, resolved_speed_settings  # noqa: E402
 
@@ -158,7 +158,7 @@ def medseg_fit(out: Path, precision: str, steps: int, device: str, options: list
 
 def bare_steps(precision: str, steps: int, device: torch.device, options: list[str]) -> float:
     """Return the median ms of network + loss + fused AdamW on one fixed batch, with medseg's speed settings."""
-    from benchmarks.training_benchmark import speed_option
+    from benchmarks.training_benchmark import speed_option, timed_steps
 
     torch.manual_seed(0)
     network = network_for(Recipe("UNet", NETWORK, ("CT",), CLASS_NAMES, PATCH)).to(device).train()
@@ -166,21 +166,9 @@ def bare_steps(precision: str, steps: int, device: torch.device, options: list[s
     apply_speed_settings(network, *resolved_speed_settings(*choices, device.type, steps=WARMUP + steps))
     optimizer = training_optimizer(network.parameters())
     loss_fn = segmentation_loss()
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     image = torch.rand(BATCH, 1, *PATCH, device=device)
     label = torch.randint(0, len(CLASS_NAMES), (BATCH, 1, *PATCH), device=device).float()
-    seconds = []
-    for _ in range(WARMUP + steps):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(precision, device.type):
-            loss = loss_fn(network(image), label)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
+    seconds = timed_steps(network, optimizer, loss_fn, image, label, precision, WARMUP + steps)
     return 1e3 * float(np.median(seconds[WARMUP:]))
 
 

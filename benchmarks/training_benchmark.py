@@ -196,9 +196,16 @@ def bare_step(setting: Setting, precision: str, device: torch.device, options: l
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-5)
     image = torch.rand(setting.patches_per_step, 1, *setting.patch, device=device)
     label = torch.randint(0, len(CLASS_NAMES), (setting.patches_per_step, 1, *setting.patch), device=device).float()
+    return timed_steps(network, optimizer, loss_fn, image, label, precision, setting.warmup + setting.steps)[setting.warmup:]
+
+
+def timed_steps(network, optimizer, loss_fn, image, label, precision: str, count: int) -> list[float]:
+    """Return the seconds of ``count`` training steps on one fixed batch under the precision's autocast (and, for fp16,
+    its gradient scaler), each waited for on a GPU."""
+    device = image.device
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     seconds = []
-    for step in range(setting.warmup + setting.steps):
+    for _ in range(count):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device.type):
@@ -208,7 +215,7 @@ def bare_step(setting: Setting, precision: str, device: torch.device, options: l
         scaler.update()
         synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return seconds[setting.warmup:]
+    return seconds
 
 
 def speed_option(options: list[str], name: str) -> bool | str:
