@@ -41,6 +41,7 @@ from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.training_benchmark import speed_option, timed_steps  # noqa: E402
 from medseg import train  # noqa: E402
 from medseg.data.demo import CLASS_NAMES  # noqa: E402
 from medseg.model.loss import segmentation_loss  # noqa: E402
@@ -158,8 +159,6 @@ def medseg_fit(out: Path, precision: str, steps: int, device: str, options: list
 
 def bare_steps(precision: str, steps: int, device: torch.device, options: list[str]) -> float:
     """Return the median ms of network + loss + fused AdamW on one fixed batch, with medseg's speed settings."""
-    from benchmarks.training_benchmark import speed_option, timed_steps
-
     torch.manual_seed(0)
     network = network_for(Recipe("UNet", NETWORK, ("CT",), CLASS_NAMES, PATCH)).to(device).train()
     choices = speed_option(options, "channels_last"), speed_option(options, "compile")
