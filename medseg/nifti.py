@@ -1,8 +1,10 @@
-"""NIfTI reading and writing for every stage: one-line errors naming the file, one affine tolerance,
-geometry-exact atomic label-map writing."""
+"""NIfTI reading and writing for every stage: one-line errors naming the file, one check of a volume (header, geometry,
+voxels) shared by training, planning, inference and evaluation, one affine tolerance, geometry-exact atomic label-map
+writing."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 import zlib
 from contextlib import contextmanager
@@ -21,6 +23,12 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AFFINE_TOLERANCE_MM = 1e-3
 # What nibabel and gzip raise on a damaged file; caught only around reading.
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+# Voxel sizes (mm) a scan may have. Clinical CT, MRI and PET voxels lie between about 0.1 mm (dental cone-beam CT,
+# 7 T MRI) and 10-20 mm (thick slices, localisers); beyond this range the header is wrong, or in other units than mm.
+SPACING_RANGE_MM = (0.01, 100.0)
+# deflate's largest expansion: at most 258 bytes per 2-bit code, about 1032:1 (zlib's technical notes). The gzip
+# trailer is no safer bound: it holds the size modulo 4 GiB, and of the last member only.
+MAX_GZIP_RATIO = 1032
 
 
 def case_name(path: str | Path) -> str:
@@ -43,7 +51,7 @@ def unreadable(path: str | Path, error: BaseException) -> MedsegError:
 
 
 def load_header(path: str | Path) -> NiftiImage:
-    """Return the NIfTI image with only its header read (voxels stay on disk until needed)."""
+    """Return the NIfTI image with only its header read (voxels stay on disk until needed), after ``check_header``."""
     path = Path(path)
     if not path.is_file():
         raise MedsegError(f"{path}: file not found")
@@ -53,16 +61,73 @@ def load_header(path: str | Path) -> NiftiImage:
         raise unreadable(path, err) from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise MedsegError(f"{path}: not a NIfTI image")
+    check_header(image, path)
     return image
 
 
 def read_voxels(path: str | Path) -> tuple[NiftiImage, np.ndarray]:
-    """Return the image and its voxel array (scaling applied), naming the file if it is truncated or corrupt."""
+    """Return the image and its voxel array (scaling applied), naming the file if it is truncated or corrupt, or if a
+    voxel is NaN or infinite."""
     image = load_header(path)
     try:
-        return image, np.asanyarray(image.dataobj)
+        voxels = np.asanyarray(image.dataobj)
     except READ_ERRORS as err:
         raise unreadable(path, err) from None
+    check_finite(voxels, path)
+    return image, voxels
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Return the voxel size in mm along each voxel axis (the affine's column lengths, as MONAI's Spacingd reads it)."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def check_header(image: NiftiImage, path: str | Path) -> None:
+    """Raise a one-line error naming ``path`` unless its header's voxels fit in the file and its geometry is a scan's.
+
+    Run on every header read, before any voxel is: a damaged header would otherwise be believed (a MemoryError for
+    claimed voxels, a silent wrong segmentation for impossible geometry).
+    """
+    path = Path(path)
+    shape, dtype = image.header.get_data_shape(), image.header.get_data_dtype()
+    needed = getattr(image.dataobj, "offset", 0) + math.prod(int(size) for size in shape) * dtype.itemsize
+    size = path.stat().st_size
+    room = size * MAX_GZIP_RATIO if path.name.endswith(".gz") else size
+    if needed > room:
+        raise MedsegError(
+            f"{path}: header claims {'x'.join(map(str, shape))} voxels of {dtype} ({needed:,} bytes), more than its "
+            f"{size:,}-byte file can hold; the file is truncated or its header is damaged"
+        )
+    check_geometry(image.affine, path)
+
+
+def check_geometry(affine: np.ndarray, name: str | Path) -> None:
+    """Raise a one-line error naming ``name`` unless ``affine`` is finite and invertible with voxels in ``SPACING_RANGE_MM``.
+
+    A mirrored affine (negative determinant) is fine; axes that are parallel are not. Their volume against a box
+    of the same voxel sizes is at least 1e-3 for anything a scanner writes: gantry tilt shears by 30 degrees at most.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise MedsegError(f"{name}: the header's affine holds NaN or infinite values; fix its sform/qform")
+    spacing = voxel_spacing(affine)
+    low, high = SPACING_RANGE_MM
+    if not (low <= spacing.min() and spacing.max() <= high):
+        raise MedsegError(
+            f"{name}: voxel spacing {[float(f'{s:.4g}') for s in spacing]} mm is outside {low:g}..{high:g} mm; fix the "
+            "header's pixdim or affine (are its units mm?)"
+        )
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-3 * spacing.prod():
+        raise MedsegError(f"{name}: the header's affine is singular (its voxel axes are parallel); fix its sform/qform")
+
+
+def check_finite(voxels: np.ndarray, name: str | Path) -> None:
+    """Raise a one-line error naming ``name`` if a voxel is NaN or infinite: normalisation would clip or spread it into
+    a segmentation that looks plausible."""
+    if voxels.dtype.kind not in "fc" or np.isfinite(voxels).all():
+        return
+    bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
+    raise MedsegError(f"{name}: {bad:,} voxel(s) are NaN or infinite; fix or mask them in the file")
 
 
 def same_grid(a: NiftiImage, b: NiftiImage) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import Case
-from medseg.nifti import in_ras_order
+from medseg.nifti import in_ras_order, voxel_spacing
 
 # foreground intensities kept per case and channel for the dataset's percentiles (nnU-Net keeps 10,000)
 SAMPLES_PER_CASE = 1000
@@ -60,11 +60,6 @@ class CaseFingerprint:
     def from_dict(cls, data: dict[str, Any]) -> CaseFingerprint:
         channels = tuple(ChannelIntensity(c["count"], c["total"], c["total_of_squares"], tuple(c["samples"])) for c in data["channels"])
         return cls(data["name"], tuple(data["spacing"]), tuple(data["shape"]), channels, tuple(data["class_voxels"]))
-
-
-def voxel_spacing(affine: np.ndarray) -> np.ndarray:
-    """Return the voxel size in mm along each voxel axis (the affine's column lengths, as MONAI's Spacingd reads it)."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
 def ras_geometry(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...]]:

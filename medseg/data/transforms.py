@@ -15,6 +15,7 @@ from monai import transforms as T
 from monai.transforms.utils import map_binary_to_indices
 
 from medseg.errors import MedsegError
+from medseg.nifti import check_finite
 
 NORMALIZATIONS = ("ct", "ct_zscore", "zscore", "none")
 # MONAI's loader builds every reader it knows beside the one asked for; with pydicom installed (the dicom extra) its
@@ -99,6 +100,16 @@ def _quiet_unused_dicom_reader() -> Iterator[None]:
         logger.setLevel(level)
 
 
+class FiniteVoxelsd(T.MapTransform):
+    """Refuse an image with a NaN or infinite voxel, naming its file, as it is loaded: the CT window would clip an
+    infinite voxel to a plausible value, and resampling spreads a NaN to its neighbours."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        for key in self.key_iterator(data):
+            check_finite(data[key].numpy(), data[key].meta.get("filename_or_obj", key))
+        return data
+
+
 def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", label_key: str | None = "label") -> T.Compose:
     """Return the deterministic (cacheable, invertible) transforms from file paths to normalised tensors.
 
@@ -112,6 +123,7 @@ def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", labe
         load,
         T.EnsureChannelFirstd(keys),
         T.EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+        FiniteVoxelsd(image_key),
         T.Orientationd(keys, axcodes=prep.axcodes, labels=None),
     ]
     if prep.spacing is not None:

@@ -15,14 +15,15 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg import nifti
-from medseg.data.fingerprint import CaseFingerprint, DatasetFingerprint, FingerprintCache, case_fingerprint, case_key, voxel_spacing
+from medseg.data.fingerprint import CaseFingerprint, DatasetFingerprint, FingerprintCache, case_fingerprint, case_key
 from medseg.data.formats import Case, DatasetSpec
 from medseg.errors import MedsegError
 from medseg.nifti import NiftiImage, same_grid
 
 
 def _load(path, problems: list[str]) -> tuple[NiftiImage, np.ndarray] | tuple[None, None]:
-    """Return the image and its voxels (a full read: truncated gzip streams fail here), or record why not."""
+    """Return the image and its voxels (a full read: truncated gzip streams fail here), or record why not
+    (``nifti.read_voxels`` checks the header, geometry and voxels as every command does)."""
     try:
         return nifti.read_voxels(path)
     except MedsegError as err:
@@ -44,17 +45,13 @@ def inspect_case(case: Case, num_channels: int, num_classes: int) -> tuple[list[
     images = [(path, *_load(path, problems)) for path in case.images]
     label, label_voxels = _load(case.label, problems)
     channels = 0
-    for path, image, voxels in images:
+    for path, image, _ in images:
         if image is None:
             continue
         if image.ndim not in (3, 4):
             problems.append(f"{path}: image must be 3D (or 4D with channels last), got shape {image.shape}")
             continue
         channels += image.shape[3] if image.ndim == 4 else 1
-        if not np.isfinite(voxels).all():
-            problems.append(f"{path}: image contains NaN or Inf values")
-        if min(voxel_spacing(image.affine)) < 1e-6:
-            problems.append(f"{path}: voxel spacing {voxel_spacing(image.affine).round(4).tolist()} mm has a zero; fix the header's pixdim or affine")
         if label is not None:
             if image.shape[:3] != label.shape[:3]:
                 problems.append(f"{path}: image shape {image.shape[:3]} differs from label {case.label.name} shape {label.shape[:3]}")

@@ -241,15 +241,21 @@ class Predictor:
         """
         if case.dicom:
             return self._read_series(case)
-        header = open_scan(case.images, self.recipe.in_channels)  # checks channels and grids before any voxel is read
+        header = open_scan(case.images, self.recipe.in_channels)  # checks headers, geometry and grids before any voxel is read
         source = [str(p) for p in case.images] if len(case.images) > 1 else str(case.images[0])
+        return ScanInput(self._preprocessed(source, ", ".join(map(str, case.images))), reference or header)
+
+    def _preprocessed(self, source: str | list[str], name: str) -> dict[str, Any]:
+        """Return the preprocessing of ``source``, whose one-line errors (non-finite voxels, a damaged file) name it
+        rather than the MONAI transform that met them."""
         try:
-            data = self.preprocess({"image": source})
-        except RuntimeError as err:  # MONAI wraps a transform's error; a damaged file shows as its cause
-            if not isinstance(err.__cause__, READ_ERRORS):
-                raise
-            raise unreadable(", ".join(map(str, case.images)), err.__cause__) from None
-        return ScanInput(data, reference or header)
+            return self.preprocess({"image": source})
+        except RuntimeError as err:  # MONAI wraps a transform's error; the user's problem shows as its cause
+            if isinstance(err.__cause__, MedsegError):
+                raise err.__cause__ from None
+            if isinstance(err.__cause__, READ_ERRORS):
+                raise unreadable(name, err.__cause__) from None
+            raise
 
     def _read_series(self, case: Case) -> ScanInput:
         """Return a DICOM series preprocessed as a NIfTI scan of the same voxels and geometry would be."""
@@ -260,8 +266,7 @@ class Predictor:
             raise MedsegError(f"DICOM series {case.name} is one channel but the model expects {self.recipe.in_channels}")
         image = read_series(case.name, case.images)
         with saved_image(image) as path:
-            data = self.preprocess({"image": str(path)})
-        return ScanInput(data, image)
+            return ScanInput(self._preprocessed(str(path), case.name), image)
 
     def predict(self, case: Case | ScanInput, reference: NiftiImage | None = None) -> Prediction:
         """Return the segmentation of ``case`` (or of a scan ``read`` already) on its own grid: shape, voxel order and

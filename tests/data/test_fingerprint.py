@@ -90,7 +90,6 @@ def _without_slice_spacing(path):
 def test_zero_spacing_is_a_one_line_error_naming_the_file(dataset):
     path = dataset.cases[0].images[0]
     _without_slice_spacing(path)
-    _without_slice_spacing(dataset.cases[0].label)
     with pytest.raises(Exception) as error:
         validate_dataset(dataset, show_progress=False, workers=1)
-    assert str(error.value).startswith(f"{path}: voxel spacing [1.0, 1.0, 0.0] mm has a zero") and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"{path}: voxel spacing [1.0, 1.0, 0.0] mm is outside 0.01..100 mm") and "\n" not in str(error.value)

@@ -9,6 +9,7 @@ import pytest
 from medseg.data.formats import read_dataset
 from medseg.data.validation import check_case, validate_dataset
 from medseg.errors import MedsegError
+from tests.helpers.bad_scans import huge_header, with_affine
 
 
 @pytest.fixture
@@ -81,7 +82,24 @@ def test_nan_in_image(dataset):
     values = nib.load(path).get_fdata().astype(np.float32)
     values[1, 1, 1] = np.nan
     _rewrite(path, values)
-    assert _problems(dataset) == [f"{path}: image contains NaN or Inf values"]
+    assert _problems(dataset) == [f"{path}: 1 voxel(s) are NaN or infinite; fix or mask them in the file"]
+
+
+def test_a_header_claiming_more_voxels_than_its_file_holds_is_one_line_not_a_memory_error(dataset):
+    path = huge_header(dataset.cases[2].images[0])
+    with pytest.raises(MedsegError) as error:
+        validate_dataset(dataset, show_progress=False, workers=1)
+    assert str(error.value).startswith(f"{path}: header claims 100000x100000x100000 voxels") and "\n" not in str(error.value)
+
+
+def test_a_scan_with_1e_5_mm_voxels_is_refused(dataset):
+    path, label = dataset.cases[0].images[0], dataset.cases[0].label
+    for file in (path, label):
+        with_affine(file, np.asarray(nib.load(file).dataobj), np.diag([1e-5, 1e-5, 1e-5, 1.0]))
+    assert _problems(dataset) == [
+        f"{file}: voxel spacing [1e-05, 1e-05, 1e-05] mm is outside 0.01..100 mm; fix the header's pixdim or affine (are its units mm?)"
+        for file in (path, label)
+    ]
 
 
 def test_two_dimensional_image(dataset):

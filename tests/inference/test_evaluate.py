@@ -14,6 +14,7 @@ import pytest
 from medseg.errors import MedsegError
 from medseg.evaluate import evaluate, main
 from medseg.recipe import Recipe
+from tests.helpers.bad_scans import huge_header, with_block
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm slices: HD95 must count z steps double
 
@@ -103,3 +104,18 @@ def test_prediction_without_ground_truth_is_an_error(folders):
     _save(pred / "c3.nii.gz", np.zeros((10, 10, 10)))
     with pytest.raises(MedsegError, match="no ground truth .* for prediction\\(s\\) c3.nii.gz"):
         evaluate(pred, gt)
+
+
+def test_a_header_claiming_more_voxels_than_its_file_holds_is_one_line_not_a_memory_error(folders, capsys):
+    pred, gt = folders
+    huge_header(gt / "c2.nii.gz")
+    assert main(["--pred", str(pred), "--gt", str(gt)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"medseg: error: {gt / 'c2.nii.gz'}: header claims 100000x100000x100000 voxels") and "\n" not in err
+
+
+def test_a_prediction_with_nan_voxels_is_refused_not_scored(folders):
+    pred, _ = folders
+    with_block(pred / "c1.nii.gz", np.zeros((10, 10, 10)), AFFINE, np.nan)
+    with pytest.raises(MedsegError, match=r"c1\.nii\.gz: 64 voxel\(s\) are NaN or infinite"):
+        evaluate(*folders)

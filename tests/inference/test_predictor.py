@@ -1,6 +1,9 @@
-"""Whole-scan prediction: known segmentation, TTA, probabilities, in-memory images, stitching and OOM fallback."""
+"""Whole-scan prediction: known segmentation, TTA, probabilities, in-memory images, stitching and OOM fallback; bad
+scans refused with one line naming the file."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -8,8 +11,11 @@ import pytest
 import torch
 
 from medseg.data.formats import Case
+from medseg.errors import MedsegError
+from medseg.infer import main
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, predict_volume
 from medseg.inference.predictor import cudnn_autotuning, most_likely_class
+from tests.helpers.bad_scans import huge_header, with_affine, with_block
 
 from .conftest import SPACING_MM, phantom_hu, phantom_labels, save_scan
 
@@ -47,6 +53,47 @@ def test_probabilities_are_distributions_whose_argmax_is_the_labels(trained_chec
     assert prediction.probabilities.shape == phantom_labels().shape + (3,)
     np.testing.assert_allclose(prediction.probabilities.sum(axis=-1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(prediction.probabilities.argmax(axis=-1), prediction.labels)
+
+
+def _bad_scans(folder: Path) -> dict[str, str]:
+    """Write one good scan and five that must be refused into ``folder``; return what each refusal says after its path."""
+    hu = phantom_hu(phantom_labels((24, 22, 20)))
+    save_scan(folder / "good.nii.gz", hu, LPS)
+    with_block(folder / "nan_block.nii.gz", hu, LPS, np.nan)
+    with_block(folder / "inf_block.nii.gz", hu, LPS, np.inf)
+    huge_header(folder / "huge_header.nii.gz")
+    parallel_axes = np.array([[1.5, 1.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.5, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    with_affine(folder / "singular.nii.gz", hu, parallel_axes)
+    with_affine(folder / "tiny_voxels.nii.gz", hu, np.diag([1e-5, 1e-5, 1e-5, 1.0]))
+    return {
+        "nan_block": "64 voxel(s) are NaN or infinite",
+        "inf_block": "64 voxel(s) are NaN or infinite",
+        "huge_header": "header claims 100000x100000x100000 voxels of float32",
+        "singular": "the header's affine is singular",
+        "tiny_voxels": "voxel spacing [1e-05, 1e-05, 1e-05] mm is outside",
+    }
+
+
+def test_bad_scans_are_refused_with_one_line_naming_the_file_while_the_others_are_done(random_checkpoint, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    expected = _bad_scans(scans)
+    run = ["--checkpoint", str(random_checkpoint), "--input", str(scans), "--output", str(tmp_path / "out"), "--sw-batch-size", "2"]
+    assert main(run) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"1 done, 0 skipped, {len(expected)} failed"
+    failures = dict(line.removeprefix("failed ").split(": ", 1) for line in out[1:])
+    assert sorted(failures) == sorted(expected)
+    for name, message in expected.items():
+        assert failures[name].startswith(f"{scans / name}.nii.gz: ") and message in failures[name], failures[name]
+    assert (tmp_path / "out" / "good.nii.gz").exists() and not any((tmp_path / "out").glob("*_*.nii.gz"))
+
+
+def test_a_non_finite_in_memory_image_is_refused(random_checkpoint, phantom_scan, tmp_path):
+    voxels = np.asarray(nib.load(phantom_scan).dataobj).astype(np.float32)
+    voxels[5, 5, 5] = np.inf
+    with pytest.raises(MedsegError, match=r"1 voxel\(s\) are NaN or infinite"):
+        predict_volume(random_checkpoint, nib.Nifti1Image(voxels, LPS))
 
 
 def _image(seed: int = 0) -> torch.Tensor:
