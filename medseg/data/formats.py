@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def _read_msd(root: Path, data: dict, source: Path) -> DatasetSpec:
 
 
 def _read_nnunet(root: Path, data: dict, source: Path) -> DatasetSpec:
-    ending = data.get("file_ending", ".nii.gz")
+    ending = str(data.get("file_ending", ".nii.gz"))
+    if ".." in ending or Path(ending).name != ending:
+        raise MedsegError(f"{source}: file_ending {ending!r} must be a file name's ending such as '.nii.gz', without '..' or folders")
     channels = _channels(data["channel_names"], source, "channel_names")
     labels_dir = root / "labelsTr"
     if not labels_dir.is_dir():
@@ -109,8 +112,9 @@ def _read_nnunet(root: Path, data: dict, source: Path) -> DatasetSpec:
     cases = []
     for label in sorted(labels_dir.glob(f"*{ending}")):
         name = label.name.removesuffix(ending)
-        images = tuple(root / "imagesTr" / f"{name}_{c:04d}{ending}" for c in range(len(channels)))
-        cases.append(Case(name, images, label))
+        # resolved like the MSD layout's paths, so a symlink out of the root is refused too
+        images = tuple(_inside(root, f"imagesTr/{name}_{c:04d}{ending}", source) for c in range(len(channels)))
+        cases.append(Case(name, images, _inside(root, f"labelsTr/{label.name}", source)))
     return DatasetSpec(root, "nnunet", channels, _class_names(data["labels"], source, by_name=True), tuple(cases))
 
 
@@ -139,7 +143,20 @@ def read_dataset(root: str | Path) -> DatasetSpec:
         raise MedsegError(f"{source}: missing key {err}") from None
     if not spec.cases:
         raise MedsegError(f"{source}: the dataset lists no training cases")
+    refuse_repeated_names(spec.cases, source)
     return spec
+
+
+def refuse_repeated_names(cases: Sequence[Case], source: Path) -> None:
+    """Raise a one-line error naming two files if two cases share a name: their outputs, folds and scores would mix."""
+    first: dict[str, Case] = {}
+    for case in cases:
+        if case.name in first:
+            raise MedsegError(
+                f"{source}: {first[case.name].images[0]} and {case.images[0]} are both case {case.name}; their outputs "
+                "would overwrite each other: rename one"
+            )
+        first[case.name] = case
 
 
 def is_dataset(path: Path) -> bool:
@@ -175,8 +192,5 @@ def find_scans(path: str | Path) -> list[Case]:
         raise MedsegError(f"{path} is not a .nii/.nii.gz file, a folder of them or of DICOM series, or a dataset.json")
     if not scans:
         raise MedsegError(f"{path} holds no .nii or .nii.gz scans and no DICOM series")
-    names = [scan.name for scan in scans]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise MedsegError(f"{path} has several scans named {repeated[0]}; their outputs would overwrite each other")
+    refuse_repeated_names(scans, path)
     return scans

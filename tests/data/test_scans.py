@@ -48,3 +48,12 @@ def test_path_that_is_not_a_scan_is_named(tmp_path):
 def test_folder_without_scans_is_an_error(tmp_path):
     with pytest.raises(MedsegError, match="holds no .nii or .nii.gz scans"):
         find_scans(tmp_path)
+
+
+def test_two_scans_of_one_name_are_refused_naming_both_files(tmp_path):
+    _touch(tmp_path / "case.nii", tmp_path / "case.nii.gz")
+    with pytest.raises(MedsegError) as raised:
+        find_scans(tmp_path)
+    assert str(raised.value) == (
+        f"{tmp_path}: {tmp_path / 'case.nii'} and {tmp_path / 'case.nii.gz'} are both case case; their outputs would overwrite each other: rename one"
+    )
