@@ -14,6 +14,7 @@ from pydicom.sr.codedict import codes
 from medseg import __version__
 from medseg.atomic import atomic_target
 from medseg.data.dicom_series import read_headers, series_label
+from medseg.data.dicom_volume import complete_series
 from medseg.nifti import NiftiImage
 
 # The recipe names classes in words, not codes: every segment gets the generic "Tissue" code and the class name as its label.
@@ -58,6 +59,7 @@ def segmentation(labels: np.ndarray, reference: NiftiImage, name: str, series: S
     the files are in; frames without any foreground are left out.
     """
     sources = read_headers(series, series_label(name, series))
+    complete_series(sources)  # what the series left out, as reading it filled in (and said so)
     first = sources[0]
     volume = hd.Volume(
         labels, reference.affine, coordinate_system="PATIENT", frame_of_reference_uid=first.FrameOfReferenceUID,

@@ -90,6 +90,26 @@ def test_rescale_slope_and_intercept_give_hounsfield_units(tmp_path):
     np.testing.assert_array_equal(_read(tmp_path).get_fdata(), hu)
 
 
+@pytest.mark.parametrize("omit", [("SliceThickness",), ("FrameOfReferenceUID",), ("SliceThickness", "FrameOfReferenceUID")])
+def test_a_series_without_slice_thickness_or_frame_of_reference_is_read_from_positions_saying_once_what_was_missing(tmp_path, caplog, omit):
+    geometry = SeriesGeometry(row_direction=oblique_directions()[0], column_direction=oblique_directions()[1], slice_spacing=2.5)
+    hu = _hu()
+    write_series(tmp_path, hu, geometry, omit=omit)
+    with caplog.at_level("INFO", logger="medseg"):
+        image = _read(tmp_path)
+    np.testing.assert_allclose(image.affine, geometry.ras_affine(), atol=1e-4)
+    np.testing.assert_array_equal(image.get_fdata(), hu)
+    [record] = [record for record in caplog.records if record.name.startswith("medseg")]
+    assert record.levelname == "WARNING" and f"has slices without {' and '.join(omit)}: read from ImagePositionPatient" in record.getMessage()
+
+
+def test_a_complete_series_is_read_without_a_warning(tmp_path, caplog):
+    write_series(tmp_path, _hu())
+    with caplog.at_level("INFO", logger="medseg"):
+        _read(tmp_path)
+    assert not [record for record in caplog.records if record.name.startswith("medseg")]
+
+
 def _slices_removed(tmp_path):
     files = write_series(tmp_path, _hu())
     files[3].unlink()

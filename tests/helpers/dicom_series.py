@@ -60,12 +60,14 @@ def write_series(
     intercept: float = -1024.0,
     description: str = "CT abdomen",
     shuffle: bool = True,
+    omit: tuple[str, ...] = (),
     **attributes,
 ) -> list[Path]:
     """Write ``hu`` (columns, rows, slices) as a CT series of one file per slice in ``folder``; return the files by slice.
 
     Stored values are (hu - intercept) / slope, as a scanner stores them. Files are named in a shuffled order so that
-    readers must sort by position; ``attributes`` overrides or adds DICOM attributes on every slice.
+    readers must sort by position; ``attributes`` overrides or adds DICOM attributes on every slice, and the keywords
+    in ``omit`` are left out (as SimpleITK's usual recipe leaves out SliceThickness and FrameOfReferenceUID).
     """
     geometry = geometry or SeriesGeometry()
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +98,8 @@ def write_series(
         ds.PixelData = np.ascontiguousarray(stored[:, :, index].T).tobytes()  # rows, columns
         for keyword, value in attributes.items():
             setattr(ds, keyword, value)
+        for keyword in omit:
+            delattr(ds, keyword)
         path = folder / f"IM{int(order[index]):04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files.append(path)

@@ -123,3 +123,25 @@ def test_the_dicom_seg_names_each_class_and_the_algorithm(study, segmented, trai
 def test_inputs_are_left_as_they_were_and_no_temporary_files_remain(segmented):
     assert segmented["inputs_unchanged"]
     assert not any(p.name.startswith(".") for p in segmented["output"].iterdir())
+
+
+def test_a_series_without_slice_thickness_and_frame_of_reference_gets_its_nifti_and_a_dicom_seg(trained_checkpoint, tmp_path):
+    """SimpleITK's usual recipe writes neither tag; the DICOM-SEG records the slice spacing and a frame of reference
+    derived from the series, the same on every run."""
+    files = write_series(tmp_path / "study", phantom_hu(_labels()), OBLIQUE, omit=("SliceThickness", "FrameOfReferenceUID"))
+    [case] = find_scans(tmp_path / "study")
+    frames = []
+    for output in (tmp_path / "first", tmp_path / "second"):
+        code = main(["--checkpoint", str(trained_checkpoint), "--input", str(tmp_path / "study"), "--output", str(output),
+                     "--sw-batch-size", "2", "--output-format", "both"])
+        assert code == 0
+        labels = np.asarray(nib.load(output / f"{case.name}.nii.gz").dataobj)
+        np.testing.assert_array_equal(labels, _labels())
+        seg = hd.seg.segread(output / f"{case.name}.seg.dcm")
+        sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+        pixels = seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in sources], combine_segments=True)
+        np.testing.assert_array_equal(pixels.transpose(2, 1, 0), labels)
+        thickness = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
+        assert float(thickness) == pytest.approx(SPACING_MM, abs=1e-6)
+        frames.append(seg.FrameOfReferenceUID)
+    assert frames[0] == frames[1] and "FrameOfReferenceUID" not in pydicom.dcmread(files[0])
