@@ -123,3 +123,11 @@ def test_the_dicom_seg_names_each_class_and_the_algorithm(study, segmented, trai
 def test_inputs_are_left_as_they_were_and_no_temporary_files_remain(segmented):
     assert segmented["inputs_unchanged"]
     assert not any(p.name.startswith(".") for p in segmented["output"].iterdir())
+
+
+def test_both_formats_write_what_each_source_can_and_say_so_once(trained_checkpoint, study, tmp_path, capsys):
+    code = main(["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(tmp_path), "--output-format", "both"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out.splitlines()[0] == "3 done, 0 skipped, 1 failed"  # the broken series alone fails
+    assert captured.err.count("1 NIfTI scan(s) get a NIfTI label map only: a DICOM-SEG needs a DICOM series") == 1
+    assert (tmp_path / "oblique_as_nifti.nii.gz").is_file() and not (tmp_path / "oblique_as_nifti.seg.dcm").exists()
