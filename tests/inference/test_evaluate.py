@@ -14,6 +14,7 @@ import pytest
 from medseg.errors import MedsegError
 from medseg.evaluate import evaluate, main
 from medseg.recipe import Recipe
+from tests.helpers.faults import read_only
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm slices: HD95 must count z steps double
 
@@ -103,3 +104,11 @@ def test_prediction_without_ground_truth_is_an_error(folders):
     _save(pred / "c3.nii.gz", np.zeros((10, 10, 10)))
     with pytest.raises(MedsegError, match="no ground truth .* for prediction\\(s\\) c3.nii.gz"):
         evaluate(pred, gt)
+
+
+def test_a_read_only_output_is_one_line_naming_the_file(folders, tmp_path, monkeypatch, capsys):
+    read_only(monkeypatch, tmp_path / "scores")
+    assert main(["--pred", str(folders[0]), "--gt", str(folders[1]), "--output", str(tmp_path / "scores" / "evaluation.csv")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"medseg: error: cannot write {tmp_path / 'scores' / 'evaluation.csv'}: the folder is not writable: choose another folder (nothing there was changed)"
+    )
