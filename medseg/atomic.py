@@ -59,7 +59,11 @@ def staged_files(paths: Sequence[Path]) -> Iterator[list[Path]]:
         for temp, path in zip(temps, paths):
             os.replace(temp, path)
         for folder in dict.fromkeys(path.parent for path in paths):
-            _sync(folder)
+            try:
+                _sync(folder)
+            except OSError as err:
+                if err.errno not in (errno.EINVAL, errno.ENOTSUP):  # some network filesystems cannot sync a folder
+                    raise
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
