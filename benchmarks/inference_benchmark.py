@@ -167,7 +167,7 @@ def medseg_stages(checkpoint: Path, scans: list[Path], output: Path, options: In
         with torch.inference_mode():
             clock("windows", lambda: predictor._each_slab(data["image"].as_tensor()[None], lambda: lambda first_row, slab: None))
         prediction = clock("inversion", lambda: predictor.predict(scan_input))
-        clock("writing", lambda: write_prediction(prediction, case, case_outputs(case.name, output, "nifti"), output))
+        clock("writing", lambda: write_prediction(prediction, case, case_outputs(case, output, "nifti")))
     clock.seconds["preprocessing"] -= clock.seconds["reading"]
     clock.seconds["inversion"] -= clock.seconds["windows"]
     return clock.seconds

@@ -20,9 +20,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", required=True,
                         help="a .nii/.nii.gz scan; a folder of them and of DICOM series (each series a case, subfolders searched; "
                              'needs pip install "medseg[dicom]"); or a dataset (folder or dataset.json; its training cases)')
-    parser.add_argument("--output", required=True, help="folder for <case>.nii.gz label maps (and <case>.seg.dcm DICOM-SEGs)")
+    parser.add_argument("--output", required=True,
+                        help="folder for <case>.nii.gz label maps (and <case>.seg.dcm DICOM-SEGs), and recipe.json: the settings they were made with "
+                             "and the cases made; one run at a time")
     parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="nifti",
-                        help="nifti: <case>.nii.gz; dicom-seg: <case>.seg.dcm referencing the DICOM series (DICOM inputs only); both (default: nifti)")
+                        help="nifti: <case>.nii.gz; dicom-seg: <case>.seg.dcm referencing the DICOM series (DICOM inputs only); "
+                             "both (NIfTI scans get their NIfTI only) (default: nifti)")
     parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the checkpoint's recipe, as validation used)")
     parser.add_argument("--no-gaussian", action="store_true", help="blend windows with equal weights instead of a Gaussian (default: the recipe's blending)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips of each window (8x slower)")
@@ -30,7 +33,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the precision training ran at, where this device supports it (bf16 on a CPU only with native bf16)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
-    parser.add_argument("--overwrite", action="store_true", help="redo scans whose output already exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every scan, also in a folder made with other settings (refused otherwise); without it, scans whose outputs "
+                             "(probabilities included, when asked for) were all made with these settings are skipped")
     parser.add_argument("--no-postprocessing", action="store_true", help="ignore a postprocessing.json in a --checkpoint folder (python -m medseg.postprocess)")
     return parser.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """NIfTI reading and writing for every stage: one-line errors naming the file, one check of a volume (header, geometry,
-voxels) shared by training, planning, inference and evaluation, one affine tolerance, geometry-exact atomic label-map
-writing."""
+voxels) shared by training, planning, inference and evaluation, one affine tolerance, label maps on the reference
+scan's exact geometry."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Iterator, Sequence
 import nibabel as nib
 import numpy as np
 
-from medseg.atomic import atomic_target
 from medseg.errors import MedsegError
 
 NiftiImage = nib.Nifti1Image | nib.Nifti2Image
@@ -196,9 +195,3 @@ def like_reference(data: np.ndarray, reference: NiftiImage) -> NiftiImage:
     header.set_slope_inter(np.nan, np.nan)
     header["cal_min"], header["cal_max"] = 0, 0
     return type(reference)(data, None, header=header)
-
-
-def write_atomic(image: NiftiImage, path: Path) -> None:
-    """Write `image` to `path` atomically (temporary file in the same folder, then rename)."""
-    with atomic_target(path) as temp:
-        nib.save(image, temp)

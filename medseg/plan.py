@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from medseg.atomic import atomic_target, write_text_atomic
@@ -74,9 +73,8 @@ def run(args: list[str] | None = None) -> StoredPlan:
     plan = stored.plan
     print(format_plan(plan))
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "plan.json", json.dumps(plan.to_dict(), indent=2))
-    shutil.copyfile(stored.config_path, out / "plan.yaml")
+    write_text_atomic(out / "plan.yaml", stored.config_path.read_text())
     curves = {p.precision: {"patch_size": p.patch_size, "batch_size": p.batch_size, "peak_bytes": p.peak_bytes, "samples_per_second": p.samples_per_second} for p in plan.precisions}
     title = f"{Path(plan.dataset).name}: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB"
     with atomic_target(out / "plan.png") as temp:

@@ -12,7 +12,6 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from medseg import __version__
-from medseg.atomic import atomic_target
 from medseg.data.dicom_series import read_headers, series_label
 from medseg.data.dicom_volume import complete_series
 from medseg.nifti import NiftiImage
@@ -81,10 +80,3 @@ def segmentation(labels: np.ndarray, reference: NiftiImage, name: str, series: S
         series_description=f"medseg {first.get('SeriesDescription') or 'segmentation'}"[:64],
         omit_empty_frames=True,
     )
-
-
-def write_dicom_seg(labels: np.ndarray, reference: NiftiImage, name: str, series: Sequence[Path], algorithm: Algorithm, target: Path) -> None:
-    """Write the DICOM-SEG of a series' label map to `target` atomically."""
-    seg = segmentation(labels, reference, name, series, algorithm)
-    with atomic_target(target) as temp:
-        seg.save_as(temp)

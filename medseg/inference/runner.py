@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import nibabel as nib
 from tqdm import tqdm
 
-from medseg.atomic import write_text_atomic
+from medseg.atomic import atomic_targets, remove_stale_temporaries, write_error, write_text_atomic
 from medseg.data.dicom_series import require_pydicom
 from medseg.data.formats import Case, find_scans
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_ensemble
 from medseg.inference.postprocessing import postprocessing_beside
 from medseg.inference.predictor import InferenceOptions, Prediction, Predictor
-from medseg.nifti import like_reference, write_atomic
+from medseg.nifti import like_reference
 
 if TYPE_CHECKING:
     from medseg.inference.dicom_seg import Algorithm
@@ -28,8 +32,13 @@ PROBABILITIES_FOLDER = "probabilities"
 OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 DICOM_SEG_SUFFIX = ".seg.dcm"
 NO_SOURCE_SERIES = "a NIfTI scan has no DICOM series for a DICOM-SEG to reference; use --output-format nifti for NIfTI scans"
-# What inference ran (the checkpoint's recipe with this run's overrides and precision); evaluation reads its class names.
+# What made the outputs in a folder (the checkpoint's recipe with the run's overrides and precision, the models, the
+# postprocessing) and the cases whose outputs it made; evaluation reads its class names.
 RECIPE_FILE = "recipe.json"
+# Held by the run writing into a folder; a second run into it is refused.
+LOCK_FILE = ".medseg-infer.lock"
+# Entries of recipe.json that do not change what an output holds: a rerun may differ in them.
+NOT_COMPARED = ("cases", "window.batch_size")
 
 
 @dataclass
@@ -59,10 +68,13 @@ def segment_scans(
 ) -> RunSummary:
     """Return the summary after writing each scan's label map in ``output_format`` to OUTPUT, and ``OUTPUT/recipe.json``.
 
-    ``output_format``: "nifti" (``<case>.nii.gz``), "dicom-seg" (``<case>.seg.dcm``, DICOM series inputs only) or "both".
-    ``source`` is a path (``find_scans``) or the cases themselves. ``checkpoint`` is one checkpoint, or several checkpoints and run folders whose models are ensembled
-    (``load_ensemble``); with ``postprocessing``, a ``postprocessing.json`` in a folder among them is applied.
-    Existing outputs are skipped unless `overwrite`; a failing scan is recorded and the rest go on.
+    ``output_format``: "nifti" (``<case>.nii.gz``), "dicom-seg" (``<case>.seg.dcm``, DICOM series inputs only) or "both"
+    (NIfTI scans get their NIfTI only). ``source`` is a path (``find_scans``) or the cases themselves. ``checkpoint`` is
+    one checkpoint, or several checkpoints and run folders whose models are ensembled (``load_ensemble``); with
+    ``postprocessing``, a ``postprocessing.json`` in a folder among them is applied.
+    A scan whose outputs (probabilities included, when asked for) all exist and were made with these settings is skipped
+    unless `overwrite`; a folder made with other settings is refused unless `overwrite` (``OutputRecord``), as is a
+    second run into the folder at once. A failing scan is recorded and the rest go on.
     Inputs are never written: an output path that is an input file is refused before anything runs.
     """
     options = options or InferenceOptions()
@@ -75,9 +87,9 @@ def segment_scans(
     # DICOM-SEG files an earlier run wrote inside the input folder are results, not series to segment
     cases = [case for case in cases if not (case.dicom and all(p.resolve().is_relative_to(output.resolve()) for p in case.images))]
     inputs = {p.resolve() for case in cases for p in case.images}
-    targets = {case.name: case_outputs(case.name, output, output_format) for case in cases}
-    for name, paths in targets.items():
-        for target in paths:
+    targets = {case.name: case_outputs(case, output, output_format, options.probabilities) for case in cases}
+    for paths in targets.values():
+        for target in paths.values():
             if target.resolve() in inputs:
                 raise MedsegError(f"output {target} would overwrite the input scan; choose another --output folder")
     sources = [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(c) for c in checkpoint]
@@ -87,19 +99,39 @@ def segment_scans(
         decision[0].check_classes(models[0].recipe.class_names, decision[1])
     predictor = Predictor(models, options, decision[0] if decision else None)
     ran = predictor.recipe.with_changes(precision=predictor.precision)
-    record = {
+    settings = {
         **ran.to_dict(),
-        "models": [str(model.source) for model in models],
-        "postprocessing": {**decision[0].to_dict(), "file": str(decision[1])} if decision else None,
+        "tta": options.tta,
+        "models": [str(Path(model.source).absolute()) for model in models],
+        "postprocessing": {**decision[0].to_dict(), "file": str(Path(decision[1]).absolute())} if decision else None,
     }
-    write_text_atomic(output / RECIPE_FILE, json.dumps(record, indent=2))
-    algorithm = dicom_seg_algorithm(ran.class_names, models) if output_format != "nifti" else None
+    with folder_lock(output):
+        for folder in (output, output / PROBABILITIES_FOLDER):
+            remove_stale_temporaries(folder)  # of a killed run: no other run writes here while the lock is held
+        record = OutputRecord.for_run(output / RECIPE_FILE, settings, overwrite, [case.name for case in cases if outputs_exist(targets[case.name])])
+        algorithm = dicom_seg_algorithm(ran.class_names, models) if output_format != "nifti" else None
+        return run_cases(predictor, cases, targets, record, overwrite, output_format, algorithm)
+
+
+def run_cases(
+    predictor: Predictor, cases: Sequence[Case], targets: dict[str, dict[str, Path]], record: OutputRecord, overwrite: bool, output_format: str,
+    algorithm: Algorithm | None,
+) -> RunSummary:
+    """Return the summary after segmenting the cases not yet made (all with `overwrite`), committing each case's outputs
+    together and then listing it in the record."""
     summary = RunSummary()
-    todo = [case for case in cases if overwrite or not all(path.exists() for path in targets[case.name])]
+    todo = [case for case in cases if overwrite or not record.made(case.name, targets[case.name])]
     summary.skipped = [case.name for case in cases if case not in todo]
-    if output_format != "nifti":
+    if output_format == "dicom-seg":
         summary.failed = [(case.name, NO_SOURCE_SERIES) for case in todo if not case.dicom]
         todo = [case for case in todo if case.dicom]
+    elif output_format == "both" and any(not case.dicom for case in todo):
+        print(f"{sum(not case.dicom for case in todo)} NIfTI scan(s) get a NIfTI label map only: a DICOM-SEG needs a DICOM series", file=sys.stderr)
+
+    def commit(prediction: Prediction, case: Case) -> None:
+        write_prediction(prediction, case, targets[case.name], algorithm)
+        record.add(case.name)
+
     progress = tqdm(todo, desc="segmenting", unit="scan", file=sys.stderr)
     # One thread reads and preprocesses the next scan and one writes the last while this one is segmented:
     # decompression and resampling release the GIL, so the network waits for neither.
@@ -115,7 +147,7 @@ def segment_scans(
                 summary.failed.append((case.name, describe(err)))
                 continue
             reads[index] = None  # the scan's volumes can go
-            writes.append((case.name, writer.submit(write_prediction, prediction, case, targets[case.name], output, algorithm)))
+            writes.append((case.name, writer.submit(commit, prediction, case)))
             progress.write(f"{case.name}: {prediction.route}", file=sys.stderr)
         for name, write in writes:
             try:
@@ -127,6 +159,97 @@ def segment_scans(
     return summary
 
 
+@dataclass
+class OutputRecord:
+    """``recipe.json``: the settings the outputs it lists were made with, and those cases.
+
+    Only a run that writes changes it (after each case's outputs are in place), so it never describes a run that
+    made nothing. An output not listed (another run's, a run killed between the two writes) is not counted as made.
+    """
+
+    path: Path
+    settings: dict[str, Any]
+    cases: list[str]
+
+    @classmethod
+    def for_run(cls, path: Path, settings: dict[str, Any], overwrite: bool, existing: list[str]) -> OutputRecord:
+        """Return the record a run with ``settings`` continues; a folder made with other settings is refused unless
+        ``overwrite``, which starts a new record. A folder without a record, or one from before records listed cases,
+        has its ``existing`` outputs counted as made with these settings, as before."""
+        settings = json.loads(json.dumps(settings))  # as the file holds it: lists, not tuples
+        if not path.is_file():
+            return cls(path, settings, list(existing))
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise MedsegError(f"{path}: not valid JSON ({err}); move it away, or use another --output folder") from None
+        differences = [
+            f"{key}: {old_flat.get(key, 'not recorded')} there, {new_flat.get(key, 'not recorded')} now"
+            for old_flat, new_flat in [(flatten(old), flatten(settings))]
+            for key in sorted(old_flat.keys() | new_flat.keys())
+            if key not in NOT_COMPARED and old_flat.get(key) != new_flat.get(key)
+        ]
+        if differences and not overwrite:
+            raise MedsegError(
+                f"{path.parent} holds outputs made with other settings ({'; '.join(differences[:3])}"
+                f"{'; ...' if len(differences) > 3 else ''}): run with those, use another --output folder, or --overwrite to redo every scan"
+            )
+        if differences:
+            return cls(path, settings, [])
+        return cls(path, settings, list(old["cases"]) if "cases" in old else list(existing))
+
+    def made(self, name: str, paths: dict[str, Path]) -> bool:
+        """Return whether every output of the case is in place and listed as made with these settings."""
+        return name in self.cases and outputs_exist(paths)
+
+    def add(self, name: str) -> None:
+        """List the case, whose outputs were just written, and rewrite the record."""
+        if name not in self.cases:
+            self.cases.append(name)
+        write_text_atomic(self.path, json.dumps({**self.settings, "cases": self.cases}, indent=2))
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Return the record's values by dotted key ("window.overlap"), nested mappings opened."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock file while the block runs; a second run into the folder is refused with one line.
+
+    A kernel lock (``flock``) ends with its process, so a killed run's lock file is simply taken over. The file is
+    removed on release, so the folder holds only outputs (``filelock`` leaves it); a run that locked a file another
+    just removed locks the new one instead.
+    """
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                raise MedsegError(f"another run is writing into {folder} (it holds {path}): wait for it to end, or use another --output folder") from None
+            if path.exists() and os.path.samestat(os.fstat(descriptor), os.stat(path)):
+                break
+            os.close(descriptor)
+    except OSError as err:
+        raise write_error(err, [folder]) from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
 def dicom_seg_algorithm(class_names: Sequence[str], models: Sequence[TrainedModel]) -> Algorithm:
     """Return what DICOM-SEGs record about the run: class names and checkpoint file names (needs the DICOM extra)."""
     from medseg.inference.dicom_seg import Algorithm
@@ -134,24 +257,34 @@ def dicom_seg_algorithm(class_names: Sequence[str], models: Sequence[TrainedMode
     return Algorithm(tuple(class_names), tuple(Path(model.source).name for model in models))
 
 
-def case_outputs(name: str, output: Path, output_format: str) -> list[Path]:
-    """Return the files a case's label map is written to in ``output_format``."""
-    nifti, dicom_seg = output / f"{name}.nii.gz", output / f"{name}{DICOM_SEG_SUFFIX}"
-    return {"nifti": [nifti], "dicom-seg": [dicom_seg], "both": [nifti, dicom_seg]}[output_format]
+def case_outputs(case: Case, output: Path, output_format: str, probabilities: bool = False) -> dict[str, Path]:
+    """Return the files a case's run writes, by kind: "labels" (NIfTI), "dicom-seg" and "probabilities" (NIfTI).
+
+    With "both", a NIfTI scan gets its NIfTI only: a DICOM-SEG references the DICOM series it segments."""
+    kinds = {"nifti": ["labels"], "dicom-seg": ["dicom-seg"], "both": ["labels", "dicom-seg"] if case.dicom else ["labels"]}[output_format]
+    files = {"labels": output / f"{case.name}.nii.gz", "dicom-seg": output / f"{case.name}{DICOM_SEG_SUFFIX}"}
+    paths = {kind: files[kind] for kind in kinds}
+    if probabilities:
+        paths["probabilities"] = output / PROBABILITIES_FOLDER / f"{case.name}.nii.gz"
+    return paths
 
 
-def write_prediction(prediction: Prediction, case: Case, targets: Sequence[Path], output: Path, algorithm: Algorithm | None = None) -> None:
-    """Write the case's label map atomically to each target, NIfTI or DICOM-SEG by name (and the probabilities as NIfTI,
-    when asked for). A DICOM-SEG needs the case's DICOM series and the ``algorithm`` that segmented it."""
-    for target in targets:
-        if target.name.endswith(DICOM_SEG_SUFFIX):
-            from medseg.inference.dicom_seg import write_dicom_seg
+def outputs_exist(paths: dict[str, Path]) -> bool:
+    return all(path.exists() for path in paths.values())
 
-            write_dicom_seg(prediction.labels, prediction.reference, case.name, case.images, algorithm, target)
-        else:
-            write_atomic(like_reference(prediction.labels, prediction.reference), target)
-    if prediction.probabilities is not None:
-        write_atomic(like_reference(prediction.probabilities, prediction.reference), output / PROBABILITIES_FOLDER / f"{case.name}.nii.gz")
+
+def write_prediction(prediction: Prediction, case: Case, targets: dict[str, Path], algorithm: Algorithm | None = None) -> None:
+    """Write the case's outputs (``case_outputs``) together: every temporary file first, then the renames, so a failure
+    leaves none of them half written and none replaced. A DICOM-SEG needs the case's DICOM series and the
+    ``algorithm`` that segmented it."""
+    with atomic_targets(list(targets.values())) as temps:
+        for kind, temp in zip(targets, temps):
+            if kind == "dicom-seg":
+                from medseg.inference.dicom_seg import segmentation
+
+                segmentation(prediction.labels, prediction.reference, case.name, case.images, algorithm).save_as(temp)
+            else:
+                nib.save(like_reference(prediction.probabilities if kind == "probabilities" else prediction.labels, prediction.reference), temp)
 
 
 def describe(err: Exception) -> str:

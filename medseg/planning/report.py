@@ -117,7 +117,6 @@ def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:
 def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, Path]:
     """Write ``memory_report.json`` (plans and comparison) and ``memory_report.png`` into ``folder``; return both paths."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     json_path, png_path = folder / "memory_report.json", folder / "memory_report.png"
     data = {"comparison": comparison(plans), "plans": [p.to_dict() for p in plans]}
     write_text_atomic(json_path, json.dumps(data, indent=2))

@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins import CheckpointIO
 
 from medseg.data.demo import default_cache_dir
 from medseg.data.formats import read_dataset
@@ -35,6 +36,7 @@ from medseg.errors import MedsegError
 from medseg.planning.store import plan_for_training
 from medseg.precision import resolve_precision
 from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.checkpoint_io import AtomicCheckpointIO
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
 from medseg.training.progress import ProgressBar
@@ -100,11 +102,16 @@ class MedsegCLI(LightningCLI):
             parser.link_arguments(f"data.{source}", f"model.{target}", compute_fn=compute, apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        """Build the trainer with medseg's progress bar (``ProgressBar``) unless the bar is off or another one is given."""
+        """Build the trainer with medseg's progress bar (``ProgressBar``) unless the bar is off or another one is given,
+        and checkpoints written beside their target (``AtomicCheckpointIO``) unless another CheckpointIO is given."""
         config = self.config_init["trainer"]
         callbacks = list(config.get("callbacks") or [])
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBarBase) for c in callbacks):
             kwargs.setdefault("callbacks", [*callbacks, ProgressBar()])
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:

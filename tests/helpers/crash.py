@@ -23,3 +23,25 @@ class DiskFullAtEpochEnd(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(trainer.log_dir))
+
+
+class DiskFullInSecondEpoch(Callback):
+    """Fill the disk half way through the next file written from the second epoch on (a checkpoint: the logs are
+    written otherwise), as a real full disk does (``tests.helpers.faults.interrupt_disk_writes``)."""
+
+    def __init__(self) -> None:
+        from pytest import MonkeyPatch
+
+        self.faults = MonkeyPatch()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        from tests.helpers.faults import disk_full, interrupt_disk_writes
+
+        if trainer.current_epoch == 1:
+            interrupt_disk_writes(self.faults, disk_full)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.faults.undo()  # teardown is not called after an exception
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self.faults.undo()

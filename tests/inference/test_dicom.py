@@ -145,3 +145,11 @@ def test_a_series_without_slice_thickness_and_frame_of_reference_gets_its_nifti_
         assert float(thickness) == pytest.approx(SPACING_MM, abs=1e-6)
         frames.append(seg.FrameOfReferenceUID)
     assert frames[0] == frames[1] and "FrameOfReferenceUID" not in pydicom.dcmread(files[0])
+
+
+def test_both_formats_write_what_each_source_can_and_say_so_once(trained_checkpoint, study, tmp_path, capsys):
+    code = main(["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(tmp_path), "--output-format", "both"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out.splitlines()[0] == "3 done, 0 skipped, 1 failed"  # the broken series alone fails
+    assert captured.err.count("1 NIfTI scan(s) get a NIfTI label map only: a DICOM-SEG needs a DICOM series") == 1
+    assert (tmp_path / "oblique_as_nifti.nii.gz").is_file() and not (tmp_path / "oblique_as_nifti.seg.dcm").exists()

@@ -15,6 +15,7 @@ from medseg.errors import MedsegError
 from medseg.evaluate import evaluate, main
 from medseg.recipe import Recipe
 from tests.helpers.bad_scans import huge_header, with_block
+from tests.helpers.faults import read_only
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm slices: HD95 must count z steps double
 
@@ -119,3 +120,11 @@ def test_a_prediction_with_nan_voxels_is_refused_not_scored(folders):
     with_block(pred / "c1.nii.gz", np.zeros((10, 10, 10)), AFFINE, np.nan)
     with pytest.raises(MedsegError, match=r"c1\.nii\.gz: 64 voxel\(s\) are NaN or infinite"):
         evaluate(*folders)
+
+
+def test_a_read_only_output_is_one_line_naming_the_file(folders, tmp_path, monkeypatch, capsys):
+    read_only(monkeypatch, tmp_path / "scores")
+    assert main(["--pred", str(folders[0]), "--gt", str(folders[1]), "--output", str(tmp_path / "scores" / "evaluation.csv")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"medseg: error: cannot write {tmp_path / 'scores' / 'evaluation.csv'}: the folder is not writable: choose another folder (nothing there was changed)"
+    )

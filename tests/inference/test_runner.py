@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -12,12 +15,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medseg import evaluate, nifti
 from medseg.errors import MedsegError
 from medseg.infer import main
 from medseg.inference import InferenceOptions, segment_scans
-from medseg import nifti
+from medseg.inference.runner import LOCK_FILE, folder_lock
 
 from medseg.model.networks import build_network
+
+from tests.helpers import faults
 
 from .conftest import SPACING_MM, TINY_UNET, medseg_meta, phantom_hu, phantom_labels, save_checkpoint, save_scan
 
@@ -80,12 +86,123 @@ def test_output_folder_that_would_overwrite_an_input_is_refused(random_checkpoin
 def test_a_failed_write_leaves_neither_a_partial_output_nor_a_temporary_file(random_checkpoint, scans, tmp_path, monkeypatch):
     def disk_full(image, path):
         Path(path).write_bytes(b"half")
-        raise OSError("No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(nifti.nib, "save", disk_full)
     summary = segment_scans(random_checkpoint, scans, tmp_path / "out", InferenceOptions(sw_batch_size=2))
     assert [name for name, _ in summary.failed] == ["a", "b"]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["recipe.json"]
+    assert summary.failed[0][1] == f"cannot write {tmp_path / 'out' / 'a.nii.gz'}: the disk is full: free space and rerun (nothing there was changed)"
+    assert list((tmp_path / "out").iterdir()) == []  # not even recipe.json: nothing was made
+
+
+def test_a_full_disk_is_one_line_per_scan_and_a_failing_exit(random_checkpoint, scans, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(nifti.nib, "save", lambda image, path: faults.disk_full())
+    monkeypatch.setattr(Path, "write_text", lambda path, text: faults.disk_full())  # recipe.json too: 0 bytes free
+    assert _run(random_checkpoint, scans, tmp_path / "out") == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "0 done, 0 skipped, 2 failed" and "Traceback" not in captured.err
+
+
+def test_a_read_only_output_folder_is_one_line(random_checkpoint, scans, tmp_path, monkeypatch, capsys):
+    faults.read_only(monkeypatch, tmp_path / "out")
+    assert _run(random_checkpoint, scans, tmp_path / "out") == 1
+    assert capsys.readouterr().err.strip() == f"medseg: error: cannot write {tmp_path / 'out'}: the folder is not writable: choose another folder (nothing there was changed)"
+
+
+def test_outputs_get_the_mode_the_umask_gives(random_checkpoint, scans, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert _run(random_checkpoint, scans / "a.nii.gz", tmp_path / "out", "--probabilities") == 0
+    finally:
+        os.umask(previous)
+    for path in ("a.nii.gz", "probabilities/a.nii.gz", "recipe.json"):
+        assert (tmp_path / "out" / path).stat().st_mode & 0o777 == 0o644, path
+
+
+def test_a_scan_whose_probabilities_failed_keeps_no_half_set_and_is_redone(random_checkpoint, scans, tmp_path, monkeypatch, capsys):
+    real_save = nib.save
+
+    def probabilities_disk_full(image, path):
+        if Path(path).parent.name == "probabilities" and Path(path).name.startswith(".a."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(image, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nib, "save", probabilities_disk_full)
+        assert _run(random_checkpoint, scans, tmp_path / "out", "--probabilities") == 1
+    assert not (tmp_path / "out" / "a.nii.gz").exists()  # the label map is not kept without its probabilities
+    (tmp_path / "out" / "probabilities" / "b.nii.gz").unlink()  # as an earlier medseg's failed write left it
+    capsys.readouterr()
+    assert _run(random_checkpoint, scans, tmp_path / "out", "--probabilities") == 0
+    assert capsys.readouterr().out.startswith("2 done, 0 skipped")
+    assert all((tmp_path / "out" / folder / f"{name}.nii.gz").is_file() for folder in ("", "probabilities") for name in ("a", "b"))
+
+
+def test_a_run_that_writes_nothing_leaves_recipe_json_as_it_was(random_checkpoint, scans, tmp_path):
+    assert _run(random_checkpoint, scans, tmp_path / "out") == 0
+    before = (tmp_path / "out" / "recipe.json").stat()
+    assert _run(random_checkpoint, scans, tmp_path / "out") == 0  # all skipped
+    after = (tmp_path / "out" / "recipe.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_what_differs(random_checkpoint, scans, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _run(random_checkpoint, scans, output) == 0
+    before = _digest(output)
+    capsys.readouterr()
+    assert _run(random_checkpoint, scans, output, "--overlap", "0.5", "--tta") == 1
+    assert capsys.readouterr().err.strip() == (
+        f"medseg: error: {output} holds outputs made with other settings (tta: False there, True now; window.overlap: 0.25 there, 0.5 now): "
+        "run with those, use another --output folder, or --overwrite to redo every scan"
+    )
+    assert _digest(output) == before
+
+
+def test_overwrite_with_other_settings_redoes_every_scan_and_records_them(random_checkpoint, scans, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _run(random_checkpoint, scans / "a.nii.gz", output) == 0
+    assert _run(random_checkpoint, scans, output) == 0
+    assert json.loads((output / "recipe.json").read_text())["cases"] == ["a", "b"]
+    capsys.readouterr()
+    assert _run(random_checkpoint, scans, output, "--overlap", "0.5", "--overwrite") == 0
+    assert capsys.readouterr().out.startswith("2 done, 0 skipped")
+    record = json.loads((output / "recipe.json").read_text())
+    assert record["window"]["overlap"] == 0.5 and record["cases"] == ["a", "b"]
+    assert evaluate._recipe_class_names(output) == ["background", "box", "slab"]  # evaluation still reads it
+
+
+def test_an_output_the_record_does_not_list_is_redone(random_checkpoint, scans, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _run(random_checkpoint, scans, output) == 0
+    assert _run(random_checkpoint, scans / "a.nii.gz", output, "--overlap", "0.5", "--overwrite") == 0  # b.nii.gz: still the old settings'
+    assert json.loads((output / "recipe.json").read_text())["cases"] == ["a"]
+    capsys.readouterr()
+    assert _run(random_checkpoint, scans, output, "--overlap", "0.5") == 0
+    assert capsys.readouterr().out.startswith("1 done, 1 skipped")
+    assert json.loads((output / "recipe.json").read_text())["cases"] == ["a", "b"]
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(random_checkpoint, scans, tmp_path, capsys):
+    output = tmp_path / "out"
+    with folder_lock(output):  # as another run holds it
+        assert _run(random_checkpoint, scans, output) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"medseg: error: another run is writing into {output} (it holds {output / LOCK_FILE}): wait for it to end, or use another --output folder"
+    )
+    assert list(output.iterdir()) == []
+    (output / LOCK_FILE).touch()  # left by a killed run: its kernel lock went with it
+    assert _run(random_checkpoint, scans, output) == 0
+    assert not (output / LOCK_FILE).exists()
+
+
+def test_temporary_files_a_killed_run_left_are_removed(random_checkpoint, scans, tmp_path):
+    output = tmp_path / "out"
+    (output / "probabilities").mkdir(parents=True)
+    for stale in (output / ".a.medseg-tmp-0123456789abcdef.nii.gz", output / "probabilities" / ".b.medseg-tmp-0123456789abcdef.nii.gz"):
+        stale.write_bytes(b"half")
+    assert _run(random_checkpoint, scans, output) == 0
+    assert sorted(p.name for p in output.rglob("*")) == ["a.nii.gz", "b.nii.gz", "probabilities", "recipe.json"]
 
 
 def test_the_route_taken_is_shown_for_each_scan(random_checkpoint, scans, tmp_path, capsys):
