@@ -145,3 +145,11 @@ def test_deterministic_training_turns_cudnn_autotuning_off(demo_root, tmp_path):
 
     assert build_cli(tiny_train_args(demo_root, tmp_path)).config.trainer.benchmark is True  # the default: patches have one shape
     assert build_cli(tiny_train_args(demo_root, tmp_path) + ["--trainer.deterministic=true"]).config.trainer.benchmark is False
+
+
+def test_a_run_without_validation_batches_says_so_and_keeps_its_checkpoints(demo_root, tmp_path, capsys):
+    args = tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--trainer.limit_val_batches=0"]
+    code, out, err = run_main(main, args, capsys)
+    assert code == 0, err[-2000:]
+    assert "No validation ran (no validation batches" in out and "Best checkpoint: none" in out
+    assert (tmp_path / "medseg" / "version_0" / "checkpoints" / "last.ckpt").is_file()

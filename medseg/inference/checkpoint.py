@@ -32,7 +32,7 @@ class TrainedModel:
     source: Path
 
 
-def _read_weights_only(path: Path) -> dict[str, Any]:
+def read_weights_only(path: Path) -> dict[str, Any]:
     """Return the checkpoint's contents, refusing anything that would need pickle's code execution."""
     if not path.is_file():
         raise MedsegError(f"checkpoint {path} does not exist")
@@ -56,7 +56,7 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     without precision and window settings) read as fp32 with default windows.
     """
     path = Path(path)
-    ckpt = _read_weights_only(path)
+    ckpt = read_weights_only(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("medseg"), dict) or "state_dict" not in ckpt:
         raise MedsegError(f"checkpoint {path} is not a medseg checkpoint (no 'medseg' recipe or 'state_dict')")
     recipe = Recipe.from_dict(ckpt["medseg"], source=f"checkpoint {path}")
