@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
@@ -132,6 +132,19 @@ class MedsegCLI(LightningCLI):
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": resume_config_name(run_folder)}
 
 
+class OptionsOnlyCLI(MedsegCLI):
+    """The training command line parsed and checked as training parses it, with nothing built, resumed or seeded."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "seed_everything_default": False})
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
 # Lightning's CSVLogger, as a config names it: a run resumed in its folder would delete its metrics.csv
 LIGHTNING_CSV_LOGGERS = {f"{CSVLogger.__module__}.CSVLogger", "lightning.pytorch.loggers.CSVLogger"}
 # SaveConfigCallback's file in the run folder: the options the run started with
@@ -231,12 +244,12 @@ class TrainResult:
     model: SegmentationModule  # holds the validated weights
 
 
-def build_cli(args: list[str] | None = None) -> MedsegCLI:
-    """Return the parsed CLI with model, data module and trainer built, without running anything."""
+def build_cli(args: list[str] | None = None, cli_class: type[MedsegCLI] = MedsegCLI) -> MedsegCLI:
+    """Return the parsed CLI with model, data module and trainer built (by ``MedsegCLI``), without running anything."""
     with warnings.catch_warnings():
         # with_plan hands the command line plus the plan's --config as ``args``: meant, so not worth a warning
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return MedsegCLI(
+        return cli_class(
             SegmentationModule,
             SegmentationDataModule,
             run=False,
@@ -247,6 +260,13 @@ def build_cli(args: list[str] | None = None) -> MedsegCLI:
             parser_kwargs={"description": __doc__},
             trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
         )
+
+
+def parse_training_options(args: list[str]) -> dict[str, Any]:
+    """Return every training option as plain data, as ``python -m medseg.train args`` resolves them (config files,
+    overrides, defaults), for commands that need no Trainer. An unknown option or a bad value is refused as training
+    refuses it: one line, exit code 2. Nothing is built: the parse takes about 0.1 s."""
+    return build_cli(args, OptionsOnlyCLI).config.as_dict()
 
 
 def with_plan(args: list[str] | None) -> list[str] | None:
@@ -265,6 +285,7 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     known, _ = parser.parse_known_args(argv)
     if known.config or known.patch_size or not known.root:
         return args
+    parse_training_options(argv)  # a mistyped option is refused before planning, not after
     stored = plan_for_training(read_dataset(known.root), known.cache_dir or default_cache_dir())
     chosen = stored.plan.chosen
     log.info(

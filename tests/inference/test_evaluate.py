@@ -103,3 +103,13 @@ def test_prediction_without_ground_truth_is_an_error(folders):
     _save(pred / "c3.nii.gz", np.zeros((10, 10, 10)))
     with pytest.raises(MedsegError, match="no ground truth .* for prediction\\(s\\) c3.nii.gz"):
         evaluate(pred, gt)
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(folders, tmp_path, capsys):
+    pred, gt = folders
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    output = blocker / "scores.csv"  # inside a file: unwritable for root too, where a read-only folder is not
+    assert main(["--pred", str(pred), "--gt", str(gt), "--output", str(output)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"medseg: error: {blocker}") and "\n" not in err
