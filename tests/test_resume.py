@@ -169,7 +169,7 @@ def test_an_empty_last_checkpoint_is_one_line_before_training(demo_root, tmp_pat
     option = how if how != "explicit" else f"--ckpt_path={checkpoint}"
     code, out, err = run_main(train.main, tiny_train_args(demo_root, tmp_path) + [option], capsys)
     assert code == 1
-    assert err.strip().splitlines()[-1].startswith(f"medseg: error: checkpoint {checkpoint} is not a readable PyTorch checkpoint")
+    assert err.strip().splitlines()[-1] == f"medseg: error: checkpoint {checkpoint} is not a readable PyTorch checkpoint: EOFError after 0 bytes"
     assert "Traceback" not in err and "Epoch" not in out + err
 
 

@@ -45,7 +45,8 @@ def read_weights_only(path: Path) -> dict[str, Any]:
             "re-save it with plain-data hyper-parameters"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise MedsegError(f"checkpoint {path} is not a readable PyTorch checkpoint: {err}") from None
+        reason = str(err).strip() or f"{type(err).__name__} after {path.stat().st_size} bytes"  # EOFError has no message
+        raise MedsegError(f"checkpoint {path} is not a readable PyTorch checkpoint: {reason}") from None
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:

@@ -186,7 +186,7 @@ def resume_checkpoint(trainer_config, ckpt_path: str | None) -> tuple[str | None
     read_weights_only(checkpoint)
     run_folder = checkpoint.parent.parent
     if runs is None or checkpoint.parent.name != "checkpoints" or run_folder.parent.resolve() != runs.resolve():
-        log.info(f"resuming from {checkpoint} in a new run folder (it is not in a run folder of this logger, {runs})")
+        log.info(f"resuming from {checkpoint}, in a new run folder (the checkpoint is not in a run folder of this logger)")
         return str(checkpoint), None
     trainer_config["logger"]["init_args"]["version"] = run_folder.name
     log.info(f"resuming from {checkpoint}")
