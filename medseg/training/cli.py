@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger
 
 from medseg.data.demo import default_cache_dir
@@ -125,7 +126,7 @@ class MedsegCLI(LightningCLI):
             trainer["benchmark"] = False
             log.info("deterministic training: cuDNN autotuning (trainer.benchmark) turned off")
         logger = trainer["logger"]
-        if logger and logger.get("class_path") in LIGHTNING_CSV_LOGGERS:
+        if isinstance(logger, Namespace) and logger.get("class_path") in LIGHTNING_CSV_LOGGERS:
             logger["class_path"] = f"{AppendingCSVLogger.__module__}.{AppendingCSVLogger.__name__}"  # same arguments
         self.config["ckpt_path"], run_folder = resume_checkpoint(trainer, self.config["ckpt_path"])
         if run_folder is not None and (run_folder / CONFIG_FILE).exists():
@@ -153,8 +154,8 @@ CONFIG_FILE = "config.yaml"
 
 def logger_runs(trainer_config) -> Path | None:
     """Return the folder of the configured logger's run folders (``save_dir/name``), or None for a logger without one."""
-    logger = trainer_config["logger"]
-    args = logger["init_args"] if logger and "init_args" in logger else None
+    logger = trainer_config["logger"]  # also True, False, None or a list of loggers
+    args = logger["init_args"] if isinstance(logger, Namespace) and "init_args" in logger else None
     if args is None or "save_dir" not in args or "name" not in args:
         return None
     return Path(args["save_dir"]) / (args["name"] or "")
