@@ -137,15 +137,16 @@ def training_options(root: Path, cache: str, cache_dir: Path, out: Path, epochs:
     ]
 
 
-def child(available_gib: float | None, options: list[str]) -> None:
-    """Run ``medseg.train`` in this process, as if only ``available_gib`` of memory were available (None: as it is)."""
+def child(available_gib: float | None, options: list[str]) -> int:
+    """Run ``medseg.train`` in this process, as if only ``available_gib`` of memory were available (None: as it is);
+    return its exit code."""
     from medseg import train
 
     if available_gib is not None:
         import medseg.training.datamodule
 
         medseg.training.datamodule.available_memory_bytes = lambda: int(available_gib * 2**30)
-    train.main(options)
+    return train.main(options)
 
 
 def one_start(options: list[str], available_gib: float | None, cache_dir: Path, log: Path) -> dict:
@@ -241,8 +242,7 @@ def main() -> None:
     parser.add_argument("--available-gib", type=float, default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
-        child(args.available_gib, [option for option in rest if option != "--"])
-        return
+        sys.exit(child(args.available_gib, [option for option in rest if option != "--"]))
     import lightning
     import monai
     import torch

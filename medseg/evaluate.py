@@ -20,7 +20,7 @@ from monai.networks.utils import one_hot
 
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import is_dataset, read_dataset
-from medseg.errors import MedsegError
+from medseg.errors import DEBUG_HELP, MedsegError, run_command
 from medseg.inference.runner import RECIPE_FILE
 from medseg.nifti import case_name, is_nifti, read_voxels, same_grid
 from medseg.recipe import Recipe
@@ -189,24 +189,24 @@ def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
     return Evaluation(cases, names[1 : classes + 1])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return 0 on success, 1 with a one-line error otherwise."""
-    parser = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.split(":", 1)[1].strip())
+def score(argv: Sequence[str]) -> None:
+    """Score the predictions the options name, print the summary and write the per-case CSV."""
+    parser = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.split(":", 1)[1].strip(), epilog=DEBUG_HELP)
     parser.add_argument("--pred", required=True, help="folder of predicted label maps (<case>.nii.gz)")
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or a dataset (folder or dataset.json)")
     parser.add_argument("--output", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
     args = parser.parse_args(argv)
-    try:
-        result = evaluate(args.pred, args.gt)
-        output = Path(args.output) if args.output else Path(args.pred) / "evaluation.csv"
-        write_text_atomic(output, result.csv_text())
-    except MedsegError as err:
-        print(f"medseg: error: {err}", file=sys.stderr)
-        return 1
+    result = evaluate(args.pred, args.gt)
+    output = Path(args.output) if args.output else Path(args.pred) / "evaluation.csv"
+    write_text_atomic(output, result.csv_text())
     for line in result.summary_lines():
         print(line)
     print(f"per-case scores: {output}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: return the exit code: 0, or 1 after a one-line error (``run_command``)."""
+    return run_command(score, argv)
 
 
 if __name__ == "__main__":

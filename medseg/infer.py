@@ -6,14 +6,15 @@ import argparse
 import sys
 from typing import Sequence
 
-from medseg.errors import MedsegError
+from medseg.errors import DEBUG_HELP, run_command
 from medseg.inference.predictor import InferenceOptions
 from medseg.inference.runner import OUTPUT_FORMATS, segment_scans
 from medseg.precision import PRECISIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.")
+    parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.",
+                                     epilog=DEBUG_HELP)
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt), "
                              "are ensembled: window logits averaged over the models, as nnU-Net averages folds")
@@ -40,27 +41,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return 0 when every scan was segmented or skipped, 1 otherwise."""
+def segment(argv: Sequence[str]) -> int:
+    """Segment as the options say, print the summary, and return 0 when every scan was segmented or skipped, 1 otherwise."""
     args = parse_args(argv)
-    try:
-        options = InferenceOptions(
-            overlap=args.overlap,
-            gaussian=False if args.no_gaussian else None,
-            sw_batch_size=args.sw_batch_size,
-            precision=args.precision,
-            tta=args.tta,
-            device=args.device,
-            probabilities=args.probabilities,
-        )
-        summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite, postprocessing=not args.no_postprocessing,
-                                output_format=args.output_format)
-    except MedsegError as err:
-        print(f"medseg: error: {err}", file=sys.stderr)
-        return 1
+    options = InferenceOptions(
+        overlap=args.overlap,
+        gaussian=False if args.no_gaussian else None,
+        sw_batch_size=args.sw_batch_size,
+        precision=args.precision,
+        tta=args.tta,
+        device=args.device,
+        probabilities=args.probabilities,
+    )
+    summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite, postprocessing=not args.no_postprocessing,
+                            output_format=args.output_format)
     for line in summary.lines():
         print(line)
     return 1 if summary.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: return the exit code: ``segment``'s, or 1 after a one-line error (``run_command``)."""
+    return run_command(segment, argv)
 
 
 if __name__ == "__main__":

@@ -15,26 +15,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from medseg.atomic import atomic_target, write_text_atomic
-from medseg.errors import run_command
+from medseg.errors import DEBUG_HELP, run_command
 from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, check_budget_fraction
 from medseg.planning.dataset_plan import TrainingPlan
 from medseg.planning.report import plot_precision_plans
 from medseg.planning.store import StoredPlan, plan_for_training
 from medseg.precision import PRECISIONS
 from medseg.tables import format_rows
-from medseg.training_options import dataset_and_cache, read_training_options
+from medseg.training.cli import parse_training_options
+from medseg.training_options import dataset_and_cache
 
 log = logging.getLogger("medseg.plan")
 
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """Return this command's own options, and the rest for the training CLI."""
+    """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
     parser = argparse.ArgumentParser(
         prog="python -m medseg.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any other option is a training option (python -m medseg.train --help lists them).",
+        epilog=f"Any other option is a training option (python -m medseg.train --help lists them). {DEBUG_HELP}",
     )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
     parser.add_argument("--budget-fraction", type=float, default=DEFAULT_BUDGET_FRACTION,
@@ -68,7 +70,7 @@ def run(args: list[str] | None = None) -> StoredPlan:
     """Plan as the command line says, print the table and write plan.json, plan.png and plan.yaml."""
     options, training_args = parse_args(args)
     check_budget_fraction(options.budget_fraction)
-    spec, cache_dir = dataset_and_cache(read_training_options(training_args))
+    spec, cache_dir = dataset_and_cache(parse_training_options(training_args))
     stored = plan_for_training(spec, cache_dir, options.capacity_gib, options.precisions, options.budget_fraction)
     plan = stored.plan
     print(format_plan(plan))
@@ -84,10 +86,10 @@ def run(args: list[str] | None = None) -> StoredPlan:
     return stored
 
 
-def main() -> None:
-    """Entry point: user errors end as one line on stderr and exit code 1."""
-    run_command(run)
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: return the exit code (``run_command``: a user error is one line and exit code 1)."""
+    return run_command(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.atomic import write_text_atomic
-from medseg.errors import MedsegError
+from medseg.errors import DEBUG_HELP, MedsegError, run_command
 from medseg.evaluate import dice_per_class, paired_files, read_label_pair
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, Postprocessing
 
@@ -68,29 +68,30 @@ def _plain(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 6)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return 0 on success, 1 with a one-line error otherwise."""
-    parser = argparse.ArgumentParser(prog="python -m medseg.postprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def postprocess(argv: Sequence[str]) -> None:
+    """Choose postprocessing as the options say, print the decision and write it."""
+    parser = argparse.ArgumentParser(prog="python -m medseg.postprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=DEBUG_HELP)
     parser.add_argument("--pred", required=True, help="folder of the folds' validation predictions (<case>.nii.gz)")
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or the dataset")
     parser.add_argument("--output", default=None, help=f"decision file (default: PRED/{POSTPROCESSING_FILE})")
     args = parser.parse_args(argv)
-    try:
-        pairs, class_names = paired_files(args.pred, args.gt)
-        cases = [read_label_pair(prediction, truth)[:2] for prediction, truth in pairs]
-        if len(class_names) < 2:
-            raise MedsegError(f"no class names for {args.gt}: give the dataset (its dataset.json names the classes)")
-        chosen = choose_postprocessing(cases, class_names)
-        output = Path(args.output) if args.output else Path(args.pred) / POSTPROCESSING_FILE
-        write_text_atomic(output, json.dumps(chosen.to_dict(), indent=2))
-    except MedsegError as err:
-        print(f"medseg: error: {err}", file=sys.stderr)
-        return 1
+    pairs, class_names = paired_files(args.pred, args.gt)
+    cases = [read_label_pair(prediction, truth)[:2] for prediction, truth in pairs]
+    if len(class_names) < 2:
+        raise MedsegError(f"no class names for {args.gt}: give the dataset (its dataset.json names the classes)")
+    chosen = choose_postprocessing(cases, class_names)
+    output = Path(args.output) if args.output else Path(args.pred) / POSTPROCESSING_FILE
+    write_text_atomic(output, json.dumps(chosen.to_dict(), indent=2))
     print(chosen.describe())
     for name in class_names[1:]:
         print(f"{name}: Dice {chosen.chosen_on['dice_before'][name]} -> {chosen.chosen_on['dice_after'][name]} over {len(cases)} cases")
     print(f"saved {output}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: return the exit code: 0, or 1 after a one-line error (``run_command``)."""
+    return run_command(postprocess, argv)
 
 
 if __name__ == "__main__":

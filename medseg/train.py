@@ -10,35 +10,28 @@ Examples:
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from medseg.cross_validation import asks_for_all_folds, run_cross_validation
-from medseg.errors import MedsegError
+from medseg.errors import run_command
 from medseg.training.cli import TrainResult, run
 
 __all__ = ["TrainResult", "main", "run"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point (``argv``: the options, default ``sys.argv[1:]``): user errors end as one line on stderr and exit
-    code 1 (``--debug`` shows the traceback); a bad option exits with code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    if debug:
-        args.remove("--debug")
-    try:
-        if asks_for_all_folds(args):
-            run_cross_validation(args)
-        else:
-            run(args)
-    except MedsegError as err:
-        if debug:
-            raise
-        print(f"medseg: error: {err}", file=sys.stderr)
-        sys.exit(1)
+def train(args: list[str]) -> None:
+    """Train as ``args`` say: one fold, or every fold and the cross-validation summary (``--data.fold all``)."""
+    if asks_for_all_folds(args):
+        run_cross_validation(args)
+    else:
+        run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``argv``: the options, default ``sys.argv[1:]``): return the exit code (``run_command``); a bad
+    option exits with code 2."""
+    return run_command(train, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,11 +1,14 @@
 """Fault tolerance: a run killed mid-epoch and resumed with --ckpt_path last ends with the same weights."""
 
+import argparse
+import csv
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,79 @@ def test_disk_full_during_training_is_a_clear_error(demo_root, tmp_path):
     args = tiny_train_args(demo_root, tmp_path) + ["--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
     with pytest.raises(MedsegError, match=r"^disk full while writing .*; earlier checkpoints are intact"):
         train.run(args)
+
+
+def _rows(metrics: Path) -> list[dict[str, str]]:
+    with metrics.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _best_state(checkpoint: Path) -> dict:
+    """Return the state the best-checkpoint callback (the one monitoring val_mean_dice) saved in ``checkpoint``."""
+    callbacks = torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]
+    return next(state for key, state in callbacks.items() if "val_mean_dice" in key)
+
+
+def test_resume_appends_to_the_runs_metrics_and_keeps_its_config(demo_root, tmp_path):
+    args = tiny_train_args(demo_root, tmp_path)
+    first = train.run(args)
+    config = (first.log_dir / "config.yaml").read_text()
+    before = _rows(first.log_dir / "metrics.csv")
+
+    resumed = train.run(args + ["--trainer.max_epochs=3", "--ckpt_path=last"])
+    assert resumed.log_dir == first.log_dir
+    after = _rows(first.log_dir / "metrics.csv")
+    assert after[: len(before)] == before and len(after) > len(before)
+    assert {row["epoch"] for row in after if row.get("val_mean_dice")} >= {"0", "1", "2"}  # epochs 0 and 1, then 2 after the resume
+    assert (first.log_dir / "config.yaml").read_text() == config
+    assert "max_epochs: 3" in (first.log_dir / "config-resume-1.yaml").read_text()
+
+
+def test_resume_from_an_explicit_checkpoint_continues_its_run_and_its_best_score(demo_root, tmp_path):
+    args = tiny_train_args(demo_root, tmp_path)
+    first = train.run(args)
+    best_before = _best_state(first.last_checkpoint)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train.run(args + ["--trainer.max_epochs=3", f"--ckpt_path={first.last_checkpoint}"])
+    assert not [w for w in caught if "won't be reloaded" in str(w.message)]  # Lightning's warning where it forgets the best score
+    assert resumed.log_dir == first.log_dir and not (tmp_path / "medseg" / "version_1").exists()
+    validated = [row for row in _rows(first.log_dir / "metrics.csv") if row.get("val_mean_dice")]
+    assert {row["epoch"] for row in validated} >= {"0", "1", "2"}  # epochs 0 and 1 before the resume, 2 after it
+    scores = [float(row["val_mean_dice"]) for row in validated]
+    best_after = _best_state(resumed.last_checkpoint)
+    assert float(best_after["best_model_score"]) == pytest.approx(max(scores), abs=1e-6)
+    assert float(best_after["best_model_score"]) >= float(best_before["best_model_score"])
+    assert resumed.best_checkpoint == Path(best_after["best_model_path"]) and resumed.best_checkpoint.is_file()
+
+
+def test_resume_from_a_url_is_refused_before_anything_is_downloaded(demo_root, tmp_path, capsys):
+    args = tiny_train_args(demo_root, tmp_path) + ["--ckpt_path=https://example.org/last.ckpt"]
+    code, out, err = run_main(train.main, args, capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("medseg: error: --ckpt_path https://example.org/last.ckpt is a URL")
+    assert "download it and pass the file" in err and "Traceback" not in err and "Epoch" not in out + err
+
+
+@pytest.mark.parametrize("how", ["--ckpt_path=last", "explicit"])
+def test_an_empty_last_checkpoint_is_one_line_before_training(demo_root, tmp_path, capsys, how):
+    # what a kill -9 during a copy into last.ckpt left (issue 32)
+    checkpoint = tmp_path / "medseg" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    option = how if how != "explicit" else f"--ckpt_path={checkpoint}"
+    code, out, err = run_main(train.main, tiny_train_args(demo_root, tmp_path) + [option], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == f"medseg: error: checkpoint {checkpoint} is not a readable PyTorch checkpoint: EOFError after 0 bytes"
+    assert "Traceback" not in err and "Epoch" not in out + err
+
+
+def test_a_checkpoint_that_needs_unsafe_loading_is_refused_on_resume(demo_root, tmp_path, capsys, monkeypatch):
+    checkpoint = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=1.0)}, checkpoint)  # what old Lightning saved
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's default no longer protects
+    code, out, err = run_main(train.main, tiny_train_args(demo_root, tmp_path / "runs") + [f"--ckpt_path={checkpoint}"], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith(f"medseg: error: checkpoint {checkpoint} needs unsafe (arbitrary code) loading and is refused")
+    assert "Epoch" not in out + err

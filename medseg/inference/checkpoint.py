@@ -32,7 +32,7 @@ class TrainedModel:
     source: Path
 
 
-def _read_weights_only(path: Path) -> dict[str, Any]:
+def read_weights_only(path: Path) -> dict[str, Any]:
     """Return the checkpoint's contents, refusing anything that would need pickle's code execution."""
     if not path.is_file():
         raise MedsegError(f"checkpoint {path} does not exist")
@@ -45,7 +45,8 @@ def _read_weights_only(path: Path) -> dict[str, Any]:
             "re-save it with plain-data hyper-parameters"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise MedsegError(f"checkpoint {path} is not a readable PyTorch checkpoint: {err}") from None
+        reason = str(err).strip() or f"{type(err).__name__} after {path.stat().st_size} bytes"  # EOFError has no message
+        raise MedsegError(f"checkpoint {path} is not a readable PyTorch checkpoint: {reason}") from None
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -56,7 +57,7 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     without precision and window settings) read as fp32 with default windows.
     """
     path = Path(path)
-    ckpt = _read_weights_only(path)
+    ckpt = read_weights_only(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("medseg"), dict) or "state_dict" not in ckpt:
         raise MedsegError(f"checkpoint {path} is not a medseg checkpoint (no 'medseg' recipe or 'state_dict')")
     recipe = Recipe.from_dict(ckpt["medseg"], source=f"checkpoint {path}")

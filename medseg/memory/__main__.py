@@ -16,26 +16,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import torch
 
-from medseg.errors import run_command
+from medseg.errors import DEBUG_HELP, run_command
 from medseg.planning.batch_search import BatchPlan
 from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, check_budget_fraction
 from medseg.planning.cache import PlanCache
 from medseg.planning.precision_comparison import estimated_plans, measured_plans
 from medseg.planning.report import format_table, save_report
 from medseg.precision import PRECISIONS
-from medseg.training_options import read_training_options, recipe_from_options
+from medseg.training.cli import parse_training_options
+from medseg.training_options import recipe_from_options
 
 log = logging.getLogger("medseg.memory")
 
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """Return this command's own options, and the rest for the training CLI."""
+    """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
     parser = argparse.ArgumentParser(
         prog="python -m medseg.memory", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any other option is a training option (python -m medseg.train --help lists them).",
+        epilog=f"Any other option is a training option (python -m medseg.train --help lists them). {DEBUG_HELP}",
     )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: all the device supports")
     parser.add_argument("--budget-fraction", type=float, default=DEFAULT_BUDGET_FRACTION,
@@ -52,7 +54,7 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
     """Compare the precisions as the command line says, print the table and save the report files."""
     options, training_args = parse_args(args)
     check_budget_fraction(options.budget_fraction)
-    recipe = recipe_from_options(read_training_options(training_args))
+    recipe = recipe_from_options(parse_training_options(training_args))
     precisions = options.precisions or [
         p for p in PRECISIONS if p != "bf16-mixed" or not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
     ]
@@ -68,10 +70,10 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
     return plans
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point: user errors end as one line on stderr and exit code 1."""
-    run_command(lambda: run(args))
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: return the exit code (``run_command``: a user error is one line and exit code 1)."""
+    return run_command(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

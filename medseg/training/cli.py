@@ -8,12 +8,15 @@ Examples:
     python -m medseg.train --data.root data/Task09_Spleen      # your data, planned (python -m medseg.plan)
     python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
     python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
+    python -m medseg.train --config configs/demo.yaml --ckpt_path last  # resume the newest run, in its folder
+    python -m medseg.train --config configs/demo.yaml --debug          # an error's traceback instead of one line
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import logging
 import shutil
 import sys
@@ -21,22 +24,26 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import CheckpointIO
 
 from medseg.data.demo import default_cache_dir
 from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
+from medseg.inference.checkpoint import read_weights_only
 from medseg.planning.store import plan_for_training
 from medseg.precision import resolve_precision
 from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.checkpoint_io import AtomicCheckpointIO
+from medseg.training.csv_logger import AppendingCSVLogger
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
 from medseg.training.progress import ProgressBar
@@ -88,7 +95,8 @@ class MedsegCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="resume from this checkpoint; 'last' resumes the newest run of this logger that has a last.ckpt, in the same folder",
+            help="resume from this checkpoint file (loaded weights-only); 'last' resumes the newest run of this logger that has a "
+            "last.ckpt. A checkpoint in a run folder of this logger continues that run: its folder, metrics.csv and best checkpoint",
         )
         parser.link_arguments("data.patch_size", "model.patch_size")
         for source, target in [
@@ -124,34 +132,91 @@ class MedsegCLI(LightningCLI):
             # cuDNN autotuning (on by default here) picks algorithms by timing, which defeats deterministic=True
             trainer["benchmark"] = False
             log.info("deterministic training: cuDNN autotuning (trainer.benchmark) turned off")
-        if self.config["ckpt_path"] == "last":
-            self.config["ckpt_path"] = resume_last(trainer)
+        logger = trainer["logger"]
+        if isinstance(logger, Namespace) and logger.get("class_path") in LIGHTNING_CSV_LOGGERS:
+            logger["class_path"] = f"{AppendingCSVLogger.__module__}.{AppendingCSVLogger.__name__}"  # same arguments
+        self.config["ckpt_path"], run_folder = resume_checkpoint(trainer, self.config["ckpt_path"])
+        if run_folder is not None and (run_folder / CONFIG_FILE).exists():
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": resume_config_name(run_folder)}
 
 
-def resume_last(trainer_config) -> str | None:
-    """Return the newest last.ckpt of the configured logger's runs, and make this run log into that run's folder."""
-    logger = trainer_config["logger"]
-    args = logger["init_args"] if logger and "init_args" in logger else None
+class OptionsOnlyCLI(MedsegCLI):
+    """The training command line parsed and checked as training parses it, with nothing built, resumed or seeded."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "seed_everything_default": False})
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+# Lightning's CSVLogger, as a config names it: a run resumed in its folder would delete its metrics.csv
+LIGHTNING_CSV_LOGGERS = {f"{CSVLogger.__module__}.CSVLogger", "lightning.pytorch.loggers.CSVLogger"}
+# SaveConfigCallback's file in the run folder: the options the run started with
+CONFIG_FILE = "config.yaml"
+
+
+def logger_runs(trainer_config) -> Path | None:
+    """Return the folder of the configured logger's run folders (``save_dir/name``), or None for a logger without one."""
+    logger = trainer_config["logger"]  # also True, False, None or a list of loggers
+    args = logger["init_args"] if isinstance(logger, Namespace) and "init_args" in logger else None
     if args is None or "save_dir" not in args or "name" not in args:
-        raise MedsegError("--ckpt_path last needs a logger with save_dir and name (e.g. the default CSVLogger); pass a checkpoint path instead")
-    runs = Path(args["save_dir"]) / (args["name"] or "")
-    candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        log.info(f"no last.ckpt under {runs}: starting a new run")
         return None
-    last = candidates[-1]
-    args["version"] = last.parent.parent.name
-    log.info(f"resuming from {last}")
-    return str(last)
+    return Path(args["save_dir"]) / (args["name"] or "")
+
+
+def resume_checkpoint(trainer_config, ckpt_path: str | None) -> tuple[str | None, Path | None]:
+    """Return the checkpoint to resume from and the run folder it continues (None: a new one), before anything is built.
+
+    ``last`` is the newest last.ckpt of the configured logger's runs (None, a fresh run, where there is none). A
+    checkpoint inside one of those run folders makes this run log into that folder: Lightning's checkpoint callbacks
+    restore their best score and path only there. The checkpoint is read once here, weights-only, so that a missing,
+    truncated or unsafe file is one line before training starts; a URL is refused (nothing is downloaded while training).
+    """
+    if ckpt_path is None:
+        return None, None
+    if "://" in ckpt_path:
+        raise MedsegError(f"--ckpt_path {ckpt_path} is a URL: medseg downloads nothing while training; download it and pass the file")
+    runs = logger_runs(trainer_config)
+    if ckpt_path == "last":
+        if runs is None:
+            raise MedsegError("--ckpt_path last needs a logger with save_dir and name (e.g. the default CSVLogger); pass a checkpoint path instead")
+        candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            log.info(f"no last.ckpt under {runs}: starting a new run")
+            return None, None
+        checkpoint = candidates[-1]
+    else:
+        checkpoint = Path(ckpt_path)
+    read_weights_only(checkpoint)
+    run_folder = checkpoint.parent.parent
+    if runs is None or checkpoint.parent.name != "checkpoints" or run_folder.parent.resolve() != runs.resolve():
+        log.info(f"resuming from {checkpoint}, in a new run folder (the checkpoint is not in a run folder of this logger)")
+        return str(checkpoint), None
+    trainer_config["logger"]["init_args"]["version"] = run_folder.name
+    log.info(f"resuming from {checkpoint}")
+    return str(checkpoint), run_folder
+
+
+def resume_config_name(run_folder: Path) -> str:
+    """Return the first free ``config-resume-N.yaml`` name of a run folder: a resumed run records its own options
+    there and keeps the run's config.yaml (resuming with other options, e.g. more epochs, is allowed)."""
+    return next(name for n in itertools.count(1) if not (run_folder / (name := f"config-resume-{n}.yaml")).exists())
 
 
 def print_summary(result: "TrainResult", class_names: list[str]) -> None:
     """Print the validated weights' Dice per class, the mean, and where the outputs are."""
     width = max(len(name) for name in class_names)
     validated = "the best checkpoint" if result.best_checkpoint else "the last weights (no validation ran during training, so there is no best checkpoint)"
-    lines = ["", f"Validation Dice of {validated}:"]
-    lines += [f"  {name:<{width}}  {result.metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
-    lines += [f"  {'mean':<{width}}  {result.metrics['val_mean_dice']:.4f}  (foreground classes)"]
+    if result.metrics:
+        lines = ["", f"Validation Dice of {validated}:"]
+        lines += [f"  {name:<{width}}  {result.metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
+        lines += [f"  {'mean':<{width}}  {result.metrics['val_mean_dice']:.4f}  (foreground classes)"]
+    else:
+        lines = ["", "No validation ran (no validation batches: --trainer.limit_val_batches 0?), so there is no Dice to show."]
     lines += [f"Best checkpoint: {result.best_checkpoint or 'none'}", f"Last checkpoint: {result.last_checkpoint or 'none'}", f"Logs and config: {result.log_dir}"]
     print("\n".join(lines), flush=True)
 
@@ -177,7 +242,8 @@ def check_output_dir(folder: Path, required_bytes: int) -> None:
 
 @dataclass
 class TrainResult:
-    """What a training run produced: the validated weights' metrics and where things are (None: not written)."""
+    """What a training run produced: the validated weights' metrics (empty: nothing was validated) and where things are
+    (None: not written)."""
 
     metrics: dict[str, float]
     best_checkpoint: Path | None
@@ -186,12 +252,12 @@ class TrainResult:
     model: SegmentationModule  # holds the validated weights
 
 
-def build_cli(args: list[str] | None = None) -> MedsegCLI:
-    """Return the parsed CLI with model, data module and trainer built, without running anything."""
+def build_cli(args: list[str] | None = None, cli_class: type[MedsegCLI] = MedsegCLI) -> MedsegCLI:
+    """Return the parsed CLI with model, data module and trainer built (by ``MedsegCLI``), without running anything."""
     with warnings.catch_warnings():
         # with_plan hands the command line plus the plan's --config as ``args``: meant, so not worth a warning
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return MedsegCLI(
+        return cli_class(
             SegmentationModule,
             SegmentationDataModule,
             run=False,
@@ -202,6 +268,13 @@ def build_cli(args: list[str] | None = None) -> MedsegCLI:
             parser_kwargs={"description": __doc__},
             trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
         )
+
+
+def parse_training_options(args: list[str]) -> dict[str, Any]:
+    """Return every training option as plain data, as ``python -m medseg.train args`` resolves them (config files,
+    overrides, defaults), for commands that need no Trainer. An unknown option or a bad value is refused as training
+    refuses it: one line, exit code 2. Nothing is built: the parse takes about 0.1 s."""
+    return build_cli(args, OptionsOnlyCLI).config.as_dict()
 
 
 def with_plan(args: list[str] | None) -> list[str] | None:
@@ -220,6 +293,7 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     known, _ = parser.parse_known_args(argv)
     if known.config or known.patch_size or not known.root:
         return args
+    parse_training_options(argv)  # a mistyped option is refused before planning, not after
     stored = plan_for_training(read_dataset(known.root), known.cache_dir or default_cache_dir())
     chosen = stored.plan.chosen
     log.info(
@@ -254,7 +328,7 @@ def run(args: list[str] | None = None) -> TrainResult:
     # a run that ended before its first validation (short, max_time, Ctrl-C) validates the weights it has
     # this run's own checkpoint holds plain data only (tensors, numbers, strings): loaded weights-only
     results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
-    metrics = {k: float(v) for k, v in results[0].items()}
+    metrics = {k: float(v) for k, v in results[0].items()} if results else {}  # none without validation batches
     result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)  # log_dir is a broadcast: before the group ends
     if trainer.is_global_zero:
         print_summary(result, datamodule.class_names)

@@ -112,7 +112,8 @@ def _fit_until_done(
         if planner is not None and cap is not None:
             planner.max_batch_size = min(planner.max_batch_size, cap)
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            # weights-only: a checkpoint holds plain data (tensors, numbers, strings); anything else is refused
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             return trainer
         except RuntimeError as error:
             if not is_out_of_memory(error):

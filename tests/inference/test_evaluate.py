@@ -128,3 +128,13 @@ def test_a_read_only_output_is_one_line_naming_the_file(folders, tmp_path, monke
     assert capsys.readouterr().err.strip() == (
         f"medseg: error: cannot write {tmp_path / 'scores' / 'evaluation.csv'}: the folder is not writable: choose another folder (nothing there was changed)"
     )
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(folders, tmp_path, capsys):
+    pred, gt = folders
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    output = blocker / "scores.csv"  # inside a file: unwritable for root too, where a read-only folder is not
+    assert main(["--pred", str(pred), "--gt", str(gt), "--output", str(output)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"medseg: error: {blocker}") and "\n" not in err

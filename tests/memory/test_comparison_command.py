@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medseg.memory.__main__ import main, run
+from tests.helpers.cli import run_main
 from tests.helpers.stand_ins import TINY_UNET
 
 
@@ -27,10 +28,8 @@ def test_memory_command_writes_the_comparison_table_json_and_plot(tmp_path: Path
 
 
 def test_memory_command_names_a_missing_config_in_one_line(tmp_path: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit:
-        main(["--config", str(tmp_path / "nope.yaml")])
-    error = capsys.readouterr().err.strip()
-    assert exit.value.code == 1 and "\n" not in error
+    code, _, error = run_main(main, ["--config", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 2 and "\n" not in error.strip()  # as the training command refuses it: a bad option
     assert error.startswith("medseg: error:") and f"{tmp_path / 'nope.yaml'}" in error and "does not exist" in error
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
+import pickle
 import weakref
 import logging
 
@@ -163,3 +165,14 @@ def test_oom_in_backward_frees_the_failed_steps_activations_before_training_goes
     trainer = make_trainer(max_epochs=3, callbacks=[every_epoch(), failure])
     fit_with_oom_recovery(lambda: trainer, tiny_module, RandomPatches(batch_size=4, num_samples=8), batch_sizes=[4, 2])
     assert failure.activations and failure.alive_at_next_step == 0
+
+
+def test_recovery_loads_its_checkpoints_weights_only(tiny_module, make_trainer, tmp_path, monkeypatch) -> None:
+    data = RandomPatches(batch_size=2, num_samples=4)
+    first = make_trainer(max_epochs=1)
+    first.fit(tiny_module, data)
+    checkpoint = tmp_path / "unsafe.ckpt"
+    torch.save({**torch.load(first.checkpoint_callback.best_model_path, weights_only=True), "extra": argparse.Namespace(x=1)}, checkpoint)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's weights-only default no longer protects
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        fit_with_oom_recovery(lambda: make_trainer(max_epochs=2), tiny_module, data, ckpt_path=str(checkpoint))
