@@ -37,10 +37,21 @@ def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         code = main(args)
-    except (MedsegError, OSError) as err:
-        if debug:
+    except Exception as err:
+        user_error = _user_error(err)
+        if debug or user_error is None:
             raise
-        message = str(err) if isinstance(err, MedsegError) else f"{describe_os_error(err)} ({DEBUG_OPTION} shows the traceback)"
+        message = str(user_error) if isinstance(user_error, MedsegError) else f"{describe_os_error(user_error)} ({DEBUG_OPTION} shows the traceback)"
         print(f"medseg: error: {message}", file=sys.stderr)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _user_error(err: BaseException | None) -> MedsegError | OSError | None:
+    """Return the user error ``err`` is or was raised from: MONAI's transforms wrap what a check raised while loading
+    a scan in a RuntimeError ("applying transform ..."), which is still that check's one line for the user."""
+    while err is not None:
+        if isinstance(err, (MedsegError, OSError)):
+            return err
+        err = err.__cause__
+    return None

@@ -17,7 +17,7 @@ import torch
 from medseg import train
 from medseg.errors import MedsegError
 from medseg.training import cli
-from tests.helpers.cli import REPO, run_main, tiny_train_args
+from tests.helpers.cli import REPO, run_main, run_module, tiny_train_args
 
 HELPERS = Path(__file__).parent / "helpers"
 
@@ -83,22 +83,30 @@ def test_nearly_full_disk_fails_before_training(monkeypatch, tmp_path):
 
 
 def test_persistent_nan_loss_stops_training_with_a_clear_message(demo_root, tmp_path, capsys):
+    args = tiny_train_args(demo_root, tmp_path / "runs") + ["--model.max_nonfinite_steps=2", "--trainer.callbacks+=tests.helpers.crash.NaNImages"]
+    code, _, err = run_main(train.main, args, capsys)
+    assert code == 1
+    last_line = err.strip().splitlines()[-1]
+    assert re.match(r"medseg: error: training stopped: loss was NaN/Inf for 2 steps in a row \(global step \d+, cases phantom_\d+, phantom_\d+\)", last_line)
+
+
+def test_a_scan_with_nan_voxels_is_refused_by_name_even_without_the_dataset_check(demo_root, tmp_path):
     import shutil as sh
 
     import nibabel as nib
     import numpy as np
 
     root = sh.copytree(demo_root, tmp_path / "nan-data")
-    for path in (root / "imagesTr").glob("*.nii.gz"):
-        image = nib.load(path)
-        values = image.get_fdata().astype(np.float32)
-        values[:, :, ::3] = np.nan  # every patch crosses a NaN slice
-        nib.save(nib.Nifti1Image(values, image.affine), path)
-    args = tiny_train_args(root, tmp_path / "runs") + ["--data.check_dataset=false", "--model.max_nonfinite_steps=2"]
-    code, _, err = run_main(train.main, args, capsys)
-    assert code == 1
-    last_line = err.strip().splitlines()[-1]
-    assert re.match(r"medseg: error: training stopped: loss was NaN/Inf for 2 steps in a row \(global step \d+, cases phantom_\d+, phantom_\d+\)", last_line)
+    path = sorted((root / "imagesTr").glob("*.nii.gz"))[0]
+    image = nib.load(path)
+    values = image.get_fdata().astype(np.float32)
+    values[:, :, ::3] = np.nan
+    nib.save(nib.Nifti1Image(values, image.affine), path)
+    # a process of its own: a preprocessing thread left running when the error ends it would abort it (exit code 134)
+    done = run_module("medseg.train", *tiny_train_args(root, tmp_path / "runs"), "--data.check_dataset=false")
+    err = done.stderr
+    assert done.returncode == 1, err[-2000:]
+    assert re.match(rf"medseg: error: {re.escape(str(path))}: [\d,]+ voxel\(s\) are NaN or infinite", err.strip().splitlines()[-1])
 
 
 def test_disk_full_during_training_is_a_clear_error(demo_root, tmp_path):

@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+import threading
+from contextlib import contextmanager
+from multiprocessing.dummy import DummyProcess
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,6 +164,23 @@ def preprocess_missing(dataset: PersistentDataset, threads: int | None = None) -
             for _ in tqdm(pool.imap_unordered(dataset.__getitem__, missing), total=len(missing), desc="Preprocessing to disk", leave=False):
                 pass
     return len(missing)
+
+
+@contextmanager
+def pool_threads_finished_on_error(timeout_s: float = 60.0):
+    """Let thread-pool workers finish the case in hand when preprocessing fails, before the error ends the process.
+
+    A ``ThreadPool`` left by an exception is terminated without joining its threads (``multiprocessing.pool``), and a
+    daemon thread still inside torch when the interpreter finalizes aborts the process ("terminate called without an
+    active exception", exit code 134) after the one-line error that should have ended it with code 1.
+    """
+    try:
+        yield
+    except BaseException:
+        for thread in threading.enumerate():
+            if isinstance(thread, DummyProcess) and thread.is_alive():
+                thread.join(timeout_s)
+        raise
 
 
 def cache_file(dataset: PersistentDataset, item: dict[str, Any]) -> Path:

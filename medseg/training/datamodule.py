@@ -22,7 +22,8 @@ from medseg.data.split import split_cases
 from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
 from medseg.data.validation import validate_dataset
 from medseg.data.volume_cache import (
-    CACHE_MODES, VolumeStorage, available_memory_bytes, choose_storage, dataset_bytes, disk_cache, preprocess_missing, split_at_first_random,
+    CACHE_MODES, VolumeStorage, available_memory_bytes, choose_storage, dataset_bytes, disk_cache, pool_threads_finished_on_error,
+    preprocess_missing, split_at_first_random,
 )
 from medseg.errors import MedsegError
 
@@ -156,15 +157,16 @@ class SegmentationDataModule(L.LightningDataModule):
     def _dataset(self, cases: list[Case], transform: Compose) -> Dataset:
         data, cached, random = [case.as_dict() for case in cases], *split_at_first_random(transform)
         source, after_source = data, transform
-        if self.storage.on_disk:
-            # keyed by each case's files and the cached transforms' settings: a changed file, spacing or patch is preprocessed again
-            source, after_source = disk_cache(data, cached, self.cache_dir / "preprocessed" / self.spec.root.name), random
-            if not self.storage.in_memory:
-                preprocess_missing(source, self.num_workers or None)
-        if self.storage.in_memory:
-            # no copy of the cached volume per patch (50 ms at 250x250x150): the random transforms start with the crop
-            # and none works in place, so the cache is never changed (tests/training/test_datamodule.py checks it)
-            return CacheDataset(source, after_source, num_workers=self.num_workers or None, progress=True, copy_cache=False)
+        with pool_threads_finished_on_error():
+            if self.storage.on_disk:
+                # keyed by each case's files and the cached transforms' settings: a changed file, spacing or patch is preprocessed again
+                source, after_source = disk_cache(data, cached, self.cache_dir / "preprocessed" / self.spec.root.name), random
+                if not self.storage.in_memory:
+                    preprocess_missing(source, self.num_workers or None)
+            if self.storage.in_memory:
+                # no copy of the cached volume per patch (50 ms at 250x250x150): the random transforms start with the crop
+                # and none works in place, so the cache is never changed (tests/training/test_datamodule.py checks it)
+                return CacheDataset(source, after_source, num_workers=self.num_workers or None, progress=True, copy_cache=False)
         return Dataset(source, after_source)
 
     def setup(self, stage: str | None = None) -> None:

@@ -137,4 +137,4 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it(folders, tmp_pat
     output = blocker / "scores.csv"  # inside a file: unwritable for root too, where a read-only folder is not
     assert main(["--pred", str(pred), "--gt", str(gt), "--output", str(output)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"medseg: error: {blocker}") and "\n" not in err
+    assert err.startswith(f"medseg: error: cannot write {output}") and "\n" not in err
