@@ -36,6 +36,7 @@ from medseg.planning.store import plan_for_training
 from medseg.precision import resolve_precision
 from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.datamodule import SegmentationDataModule
+from medseg.training.final_validation import FinalValidation, validate_on_scan_grids
 from medseg.training.module import SegmentationModule
 from medseg.training.progress import ProgressBar
 from medseg.training.recovery import fit_with_oom_recovery
@@ -139,13 +140,18 @@ def resume_last(trainer_config) -> str | None:
 
 
 def print_summary(result: "TrainResult", class_names: list[str]) -> None:
-    """Print the validated weights' Dice per class, the mean, and where the outputs are."""
-    width = max(len(name) for name in class_names)
+    """Print the final validation's Dice per class and the mean (else the training grid's), and where the outputs are."""
     validated = "the best checkpoint" if result.best_checkpoint else "the last weights (no validation ran during training, so there is no best checkpoint)"
-    lines = ["", f"Validation Dice of {validated}:"]
-    lines += [f"  {name:<{width}}  {result.metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
-    lines += [f"  {'mean':<{width}}  {result.metrics['val_mean_dice']:.4f}  (foreground classes)"]
-    lines += [f"Best checkpoint: {result.best_checkpoint or 'none'}", f"Last checkpoint: {result.last_checkpoint or 'none'}", f"Logs and config: {result.log_dir}"]
+    training_grid = f"per-epoch validation (val_* in metrics.csv) scores on the training grid: mean Dice {result.metrics['val_mean_dice']:.4f}"
+    if result.final_validation:
+        lines = ["", *result.final_validation.summary_lines(validated), f"For comparison, {training_grid} for the same weights"]
+    else:
+        width = max(len(name) for name in class_names)
+        lines = ["", f"Validation Dice of {validated}, on the training grid (no checkpoint was written to validate on the scans' own grids):"]
+        lines += [f"  {name:<{width}}  {result.metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
+        lines += [f"  {'mean':<{width}}  {result.metrics['val_mean_dice']:.4f}  (foreground classes)"]
+    best = result.best_checkpoint or f"none (medseg.infer --checkpoint {result.log_dir} takes the last checkpoint instead)"
+    lines += [f"Best checkpoint: {best}", f"Last checkpoint: {result.last_checkpoint or 'none'}", f"Logs and config: {result.log_dir}"]
     print("\n".join(lines), flush=True)
 
 
@@ -177,6 +183,7 @@ class TrainResult:
     last_checkpoint: Path | None
     log_dir: Path
     model: SegmentationModule  # holds the validated weights
+    final_validation: FinalValidation | None = None  # on the scans' own grids; rank 0 only, None where no checkpoint was written
 
 
 def build_cli(args: list[str] | None = None) -> MedsegCLI:
@@ -244,12 +251,15 @@ def run(args: list[str] | None = None) -> TrainResult:
     # read the paths before validate(): restoring the best checkpoint also restores the callbacks' state
     best_path = Path(best.best_model_path) if best.best_model_path else None
     last_path = Path(last.last_model_path) if last.last_model_path else None
-    # a run that ended before its first validation (short, max_time, Ctrl-C) validates the weights it has
+    # a run that ended before its first validation (short, max_time, Ctrl-C) validates its last checkpoint
     # this run's own checkpoint holds plain data only (tensors, numbers, strings): loaded weights-only
-    results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
+    validated = best_path or last_path
+    results = trainer.validate(model, datamodule=datamodule, ckpt_path=validated, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in results[0].items()}
     result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)  # log_dir is a broadcast: before the group ends
     if trainer.is_global_zero:
+        if validated:
+            result.final_validation = validate_on_scan_grids(validated, datamodule.val_cases, datamodule.class_names, result.log_dir)
         print_summary(result, datamodule.class_names)
     if not group_was_open:
         end_process_group()
