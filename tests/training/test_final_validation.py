@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import pytest
 import yaml
@@ -52,3 +54,16 @@ def test_the_printed_dice_is_that_of_the_best_checkpoints_label_maps_on_the_scan
     for case in val_cases:
         written, scan = nib.load(final.folder / f"{case.name}.nii.gz"), nib.load(case.images[0])
         assert written.shape == scan.shape and same_grid(written, scan)
+
+
+def test_a_run_shorter_than_its_validation_interval_validates_its_last_checkpoint_which_inference_of_the_run_uses(demo_root, tmp_path, capsys):
+    result = train.run(tiny_train_args(demo_root, tmp_path / "runs") + ["--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=5"])
+    printed = capsys.readouterr().out
+    assert result.best_checkpoint is None and result.final_validation.checkpoint == result.last_checkpoint
+    assert f"Best checkpoint: none (medseg.infer --checkpoint {result.log_dir} takes the last checkpoint instead)" in printed
+
+    expected = _infer_and_evaluate(result.log_dir, validation_cases(result.log_dir, demo_root), demo_root, tmp_path).class_means("dice")
+    for name, value in expected.items():
+        assert result.final_validation.dice()[name] == pytest.approx(value, abs=SAME_PATH_TOLERANCE)
+        assert f"  {name:<6}  {value:.4f}" in printed
+    assert json.loads((tmp_path / "predictions" / "recipe.json").read_text())["models"] == [str(result.last_checkpoint)]
