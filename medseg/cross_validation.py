@@ -107,26 +107,37 @@ def changed_options(recorded: dict, options: dict) -> str:
     return "; ".join(f"{name} {json.dumps(recorded.get(name, missing))} -> {json.dumps(options.get(name, missing))}" for name in changed)
 
 
-def folds_with_other_options(folder: Path, num_folds: int, options: dict) -> dict[int, str]:
-    """Return the folds under ``folder`` whose recorded options differ from ``options``, with how (``changed_options``)."""
+def folds_with_other_options(folder: Path, options: dict) -> dict[int, str]:
+    """Return the folds under ``folder`` whose recorded options differ from ``options``, with how (``changed_options``);
+    all of them, also those beyond this run's number of folds, which an ensemble of the folder would read as well."""
     differ = {}
-    for fold in range(num_folds):
-        record = folder / f"fold_{fold}" / OPTIONS_FILE
+    runs = {int(path.name.removeprefix("fold_")): path for path in folder.glob("fold_*") if path.name.removeprefix("fold_").isdigit()}
+    for fold, run in sorted(runs.items()):
+        record = run / OPTIONS_FILE
         if record.is_file():
-            changed = changed_options(json.loads(record.read_text()), options)
+            try:
+                recorded = json.loads(record.read_text())
+            except json.JSONDecodeError as err:
+                raise MedsegError(f"{record}: not valid JSON ({err}); move {run} away to train the fold again") from None
+            changed = changed_options(recorded, options)
             if changed:
                 differ[fold] = changed
-        elif (folder / f"fold_{fold}").is_dir():
-            log.warning(f"fold {fold}: {folder / f'fold_{fold}'} has no record of its options (made by an older medseg): taken as made with these")
+        else:
+            log.warning(f"{run} has no record of its options (made by an older medseg): taken as made with these")
     return differ
+
+
+def _folds(folds: list) -> str:
+    """Return "fold 1" or "folds 0, 2"."""
+    return f"fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}"
 
 
 def other_options_error(folder: Path, differ: dict[int, str]) -> MedsegError:
     """Return the one-line refusal to reuse folds trained with other options, naming them and the options."""
-    by_change: dict[str, list[str]] = {}
+    by_change: dict[str, list[int]] = {}
     for fold, changed in differ.items():
-        by_change.setdefault(changed, []).append(str(fold))
-    how = "; ".join(f"fold {', '.join(folds)}: {changed}" for changed, folds in by_change.items())
+        by_change.setdefault(changed, []).append(fold)
+    how = "; ".join(f"{_folds(folds)}: {changed}" for changed, folds in by_change.items())
     return MedsegError(
         f"{folder} holds folds trained with other options ({how}): rerun with {RETRAIN} to train them again (their runs are moved "
         f"to {set_aside_folder(folder)}), or choose another --trainer.logger.init_args.name"
@@ -180,11 +191,11 @@ def run_cross_validation(args: list[str]) -> dict:
     num_folds, split_seed = int(data["num_folds"]), int(data["split_seed"])
     options = asked_options(probe, probe_args)
     del probe
-    differ = folds_with_other_options(folder, num_folds, options)
+    differ = folds_with_other_options(folder, options)
     if differ and not retrain:
         raise other_options_error(folder, differ)
     if differ:
-        log.info(f"folds {', '.join(map(str, differ))} were trained with other options: moved to {set_aside(folder, list(differ))}, trained again")
+        log.info(f"{_folds(list(differ))} trained with other options: moved to {set_aside(folder, list(differ))}, to train again")
     folds = []
     for fold in range(num_folds):
         _, val_cases = split_cases(cases, num_folds, fold, split_seed)

@@ -86,10 +86,11 @@ def test_a_rerun_with_other_options_is_refused_naming_them_and_reuses_nothing(de
     folder = tmp_path / "medseg_cv"
     earlier = {**_options(args), "trainer.max_epochs": 3}
     _fold_done_with(folder, 0, earlier)
+    _fold_done_with(folder, 2, earlier)  # of an earlier run with more folds: an ensemble of the folder would read it too
     code, _, err = run_main(main, args, capsys)
     assert code == 1
     assert err.strip().splitlines()[-1] == (
-        f"medseg: error: {folder} holds folds trained with other options (fold 0: trainer.max_epochs 3 -> 2): rerun with --retrain to "
+        f"medseg: error: {folder} holds folds trained with other options (folds 0, 2: trainer.max_epochs 3 -> 2): rerun with --retrain to "
         f"train them again (their runs are moved to {tmp_path / 'medseg_cv_replaced'}), or choose another --trainer.logger.init_args.name"
     )
     assert json.loads((folder / "fold_0" / "fold_options.json").read_text()) == earlier and not (folder / "fold_1").exists()
