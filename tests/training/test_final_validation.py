@@ -20,7 +20,7 @@ from tests.helpers.cli import tiny_train_args
 SAME_PATH_TOLERANCE = 1e-6
 
 
-def validation_cases(run_folder, demo_root):
+def _validation_cases(run_folder, demo_root):
     """Return the validation cases of the run in ``run_folder``, as its config.yaml splits the dataset."""
     data = yaml.safe_load((run_folder / "config.yaml").read_text())["data"]
     return split_cases(read_dataset(demo_root).cases, data["num_folds"], data["fold"], data["split_seed"])[1]
@@ -43,7 +43,7 @@ def test_the_printed_dice_is_that_of_the_best_checkpoints_label_maps_on_the_scan
     final = result.final_validation
     assert final.checkpoint == result.best_checkpoint and final.folder == result.log_dir / "validation"
 
-    val_cases = validation_cases(result.log_dir, demo_root)
+    val_cases = _validation_cases(result.log_dir, demo_root)
     expected = _infer_and_evaluate(result.best_checkpoint, val_cases, demo_root, tmp_path).class_means("dice")
     assert set(expected) == {"organ", "lesion"}
     for name, value in expected.items():
@@ -62,7 +62,7 @@ def test_a_run_shorter_than_its_validation_interval_validates_its_last_checkpoin
     assert result.best_checkpoint is None and result.final_validation.checkpoint == result.last_checkpoint
     assert f"Best checkpoint: none (medseg.infer --checkpoint {result.log_dir} takes the last checkpoint instead)" in printed
 
-    expected = _infer_and_evaluate(result.log_dir, validation_cases(result.log_dir, demo_root), demo_root, tmp_path).class_means("dice")
+    expected = _infer_and_evaluate(result.log_dir, _validation_cases(result.log_dir, demo_root), demo_root, tmp_path).class_means("dice")
     for name, value in expected.items():
         assert result.final_validation.dice()[name] == pytest.approx(value, abs=SAME_PATH_TOLERANCE)
         assert f"  {name:<6}  {value:.4f}" in printed
