@@ -3,14 +3,18 @@ grids, summarise the cross-validation, and choose postprocessing on the pooled p
 
 Layout of the cross-validation folder (``<logger save_dir>/<logger name>_cv``)::
 
-    fold_K/version_0/...        each fold's training run (checkpoints, config.yaml, metrics.csv)
-    fold_K/validation/          its validation cases' label maps on the scans' grids, evaluation.csv (per-case Dice)
-    summary.json                Dice per class per fold, the mean over folds and the pooled result
-    postprocessing.json         chosen on the pooled validation predictions (python -m medseg.postprocess's rule)
+    fold_K/fold_options.json       the options the fold trains with (written before it starts)
+    fold_K/version_0/...           its training run (checkpoints, config.yaml, metrics.csv)
+    fold_K/version_0/validation/   its final validation: the validation cases' label maps on the scans' grids and
+                                   evaluation.csv (per-case Dice), what the fold's run printed
+    summary.json                   Dice per class per fold, the mean over folds and the pooled result
+    postprocessing.json            chosen on the pooled validation predictions (python -m medseg.postprocess's rule)
 
 ``python -m medseg.infer --checkpoint <that folder>`` then ensembles the folds and applies the postprocessing.
 Each fold trains in a process of its own, exactly as ``--data.fold K`` would (on several GPUs, with DDP); a fold
-whose validation is written is done, so rerunning an interrupted command resumes where it stopped.
+whose final validation is written is done, so rerunning an interrupted command resumes where it stopped. A fold
+trained with other options is never reused silently: the rerun is refused, naming the options that differ, unless
+``--retrain`` asks to train such folds again (their earlier runs are moved to ``<logger name>_cv_replaced/``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +31,24 @@ import numpy as np
 from medseg.atomic import write_text_atomic
 from medseg.data.split import split_cases
 from medseg.errors import MedsegError
-from medseg.evaluate import Evaluation, dice_per_class, read_label_pair, score_case
-from medseg.inference import InferenceOptions, segment_scans
+from medseg.evaluate import dice_per_class, read_label_pair
 from medseg.inference.postprocessing import POSTPROCESSING_FILE
 from medseg.postprocess import choose_postprocessing
 from medseg.tables import format_rows
-from medseg.training.cli import build_cli
+from medseg.training.cli import MedsegCLI, build_cli, with_plan
+from medseg.training.final_validation import EVALUATION_FILE, VALIDATION_FOLDER
 
 log = logging.getLogger("medseg.cross_validation")
 
 ALL_FOLDS = "all"
-VALIDATION_FOLDER = "validation"
-EVALUATION_FILE = "evaluation.csv"
+RETRAIN = "--retrain"
+OPTIONS_FILE = "fold_options.json"
 SUMMARY_FILE = "summary.json"
+# Options that place a fold's run or pace it without changing what it learns: a rerun may change them and still resume.
+PLACEMENT_OPTIONS = (
+    "ckpt_path", "data.fold", "data.cache", "data.cache_dir", "data.num_workers",
+    "trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar",
+)
 
 
 def asks_for_all_folds(args: list[str]) -> bool:
@@ -67,13 +77,86 @@ def fold_arguments(args: list[str], folder: Path, fold: int) -> list[str]:
     return run + ["--ckpt_path=last"] if list((folder / f"fold_{fold}").glob("version_*/checkpoints/last.ckpt")) else run
 
 
-def fold_result(folder: Path, fold: int) -> Path | None:
-    """Return the best checkpoint of a finished fold run (the last one when it never validated), else None."""
-    runs = sorted((folder / f"fold_{fold}").glob("version_*/checkpoints"))
-    if not runs:
-        return None
-    best = sorted(runs[-1].glob("best-*.ckpt"))
-    return best[-1] if best else (runs[-1] / "last.ckpt" if (runs[-1] / "last.ckpt").is_file() else None)
+def fold_validation(folder: Path, fold: int) -> Path | None:
+    """Return the final validation folder of the fold's finished run (the newest, if it has several), else None."""
+    done = sorted((folder / f"fold_{fold}").glob(f"version_*/{VALIDATION_FOLDER}/{EVALUATION_FILE}"), key=lambda path: path.stat().st_mtime)
+    return done[-1].parent if done else None
+
+
+def asked_options(cli: MedsegCLI, args: list[str]) -> dict:
+    """Return the options ``args`` train with, every default filled in, as dotted names (``trainer.max_epochs``) and
+    plain values, without those that only place or pace the run (``PLACEMENT_OPTIONS``). Read as asked, before this
+    machine resolves them (``16-mixed`` stays that, whatever precision it runs at here)."""
+    asked = json.loads(cli.parser.dump(cli.parser.parse_args(args), format="json"))
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if not any(name == kept or name.startswith(f"{kept}.") for kept in PLACEMENT_OPTIONS):
+                items.update(flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
+        return items
+
+    return flat(asked)
+
+
+def changed_options(recorded: dict, options: dict) -> str:
+    """Return the options whose values differ, as "name recorded -> now" joined by "; " ("" when none do)."""
+    missing = "(unset)"
+    changed = [name for name in sorted(recorded.keys() | options.keys()) if recorded.get(name, missing) != options.get(name, missing)]
+    return "; ".join(f"{name} {json.dumps(recorded.get(name, missing))} -> {json.dumps(options.get(name, missing))}" for name in changed)
+
+
+def folds_with_other_options(folder: Path, options: dict) -> dict[int, str]:
+    """Return the folds under ``folder`` whose recorded options differ from ``options``, with how (``changed_options``);
+    all of them, also those beyond this run's number of folds, which an ensemble of the folder would read as well."""
+    differ = {}
+    runs = {int(path.name.removeprefix("fold_")): path for path in folder.glob("fold_*") if path.name.removeprefix("fold_").isdigit()}
+    for fold, run in sorted(runs.items()):
+        record = run / OPTIONS_FILE
+        if record.is_file():
+            try:
+                recorded = json.loads(record.read_text())
+            except json.JSONDecodeError as err:
+                raise MedsegError(f"{record}: not valid JSON ({err}); move {run} away to train the fold again") from None
+            changed = changed_options(recorded, options)
+            if changed:
+                differ[fold] = changed
+        else:
+            log.warning(f"{run} has no record of its options (made by an older medseg): taken as made with these")
+    return differ
+
+
+def _folds(folds: list) -> str:
+    """Return "fold 1" or "folds 0, 2"."""
+    return f"fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}"
+
+
+def other_options_error(folder: Path, differ: dict[int, str]) -> MedsegError:
+    """Return the one-line refusal to reuse folds trained with other options, naming them and the options."""
+    by_change: dict[str, list[int]] = {}
+    for fold, changed in differ.items():
+        by_change.setdefault(changed, []).append(fold)
+    how = "; ".join(f"{_folds(folds)}: {changed}" for changed, folds in by_change.items())
+    return MedsegError(
+        f"{folder} holds folds trained with other options ({how}): rerun with {RETRAIN} to train them again (their runs are moved "
+        f"to {set_aside_folder(folder)}), or choose another --trainer.logger.init_args.name"
+    )
+
+
+def set_aside_folder(folder: Path) -> Path:
+    """Return where ``--retrain`` moves the runs it replaces: beside the cross-validation folder, so no ensemble of it reads them."""
+    return folder.with_name(f"{folder.name}_replaced")
+
+
+def set_aside(folder: Path, folds: list[int]) -> Path:
+    """Move the runs of ``folds``, and the summary and postprocessing made with them, out of ``folder``; return where to."""
+    aside = set_aside_folder(folder) / time.strftime("%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in [*(folder / f"fold_{fold}" for fold in folds), folder / SUMMARY_FILE, folder / POSTPROCESSING_FILE]:
+        if path.exists():
+            path.rename(aside / path.name)
+    return aside
 
 
 def summary_table(summary: dict) -> str:
@@ -91,46 +174,57 @@ def _mean_dice(dice: list[tuple[float, ...]], class_names: list[str]) -> dict[st
 
 
 def run_cross_validation(args: list[str]) -> dict:
-    """Train every fold as ``args`` say (``--data.fold all`` removed), then write and return the summary."""
-    args = without_fold(args)
-    probe = build_cli([*args, "--data.fold=0"])  # the configuration as every fold reads it, checked before any fold trains
+    """Train every fold as ``args`` say (``--data.fold all`` removed), then write and return the summary.
+
+    A fold already trained with the same options is reused (resumed where it was interrupted); one trained with other
+    options is refused, or with ``--retrain`` moved aside and trained again."""
+    retrain = RETRAIN in args
+    # the dataset's plan, when it trains with one, is read once here: every fold trains with the same
+    args = with_plan([arg for arg in without_fold(args) if arg != RETRAIN])
+    probe_args = [*args, "--data.fold=0"]
+    probe = build_cli(probe_args)  # the configuration as every fold reads it, checked before any fold trains
     data, logger = probe.config["data"], probe.config["trainer"]["logger"]
     if not logger or "save_dir" not in logger.get("init_args", {}):
         raise MedsegError("--data.fold all needs a logger with save_dir and name (the default CSVLogger) to place the folds")
     folder = Path(logger["init_args"]["save_dir"]) / f"{logger['init_args'].get('name') or 'medseg'}_cv"
     cases, class_names = probe.datamodule.spec.cases, list(probe.datamodule.class_names)
     num_folds, split_seed = int(data["num_folds"]), int(data["split_seed"])
+    options = asked_options(probe, probe_args)
     del probe
+    differ = folds_with_other_options(folder, options)
+    if differ and not retrain:
+        raise other_options_error(folder, differ)
+    if differ:
+        log.info(f"{_folds(list(differ))} trained with other options: moved to {set_aside(folder, list(differ))}, to train again")
     folds = []
     for fold in range(num_folds):
-        validation = folder / f"fold_{fold}" / VALIDATION_FOLDER
         _, val_cases = split_cases(cases, num_folds, fold, split_seed)
-        if (validation / EVALUATION_FILE).is_file():
-            log.info(f"fold {fold}: done before ({validation}), not trained again")
+        validation = fold_validation(folder, fold)
+        if validation:
+            log.info(f"fold {fold}: done before with these options ({validation}), not trained again")
         else:
             log.info(f"fold {fold} of {num_folds}: training into {folder / f'fold_{fold}'}")
+            record = folder / f"fold_{fold}" / OPTIONS_FILE
+            if not record.is_file():
+                write_text_atomic(record, json.dumps(options, indent=2))
             trained = subprocess.run([sys.executable, "-m", "medseg.train", *fold_arguments(args, folder, fold)])
-            checkpoint = fold_result(folder, fold)
-            if trained.returncode != 0 or checkpoint is None:
+            validation = fold_validation(folder, fold)
+            if trained.returncode != 0 or validation is None:
                 raise MedsegError(
                     f"fold {fold} failed (exit code {trained.returncode}; its messages are above); the other folds' runs in {folder} "
                     "are kept: rerun the same command to resume"
                 )
-            summary = segment_scans(checkpoint, val_cases, validation, InferenceOptions(), overwrite=True, postprocessing=False)
-            if summary.failed:
-                raise MedsegError(f"fold {fold}: predicting its validation cases failed: {summary.failed[0][0]}: {summary.failed[0][1]}")
-            scored = Evaluation([score_case(validation / f"{case.name}.nii.gz", case.label) for case in val_cases], class_names[1:])
-            write_text_atomic(validation / EVALUATION_FILE, scored.csv_text())
-        folds.append((fold, val_cases))
+        folds.append((validation, val_cases))
     return summarise(folder, folds, class_names)
 
 
-def summarise(folder: Path, folds: list[tuple[int, list]], class_names: list[str]) -> dict:
-    """Write summary.json and postprocessing.json for the finished ``folds`` under ``folder``, print the table, return the summary."""
+def summarise(folder: Path, folds: list[tuple[Path, list]], class_names: list[str]) -> dict:
+    """Write summary.json and postprocessing.json for the finished ``folds`` (each its final validation folder and
+    validation cases, in fold order) under ``folder``, print the table, return the summary."""
     per_fold, pooled_dice, pooled_maps = [], [], []
-    for fold, val_cases in folds:
+    for fold, (validation, val_cases) in enumerate(folds):
         # each label map is read once: its Dice here, and the map itself for choosing postprocessing
-        maps = [read_label_pair(folder / f"fold_{fold}" / VALIDATION_FOLDER / f"{case.name}.nii.gz", case.label)[:2] for case in val_cases]
+        maps = [read_label_pair(validation / f"{case.name}.nii.gz", case.label)[:2] for case in val_cases]
         dice = [dice_per_class(pred, truth, len(class_names)) for pred, truth in maps]
         per_fold.append({"fold": fold, "cases": len(dice), "dice": _mean_dice(dice, class_names)})
         pooled_dice += dice

@@ -16,7 +16,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.",
                                      epilog=DEBUG_HELP)
     parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt), "
+                        help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt, else last.ckpt), "
                              "are ensembled: window logits averaged over the models, as nnU-Net averages folds")
     parser.add_argument("--input", required=True,
                         help="a .nii/.nii.gz scan; a folder of them and of DICOM series (each series a case, subfolders searched; "

@@ -6,6 +6,7 @@ Examples:
     python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
     python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
     python -m medseg.train --config configs/demo.yaml --data.fold all  # every fold, then the cross-validation summary
+    python -m medseg.train --config configs/demo.yaml --data.fold all --retrain   # train again folds trained with other options
 """
 
 from __future__ import annotations

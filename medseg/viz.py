@@ -234,7 +234,7 @@ def plot_training_curves(metrics_csv: str | Path, class_names: Sequence[str] | N
     if "val_mean_dice" in series:
         dice_axes.plot(*series["val_mean_dice"], marker="o", color="black", linewidth=2.5, label="mean dice")
     loss_axes.set(title="Training loss", xlabel="training step", ylabel="Dice + cross-entropy")
-    dice_axes.set(title="Validation Dice (whole volumes)", xlabel="training step", ylabel="Dice", ylim=(0, 1))
+    dice_axes.set(title="Validation Dice (whole volumes on the training grid)", xlabel="training step", ylabel="Dice", ylim=(0, 1))
     for axes in (loss_axes, dice_axes):
         if axes.lines:
             axes.legend()

@@ -151,5 +151,5 @@ def test_a_run_without_validation_batches_says_so_and_keeps_its_checkpoints(demo
     args = tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--trainer.limit_val_batches=0"]
     code, out, err = run_main(main, args, capsys)
     assert code == 0, err[-2000:]
-    assert "No validation ran (no validation batches" in out and "Best checkpoint: none" in out
+    assert "No per-epoch validation ran (no validation batches: --trainer.limit_val_batches 0?)" in out and "Best checkpoint: none" in out
     assert (tmp_path / "medseg" / "version_0" / "checkpoints" / "last.ckpt").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import zipfile
 from collections.abc import Sequence
@@ -16,9 +17,12 @@ from medseg.errors import MedsegError
 from medseg.model.networks import network_for
 from medseg.recipe import Recipe
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_PREFIX = "net."
 # The checkpoint each training run folder contributes to an ensemble (ModelCheckpoint's name for the best one).
 BEST_CHECKPOINT_GLOB = "best-*.ckpt"
+LAST_CHECKPOINT = "last.ckpt"  # the run's final weights (ModelCheckpoint's save_last name)
 # What the members of an ensemble must share: windows of one shape on one preprocessed image, read out as one set of classes.
 ENSEMBLE_FIELDS = ("channel_names", "class_names", "patch_size", "preprocessing")
 
@@ -74,16 +78,21 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
 
 def checkpoint_paths(sources: Sequence[str | Path]) -> list[Path]:
     """Return the checkpoints ``sources`` name: files as given, and for a folder (a run, or a cross-validation folder
-    of runs) the best checkpoint of every run in it, in path order."""
+    of runs) the best checkpoint of every run in it, in path order. A run that never validated during training (shorter
+    than its validation interval) has no best checkpoint: its last.ckpt, which its final validation scored, stands in."""
     paths: list[Path] = []
     for source in map(Path, sources):
         if not source.is_dir():
             paths.append(source)
             continue
-        found = sorted(source.rglob(BEST_CHECKPOINT_GLOB))
-        if not found:
-            raise MedsegError(f"{source} holds no {BEST_CHECKPOINT_GLOB} checkpoint (of a finished training run)")
-        paths += found
+        runs = sorted({path.parent for pattern in (BEST_CHECKPOINT_GLOB, LAST_CHECKPOINT) for path in source.rglob(pattern)})
+        if not runs:
+            raise MedsegError(f"{source} holds no checkpoint of a training run ({BEST_CHECKPOINT_GLOB} or {LAST_CHECKPOINT})")
+        for run in runs:
+            best = sorted(run.glob(BEST_CHECKPOINT_GLOB))
+            if not best:
+                log.warning(f"{run}: no best checkpoint (no validation ran during training): its {LAST_CHECKPOINT} is used")
+            paths += best or [run / LAST_CHECKPOINT]
     return paths
 
 

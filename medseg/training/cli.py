@@ -10,6 +10,8 @@ Examples:
     python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
     python -m medseg.train --config configs/demo.yaml --ckpt_path last  # resume the newest run, in its folder
     python -m medseg.train --config configs/demo.yaml --debug          # an error's traceback instead of one line
+    python -m medseg.train --config configs/demo.yaml --data.fold all  # every fold, then the cross-validation summary
+    python -m medseg.train --config configs/demo.yaml --data.fold all --retrain   # train again folds trained with other options
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.checkpoint_io import AtomicCheckpointIO
 from medseg.training.csv_logger import AppendingCSVLogger
 from medseg.training.datamodule import SegmentationDataModule
+from medseg.training.final_validation import FinalValidation, validate_on_scan_grids
 from medseg.training.module import SegmentationModule
 from medseg.training.progress import ProgressBar
 from medseg.training.recovery import fit_with_oom_recovery
@@ -207,17 +210,28 @@ def resume_config_name(run_folder: Path) -> str:
     return next(name for n in itertools.count(1) if not (run_folder / (name := f"config-resume-{n}.yaml")).exists())
 
 
+NO_VALIDATION_BATCHES = "(no validation batches: --trainer.limit_val_batches 0?)"
+
+
 def print_summary(result: "TrainResult", class_names: list[str]) -> None:
-    """Print the validated weights' Dice per class, the mean, and where the outputs are."""
-    width = max(len(name) for name in class_names)
+    """Print the final validation's Dice per class and the mean (else the training grid's), and where the outputs are."""
     validated = "the best checkpoint" if result.best_checkpoint else "the last weights (no validation ran during training, so there is no best checkpoint)"
-    if result.metrics:
-        lines = ["", f"Validation Dice of {validated}:"]
+    lines = [""]
+    if result.final_validation:
+        lines += result.final_validation.summary_lines(validated)
+        if result.metrics:
+            lines.append(f"For comparison, per-epoch validation (val_* in metrics.csv) scores on the training grid: mean Dice {result.metrics['val_mean_dice']:.4f} for the same weights")
+        else:
+            lines.append(f"No per-epoch validation ran {NO_VALIDATION_BATCHES}")
+    elif result.metrics:
+        width = max(len(name) for name in class_names)
+        lines += [f"Validation Dice of {validated}, on the training grid (no checkpoint was written to validate on the scans' own grids):"]
         lines += [f"  {name:<{width}}  {result.metrics.get(f'val_dice_{name}', float('nan')):.4f}" for name in class_names[1:]]
         lines += [f"  {'mean':<{width}}  {result.metrics['val_mean_dice']:.4f}  (foreground classes)"]
     else:
-        lines = ["", "No validation ran (no validation batches: --trainer.limit_val_batches 0?), so there is no Dice to show."]
-    lines += [f"Best checkpoint: {result.best_checkpoint or 'none'}", f"Last checkpoint: {result.last_checkpoint or 'none'}", f"Logs and config: {result.log_dir}"]
+        lines += [f"No validation ran {NO_VALIDATION_BATCHES} and no checkpoint was written, so there is no Dice to show."]
+    best = result.best_checkpoint or f"none (medseg.infer --checkpoint {result.log_dir} takes the last checkpoint instead)"
+    lines += [f"Best checkpoint: {best}", f"Last checkpoint: {result.last_checkpoint or 'none'}", f"Logs and config: {result.log_dir}"]
     print("\n".join(lines), flush=True)
 
 
@@ -250,6 +264,7 @@ class TrainResult:
     last_checkpoint: Path | None
     log_dir: Path
     model: SegmentationModule  # holds the validated weights
+    final_validation: FinalValidation | None = None  # on the scans' own grids; rank 0 only, None where no checkpoint was written
 
 
 def build_cli(args: list[str] | None = None, cli_class: type[MedsegCLI] = MedsegCLI) -> MedsegCLI:
@@ -325,12 +340,15 @@ def run(args: list[str] | None = None) -> TrainResult:
     # read the paths before validate(): restoring the best checkpoint also restores the callbacks' state
     best_path = Path(best.best_model_path) if best.best_model_path else None
     last_path = Path(last.last_model_path) if last.last_model_path else None
-    # a run that ended before its first validation (short, max_time, Ctrl-C) validates the weights it has
+    # a run that ended before its first validation (short, max_time, Ctrl-C) validates its last checkpoint
     # this run's own checkpoint holds plain data only (tensors, numbers, strings): loaded weights-only
-    results = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
+    validated = best_path or last_path
+    results = trainer.validate(model, datamodule=datamodule, ckpt_path=validated, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in results[0].items()} if results else {}  # none without validation batches
     result = TrainResult(metrics, best_path, last_path, Path(trainer.log_dir), model)  # log_dir is a broadcast: before the group ends
     if trainer.is_global_zero:
+        if validated:
+            result.final_validation = validate_on_scan_grids(validated, datamodule.val_cases, datamodule.class_names, result.log_dir)
         print_summary(result, datamodule.class_names)
     if not group_was_open:
         end_process_group()

@@ -60,9 +60,18 @@ def test_a_folder_contributes_every_runs_best_checkpoint(members, tmp_path):
     assert [model.source for model in load_ensemble([tmp_path / "cv"])] == members
 
 
+def test_a_run_that_never_validated_during_training_contributes_its_last_checkpoint(members, tmp_path, caplog):
+    # a fold shorter than its validation interval: its final validation scored last.ckpt, and the ensemble takes it
+    short = members[1].parent
+    members[1].rename(short / "last.ckpt")
+    (short / "latest-epoch001.ckpt").write_bytes((short / "last.ckpt").read_bytes())
+    assert [model.source for model in load_ensemble([tmp_path / "cv"])] == [members[0], short / "last.ckpt", members[2]]
+    assert f"{short}: no best checkpoint (no validation ran during training): its last.ckpt is used" in caplog.text
+
+
 def test_a_folder_without_checkpoints_is_a_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MedsegError, match=r"empty holds no best-\*\.ckpt checkpoint"):
+    with pytest.raises(MedsegError, match=r"empty holds no checkpoint of a training run \(best-\*\.ckpt or last\.ckpt\)"):
         load_ensemble([tmp_path / "empty"])
 
 
