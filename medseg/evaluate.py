@@ -191,7 +191,7 @@ def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
 
 def score(argv: Sequence[str]) -> None:
     """Score the predictions the options name, print the summary and write the per-case CSV."""
-    parser = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.split(":", 1)[1].strip(), epilog=DEBUG_HELP)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m medseg.evaluate", description=__doc__.split(":", 1)[1].strip(), epilog=DEBUG_HELP)
     parser.add_argument("--pred", required=True, help="folder of predicted label maps (<case>.nii.gz)")
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or a dataset (folder or dataset.json)")
     parser.add_argument("--output", default=None, help="per-case CSV (default: PRED/evaluation.csv)")

@@ -13,7 +13,7 @@ from medseg.precision import PRECISIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.",
                                      epilog=DEBUG_HELP)
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt, else last.ckpt), "

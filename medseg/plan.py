@@ -34,7 +34,7 @@ log = logging.getLogger("medseg.plan")
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False, 
         prog="python -m medseg.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Any other option is a training option (python -m medseg.train --help lists them). {DEBUG_HELP}",
     )

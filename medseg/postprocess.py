@@ -70,7 +70,7 @@ def _plain(value: float) -> float | None:
 
 def postprocess(argv: Sequence[str]) -> None:
     """Choose postprocessing as the options say, print the decision and write it."""
-    parser = argparse.ArgumentParser(prog="python -m medseg.postprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m medseg.postprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=DEBUG_HELP)
     parser.add_argument("--pred", required=True, help="folder of the folds' validation predictions (<case>.nii.gz)")
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or the dataset")

@@ -53,6 +53,22 @@ def test_every_command_refuses_an_unknown_option(script, tmp_path, capsys):
     assert code == 2 and "--no-such-option" in err and "Traceback" not in err
 
 
+ABBREVIATED = {  # the start of one of each command's own options: argparse would take it for that option
+    "medseg-train": "--trainer.max_epoch=1",
+    "medseg-plan": "--capacity-gi=8",
+    "medseg-memory": "--capacity-gi=8",
+    "medseg-infer": "--overla=0.5",
+    "medseg-evaluate": "--outpu=x.csv",
+    "medseg-postprocess": "--outpu=x.json",
+}
+
+
+@pytest.mark.parametrize("script", sorted(COMMANDS))
+def test_every_command_refuses_an_abbreviated_option(script, tmp_path, capsys):
+    code, _, err = run_main(_entry_point(script), [*_failing_options(script, tmp_path), ABBREVIATED[script]], capsys)
+    assert code == 2 and ABBREVIATED[script].split("=")[0] in err and "Traceback" not in err
+
+
 def test_training_refuses_a_mistyped_option_before_planning_the_dataset(demo_root, monkeypatch, capsys):
     from medseg.train import main
     from medseg.training import cli

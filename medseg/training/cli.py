@@ -280,7 +280,7 @@ def build_cli(args: list[str] | None = None, cli_class: type[MedsegCLI] = Medseg
             parser_class=OneLineErrorParser,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": __doc__},
+            parser_kwargs={"description": __doc__, "allow_abbrev": False},
             trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
         )
 
@@ -300,7 +300,7 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     means the configuration is chosen by hand, and nothing is planned.
     """
     argv = sys.argv[1:] if args is None else list(args)
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--config")
     parser.add_argument("--data.root", dest="root")
     parser.add_argument("--data.cache_dir", dest="cache_dir")
