@@ -40,7 +40,7 @@ class RecoveryPoints(lightning.Callback):
     def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         if self.folder is not None and self.start_checkpoint is None and trainer.world_size == 1:
             self.start_checkpoint = str(self.folder / "start.ckpt")
-            trainer.save_checkpoint(self.start_checkpoint)
+            trainer.save_checkpoint(self.start_checkpoint, weights_only=False)  # the whole state: a recovery resumes from it
 
     def on_exception(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, exception: BaseException) -> None:
         self.stage = trainer.state.stage
