@@ -39,8 +39,9 @@ import yaml
 from lightning.pytorch.tuner import Tuner
 from torch.utils.data import DataLoader, Dataset
 
+from medseg.option_values import SIMULATED_CAPACITY_GIB
 from medseg.planning.batch_search import fit_memory, plan_batch_size
-from medseg.planning.budget import SIMULATED_CAPACITY_GIB, budget_bytes
+from medseg.planning.budget import budget_bytes
 from medseg.planning.cuda_steps import measure_cuda_step
 from medseg.planning.fake_tensor import fake_step, fake_tensor_step_cost
 from medseg.planning.oom import is_out_of_memory, release_memory

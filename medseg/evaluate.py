@@ -10,20 +10,20 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
-from monai.networks.utils import one_hot
 
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import is_dataset, read_dataset
 from medseg.errors import DEBUG_HELP, MedsegError, run_command
-from medseg.inference.runner import RECIPE_FILE
 from medseg.nifti import case_name, is_nifti, read_voxels, same_grid
-from medseg.recipe import Recipe
+
+# torch and MONAI, and the medseg modules that load them, are imported inside the functions that use them, so that
+# --help answers without loading them
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,9 @@ def read_label_pair(prediction: Path, ground_truth: Path) -> tuple[np.ndarray, n
 
 
 def _one_hot_pair(pred: np.ndarray, truth: np.ndarray, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+    from monai.networks.utils import one_hot
+
     return one_hot(torch.from_numpy(pred)[None, None], classes), one_hot(torch.from_numpy(truth)[None, None], classes)
 
 
@@ -116,6 +119,8 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> tuple[f
 
 
 def _dice(pred_hot: torch.Tensor, truth_hot: torch.Tensor) -> tuple[float, ...]:
+    from monai.metrics import DiceMetric
+
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred_hot, truth_hot)[0]
     both_empty = (pred_hot[0, 1:].sum(dim=(1, 2, 3)) == 0) & (truth_hot[0, 1:].sum(dim=(1, 2, 3)) == 0)
     dice[both_empty] = math.nan
@@ -128,6 +133,8 @@ def score_case(prediction: Path, ground_truth: Path) -> CaseScores:
     Dice is 0 for a class predicted but absent from the ground truth (or the reverse) and NaN when
     the class is absent from both; HD95 is NaN unless the class is in both.
     """
+    from monai.metrics import HausdorffDistanceMetric
+
     pred, truth, spacing = read_label_pair(prediction, ground_truth)
     classes = int(max(pred.max(), truth.max())) + 1
     if classes < 2:
@@ -147,6 +154,9 @@ def _ground_truth(source: Path) -> tuple[dict[str, Path], list[str]]:
 
 def _recipe_class_names(predictions: Path) -> list[str]:
     """Return the class names of the recipe inference wrote beside the predictions, or none."""
+    from medseg.inference.runner import RECIPE_FILE
+    from medseg.recipe import Recipe
+
     path = predictions / RECIPE_FILE
     if not path.is_file():
         return []

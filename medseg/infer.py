@@ -7,9 +7,7 @@ import sys
 from typing import Sequence
 
 from medseg.errors import DEBUG_HELP, run_command
-from medseg.inference.predictor import InferenceOptions
-from medseg.inference.runner import OUTPUT_FORMATS, segment_scans
-from medseg.precision import PRECISIONS
+from medseg.option_values import OUTPUT_FORMATS, PRECISIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,6 +42,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def segment(argv: Sequence[str]) -> int:
     """Segment as the options say, print the summary, and return 0 when every scan was segmented or skipped, 1 otherwise."""
     args = parse_args(argv)
+    # torch and MONAI load here, not at the top, so that --help answers without them
+    from medseg.inference.predictor import InferenceOptions
+    from medseg.inference.runner import segment_scans
+
     options = InferenceOptions(
         overlap=args.overlap,
         gaussian=False if args.no_gaussian else None,

@@ -18,16 +18,16 @@ import logging
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from medseg.atomic import atomic_target, write_text_atomic
 from medseg.errors import DEBUG_HELP, run_command
-from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, check_budget_fraction
-from medseg.planning.dataset_plan import TrainingPlan
-from medseg.planning.report import plot_precision_plans
-from medseg.planning.store import StoredPlan, plan_for_training
-from medseg.precision import PRECISIONS
+from medseg.option_values import DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
 from medseg.tables import format_rows
-from medseg.training.cli import parse_training_options
-from medseg.training_options import dataset_and_cache
+
+if TYPE_CHECKING:
+    from medseg.planning.dataset_plan import TrainingPlan
+    from medseg.planning.store import StoredPlan
 
 log = logging.getLogger("medseg.plan")
 
@@ -69,6 +69,13 @@ def format_plan(plan: TrainingPlan) -> str:
 def run(args: list[str] | None = None) -> StoredPlan:
     """Plan as the command line says, print the table and write plan.json, plan.png and plan.yaml."""
     options, training_args = parse_args(args)
+    # torch, MONAI and Lightning load here, not at the top, so that --help answers without them
+    from medseg.planning.budget import check_budget_fraction
+    from medseg.planning.report import plot_precision_plans
+    from medseg.planning.store import plan_for_training
+    from medseg.training.cli import parse_training_options
+    from medseg.training_options import dataset_and_cache
+
     check_budget_fraction(options.budget_fraction)
     spec, cache_dir = dataset_and_cache(parse_training_options(training_args))
     stored = plan_for_training(spec, cache_dir, options.capacity_gib, options.precisions, options.budget_fraction)

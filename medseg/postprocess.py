@@ -18,13 +18,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.atomic import write_text_atomic
 from medseg.errors import DEBUG_HELP, MedsegError, run_command
 from medseg.evaluate import dice_per_class, paired_files, read_label_pair
-from medseg.inference.postprocessing import POSTPROCESSING_FILE, Postprocessing
+from medseg.option_values import POSTPROCESSING_FILE
+
+if TYPE_CHECKING:
+    from medseg.inference.postprocessing import Postprocessing
 
 LabelPair = tuple[np.ndarray, np.ndarray]
 
@@ -47,6 +51,9 @@ def choose_postprocessing(cases: Sequence[LabelPair], class_names: Sequence[str]
     """Return the postprocessing nnU-Net's rule chooses for (prediction, truth) label maps of ``class_names``: all
     foreground's largest component first (with two or more foreground classes), then each class's, each step kept
     only where it ``improves`` on what was kept before."""
+    # torch and MONAI load here, not at the top, so that --help answers without them
+    from medseg.inference.postprocessing import Postprocessing
+
     current = Postprocessing(tuple(class_names))
     before = scores = mean_dice(cases, current)
     steps = [lambda chosen: replace(chosen, foreground_largest_component=True)] if len(class_names) > 2 else []

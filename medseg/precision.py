@@ -12,9 +12,9 @@ from contextlib import AbstractContextManager
 import torch
 
 from medseg.errors import MedsegError
+from medseg.option_values import PRECISIONS
 
-_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-PRECISIONS = tuple(_AUTOCAST_DTYPES)
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = dict(zip(PRECISIONS, (None, torch.float16, torch.bfloat16)))
 CPU_BF16_ENV = "MEDSEG_CPU_BF16"
 
 

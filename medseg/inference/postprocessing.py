@@ -17,8 +17,8 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.errors import MedsegError
+from medseg.option_values import POSTPROCESSING_FILE
 
-POSTPROCESSING_FILE = "postprocessing.json"
 POSTPROCESSING_VERSION = 1
 
 

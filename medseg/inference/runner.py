@@ -24,12 +24,12 @@ from medseg.inference.checkpoint import TrainedModel, load_ensemble
 from medseg.inference.postprocessing import postprocessing_beside
 from medseg.inference.predictor import InferenceOptions, Prediction, Predictor
 from medseg.nifti import like_reference
+from medseg.option_values import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
     from medseg.inference.dicom_seg import Algorithm
 
 PROBABILITIES_FOLDER = "probabilities"
-OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 DICOM_SEG_SUFFIX = ".seg.dcm"
 NO_SOURCE_SERIES = "a NIfTI scan has no DICOM series for a DICOM-SEG to reference; use --output-format nifti for NIfTI scans"
 # What made the outputs in a folder (the checkpoint's recipe with the run's overrides and precision, the models, the

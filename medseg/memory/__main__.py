@@ -17,18 +17,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from medseg.errors import DEBUG_HELP, run_command
-from medseg.planning.batch_search import BatchPlan
-from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, check_budget_fraction
-from medseg.planning.cache import PlanCache
-from medseg.planning.precision_comparison import estimated_plans, measured_plans
-from medseg.planning.report import format_table, save_report
-from medseg.precision import PRECISIONS
-from medseg.training.cli import parse_training_options
-from medseg.training_options import recipe_from_options
+from medseg.option_values import DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
+
+if TYPE_CHECKING:
+    from medseg.planning.batch_search import BatchPlan
 
 log = logging.getLogger("medseg.memory")
 
@@ -53,6 +48,16 @@ def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def run(args: list[str] | None = None) -> list[BatchPlan]:
     """Compare the precisions as the command line says, print the table and save the report files."""
     options, training_args = parse_args(args)
+    # torch, MONAI and Lightning load here, not at the top, so that --help answers without them
+    import torch
+
+    from medseg.planning.budget import check_budget_fraction
+    from medseg.planning.cache import PlanCache
+    from medseg.planning.precision_comparison import estimated_plans, measured_plans
+    from medseg.planning.report import format_table, save_report
+    from medseg.training.cli import parse_training_options
+    from medseg.training_options import recipe_from_options
+
     check_budget_fraction(options.budget_fraction)
     recipe = recipe_from_options(parse_training_options(training_args))
     precisions = options.precisions or [

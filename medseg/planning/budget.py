@@ -7,10 +7,6 @@ import torch
 from medseg.errors import MedsegError
 from medseg.planning.oom import release_memory
 
-# GPU memory planned for when no capacity is given and there is no CUDA GPU to measure: an 8 GiB card
-SIMULATED_CAPACITY_GIB = 8.0
-DEFAULT_BUDGET_FRACTION = 0.9  # the rest stays free for what steps do not hold steadily (cuDNN autotuning, fragmentation)
-
 
 def check_budget_fraction(fraction: float) -> float:
     """Return ``fraction`` if it is a usable share of memory, else raise a one-line error."""

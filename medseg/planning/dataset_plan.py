@@ -18,9 +18,10 @@ import numpy as np
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
+from medseg.option_values import DEFAULT_BUDGET_FRACTION
 from medseg.planning import rules
 from medseg.planning.batch_search import MemoryFit, plan_batch_size
-from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, budget_bytes
+from medseg.planning.budget import budget_bytes
 from medseg.planning.step import StepCost
 from medseg.recipe import Recipe
 

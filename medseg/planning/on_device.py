@@ -7,8 +7,9 @@ import logging
 import torch
 
 from medseg.errors import MedsegError
+from medseg.option_values import DEFAULT_BUDGET_FRACTION
 from medseg.planning.batch_search import BatchPlan, fits_budget, plan_batch_size
-from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, budget_bytes, usable_cuda_bytes
+from medseg.planning.budget import budget_bytes, usable_cuda_bytes
 from medseg.planning.cache import PlanCache, plan_key
 from medseg.planning.cuda_steps import cuda_step_cost
 from medseg.planning.simulated_device import SimulatedDevice

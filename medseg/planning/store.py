@@ -13,7 +13,8 @@ from medseg.atomic import write_text_atomic
 from medseg.data.fingerprint import fingerprint_cache_path
 from medseg.data.formats import DatasetSpec
 from medseg.data.validation import validate_dataset
-from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB, usable_cuda_bytes
+from medseg.option_values import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB
+from medseg.planning.budget import usable_cuda_bytes
 from medseg.planning.cache import PlanCache, plan_key
 from medseg.planning.cuda_steps import cuda_recipe_step_cost
 from medseg.planning.dataset_plan import StepCosts, TrainingPlan, make_plan

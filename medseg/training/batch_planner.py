@@ -17,8 +17,9 @@ from torch import nn
 
 from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
+from medseg.option_values import DEFAULT_BUDGET_FRACTION
 from medseg.planning.batch_search import BatchPlan
-from medseg.planning.budget import DEFAULT_BUDGET_FRACTION, check_budget_fraction
+from medseg.planning.budget import check_budget_fraction
 from medseg.planning.cache import PlanCache
 from medseg.planning.on_device import plan_on_device, record_out_of_memory
 from medseg.planning.simulated_device import SimulatedDevice

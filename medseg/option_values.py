@@ -1,0 +1,10 @@
+"""The choices and defaults that commands show in ``--help`` and the library uses, as plain values: importing this
+module loads neither torch nor MONAI, so that a command answers ``--help`` without them."""
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")  # Lightning's names (medseg.precision)
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")  # of medseg.infer
+POSTPROCESSING_FILE = "postprocessing.json"  # medseg.postprocess's decision, beside the models it was chosen for
+
+# GPU memory planned for when no capacity is given and there is no CUDA GPU to measure: an 8 GiB card
+SIMULATED_CAPACITY_GIB = 8.0
+DEFAULT_BUDGET_FRACTION = 0.9  # the rest stays free for what steps do not hold steadily (cuDNN autotuning, fragmentation)
