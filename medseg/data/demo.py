@@ -9,6 +9,7 @@ so that the whole pipeline (reorientation, resampling, CT windowing, cropping) i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 CLASS_NAMES = ("background", "organ", "lesion")
 DEMO_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -123,11 +126,14 @@ def generate_demo_dataset(root: Path, num_cases: int = 24, seed: int = 0) -> Pat
 
 
 def ensure_demo_dataset(cache_dir: Path | None = None, num_cases: int = 24, seed: int = 0) -> Path:
-    """Return the demo dataset's folder, generating it on first use (atomically, so a crash leaves no half dataset)."""
+    """Return the demo dataset's folder, generating it on first use (atomically, so a crash leaves no half dataset),
+    and log where it is: a user who trains on the demo finds the phantoms there."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     root = cache_dir / f"demo-v{DEMO_VERSION}-n{num_cases}-seed{seed}"
     if (root / "dataset.json").is_file():
+        log.info(f"built-in demo data: {num_cases} CT-like phantoms in {root}")
         return root
+    log.info(f"generating the built-in demo data: {num_cases} CT-like phantoms in {root}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=cache_dir))
     try:

@@ -1,3 +1,5 @@
+import logging
+
 import nibabel as nib
 import numpy as np
 
@@ -51,3 +53,12 @@ def test_demo_is_generated_once_and_reused(tmp_path):
     assert ensure_demo_dataset(tmp_path, num_cases=2, seed=1) == root
     assert (root / "dataset.json").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no staging folder left behind
+
+
+def test_demo_says_where_its_data_is_once_a_use(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="medseg.data.demo")
+    for _ in ("generated", "reused"):
+        caplog.clear()
+        root = ensure_demo_dataset(tmp_path, num_cases=2, seed=1)
+        messages = [record.getMessage() for record in caplog.records]
+        assert len(messages) == 1 and str(root) in messages[0]
