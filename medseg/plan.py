@@ -17,7 +17,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from medseg.atomic import atomic_target, write_text_atomic
