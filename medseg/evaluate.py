@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -17,7 +16,8 @@ import numpy as np
 
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import is_dataset, read_dataset
-from medseg.errors import DEBUG_HELP, MedsegError, run_command
+from medseg.command_line import CommandParser
+from medseg.errors import MedsegError, run_command
 from medseg.nifti import case_name, is_nifti, read_voxels, same_grid
 
 # torch and MONAI, and the medseg modules that load them, are imported inside the functions that use them, so that
@@ -201,10 +201,10 @@ def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
 
 def score(argv: Sequence[str]) -> None:
     """Score the predictions the options name, print the summary and write the per-case CSV."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m medseg.evaluate", description=__doc__.split(":", 1)[1].strip(), epilog=DEBUG_HELP)
+    parser = CommandParser("python -m medseg.evaluate", __doc__.split(":", 1)[1].strip())
     parser.add_argument("--pred", required=True, help="folder of predicted label maps (<case>.nii.gz)")
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or a dataset (folder or dataset.json)")
-    parser.add_argument("--output", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
+    parser.add_argument("-o", "--output", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
     args = parser.parse_args(argv)
     result = evaluate(args.pred, args.gt)
     output = Path(args.output) if args.output else Path(args.pred) / "evaluation.csv"

@@ -6,36 +6,41 @@ import argparse
 import sys
 from typing import Sequence
 
-from medseg.errors import DEBUG_HELP, run_command
+from medseg.command_line import CommandParser
+from medseg.errors import run_command
 from medseg.option_values import OUTPUT_FORMATS, PRECISIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m medseg.infer", description="Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.",
-                                     epilog=DEBUG_HELP)
+    parser = CommandParser("python -m medseg.infer", "Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.")
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt, else last.ckpt), "
                              "are ensembled: window logits averaged over the models, as nnU-Net averages folds")
-    parser.add_argument("--input", required=True,
+    parser.add_argument("-i", "--input", required=True,
                         help="a .nii/.nii.gz scan; a folder of them and of DICOM series (each series a case, subfolders searched; "
                              'needs pip install "medseg[dicom]"); or a dataset (folder or dataset.json; its training cases)')
-    parser.add_argument("--output", required=True,
+    parser.add_argument("-o", "--output", required=True,
                         help="folder for <case>.nii.gz label maps (and <case>.seg.dcm DICOM-SEGs), and recipe.json: the settings they were made with "
                              "and the cases made; one run at a time")
-    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="nifti",
+    parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="nifti", old=["--output-format"],
                         help="nifti: <case>.nii.gz; dicom-seg: <case>.seg.dcm referencing the DICOM series (DICOM inputs only); "
                              "both (NIfTI scans get their NIfTI only) (default: nifti)")
-    parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the checkpoint's recipe, as validation used)")
-    parser.add_argument("--no-gaussian", action="store_true", help="blend windows with equal weights instead of a Gaussian (default: the recipe's blending)")
+    parser.add_argument("--sw_overlap", type=float, default=None, old=["--overlap"],
+                        help="window overlap in [0, 1) (default: the checkpoint's recipe, as validation used)")
+    parser.add_argument("--sw_gaussian", choices=("true", "false"), default=None,
+                        help="false: blend windows with equal weights instead of a Gaussian (default: the recipe's blending)")
+    parser.rename("--no-gaussian", "--sw_gaussian", "false")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips of each window (8x slower)")
-    parser.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: the recipe's, planned for the GPU during training; halved on out-of-memory)")
+    parser.add_argument("--sw_batch_size", type=int, default=None, old=["--sw-batch-size"],
+                        help="windows per forward pass (default: the recipe's, planned for the GPU during training; halved on out-of-memory)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the precision training ran at, where this device supports it (bf16 on a CPU only with native bf16)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every scan, also in a folder made with other settings (refused otherwise); without it, scans whose outputs "
                              "(probabilities included, when asked for) were all made with these settings are skipped")
-    parser.add_argument("--no-postprocessing", action="store_true", help="ignore a postprocessing.json in a --checkpoint folder (python -m medseg.postprocess)")
+    parser.add_argument("--no_postprocessing", action="store_true", old=["--no-postprocessing"],
+                        help="ignore a postprocessing.json in a --checkpoint folder (python -m medseg.postprocess)")
     return parser.parse_args(argv)
 
 
@@ -47,8 +52,8 @@ def segment(argv: Sequence[str]) -> int:
     from medseg.inference.runner import segment_scans
 
     options = InferenceOptions(
-        overlap=args.overlap,
-        gaussian=False if args.no_gaussian else None,
+        overlap=args.sw_overlap,
+        gaussian=None if args.sw_gaussian is None else args.sw_gaussian == "true",
         sw_batch_size=args.sw_batch_size,
         precision=args.precision,
         tta=args.tta,

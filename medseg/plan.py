@@ -1,12 +1,12 @@
 """`python -m medseg.plan`: plan spacing, normalisation, patch, network and batch for a dataset and a GPU.
 
 Takes the training options (``--data.root``, ``--data.cache_dir``, ...) so the dataset is read as training
-reads it. On a CUDA GPU every candidate is checked with real steps; with ``--capacity-gib``, or without a GPU,
+reads it. On a CUDA GPU every candidate is checked with real steps; with ``--capacity_gib``, or without a GPU,
 with fake-tensor steps against a simulated GPU of that size (default 8 GiB). Prints FP32 and mixed precision side
-by side and writes plan.json, plan.png and plan.yaml (a config for ``python -m medseg.train --config``) to ``--out``.
+by side and writes plan.json, plan.png and plan.yaml (a config for ``python -m medseg.train --config``) to ``--output``.
 
 Examples:
-    python -m medseg.plan --data.root data/Task09_Spleen --capacity-gib 24
+    python -m medseg.plan --data.root data/Task09_Spleen --capacity_gib 24
     python -m medseg.train --config runs/plan/plan.yaml
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medseg.atomic import atomic_target, write_text_atomic
-from medseg.errors import DEBUG_HELP, run_command
+from medseg.command_line import CommandParser
+from medseg.errors import run_command
 from medseg.option_values import DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
 from medseg.tables import format_rows
 
@@ -33,17 +34,15 @@ log = logging.getLogger("medseg.plan")
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, 
-        prog="python -m medseg.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Any other option is a training option (python -m medseg.train --help lists them). {DEBUG_HELP}",
-    )
+    parser = CommandParser("python -m medseg.plan", __doc__, "Any other option is a training option (python -m medseg.train --help lists them).",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
-    parser.add_argument("--budget-fraction", type=float, default=DEFAULT_BUDGET_FRACTION,
+    parser.add_argument("--budget_fraction", type=float, default=DEFAULT_BUDGET_FRACTION, old=["--budget-fraction"],
                         help="share of the GPU memory this process may use that a step's steady state may use")
-    parser.add_argument("--capacity-gib", type=float, default=None,
+    parser.add_argument("--capacity_gib", type=float, default=None, old=["--capacity-gib"],
                         help="plan for a GPU of this much memory with the fake-tensor estimate, on a GPU machine too "
                              f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
-    parser.add_argument("--out", default="runs/plan", help="folder for plan.json, plan.png and plan.yaml")
+    parser.add_argument("-o", "--output", default="runs/plan", old=["--out"], help="folder for plan.json, plan.png and plan.yaml")
     return parser.parse_known_args(args)
 
 
@@ -80,7 +79,7 @@ def run(args: list[str] | None = None) -> StoredPlan:
     stored = plan_for_training(spec, cache_dir, options.capacity_gib, options.precisions, options.budget_fraction)
     plan = stored.plan
     print(format_plan(plan))
-    out = Path(options.out)
+    out = Path(options.output)
     write_text_atomic(out / "plan.json", json.dumps(plan.to_dict(), indent=2))
     write_text_atomic(out / "plan.yaml", stored.config_path.read_text())
     curves = {p.precision: {"patch_size": p.patch_size, "batch_size": p.batch_size, "peak_bytes": p.peak_bytes, "samples_per_second": p.samples_per_second} for p in plan.precisions}

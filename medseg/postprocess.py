@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg.atomic import write_text_atomic
-from medseg.errors import DEBUG_HELP, MedsegError, run_command
+from medseg.command_line import CommandParser
+from medseg.errors import MedsegError, run_command
 from medseg.evaluate import dice_per_class, paired_files, read_label_pair
 from medseg.option_values import POSTPROCESSING_FILE
 
@@ -77,11 +78,10 @@ def _plain(value: float) -> float | None:
 
 def postprocess(argv: Sequence[str]) -> None:
     """Choose postprocessing as the options say, print the decision and write it."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m medseg.postprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=DEBUG_HELP)
+    parser = CommandParser("python -m medseg.postprocess", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, help="folder of the folds' validation predictions (<case>.nii.gz)")
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or the dataset")
-    parser.add_argument("--output", default=None, help=f"decision file (default: PRED/{POSTPROCESSING_FILE})")
+    parser.add_argument("-o", "--output", default=None, help=f"decision file (default: PRED/{POSTPROCESSING_FILE})")
     args = parser.parse_args(argv)
     pairs, class_names = paired_files(args.pred, args.gt)
     cases = [read_label_pair(prediction, truth)[:2] for prediction, truth in pairs]

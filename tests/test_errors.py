@@ -55,9 +55,9 @@ def test_every_command_refuses_an_unknown_option(script, tmp_path, capsys):
 
 ABBREVIATED = {  # the start of one of each command's own options: argparse would take it for that option
     "medseg-train": "--trainer.max_epoch=1",
-    "medseg-plan": "--capacity-gi=8",
-    "medseg-memory": "--capacity-gi=8",
-    "medseg-infer": "--overla=0.5",
+    "medseg-plan": "--capacity_gi=8",
+    "medseg-memory": "--capacity_gi=8",
+    "medseg-infer": "--sw_overla=0.5",
     "medseg-evaluate": "--outpu=x.csv",
     "medseg-postprocess": "--outpu=x.json",
 }
@@ -81,7 +81,7 @@ def test_training_refuses_a_mistyped_option_before_planning_the_dataset(demo_roo
 @pytest.mark.parametrize("script", ["medseg-plan", "medseg-memory"])
 def test_a_mistyped_training_option_is_refused_by_the_commands_that_read_them(script, tmp_path, capsys):
     # medseg-plan --data.rooot planned the built-in demo and exited 0 (issue 32)
-    code, out, err = run_main(_entry_point(script), [f"--data.rooot={tmp_path}", "--out", str(tmp_path / "out")], capsys)
+    code, out, err = run_main(_entry_point(script), [f"--data.rooot={tmp_path}", "--output", str(tmp_path / "out")], capsys)
     assert code == 2
     assert err.strip().count("\n") == 0 and "--data.rooot" in err
     assert not (tmp_path / "out").exists()

@@ -107,5 +107,5 @@ def postprocessing_beside(sources: list[Path]) -> tuple[Postprocessing, Path] | 
     two folders with their own decisions are refused, since neither was chosen for the models of both."""
     found = [source / POSTPROCESSING_FILE for source in sources if (source / POSTPROCESSING_FILE).is_file()]
     if len(found) > 1:
-        raise MedsegError(f"{found[0]} and {found[1]} were each chosen for other models; ensemble one folder, or pass --no-postprocessing")
+        raise MedsegError(f"{found[0]} and {found[1]} were each chosen for other models; ensemble one folder, or pass --no_postprocessing")
     return (Postprocessing.read(found[0]), found[0]) if found else None

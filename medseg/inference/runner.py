@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 PROBABILITIES_FOLDER = "probabilities"
 DICOM_SEG_SUFFIX = ".seg.dcm"
-NO_SOURCE_SERIES = "a NIfTI scan has no DICOM series for a DICOM-SEG to reference; use --output-format nifti for NIfTI scans"
+NO_SOURCE_SERIES = "a NIfTI scan has no DICOM series for a DICOM-SEG to reference; use --output_format nifti for NIfTI scans"
 # What made the outputs in a folder (the checkpoint's recipe with the run's overrides and precision, the models, the
 # postprocessing) and the cases whose outputs it made; evaluation reads its class names.
 RECIPE_FILE = "recipe.json"
@@ -82,7 +82,7 @@ def segment_scans(
     if output_format not in OUTPUT_FORMATS:
         raise MedsegError(f"unknown output format {output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
     if output_format != "nifti":
-        require_pydicom(f"--output-format {output_format}")
+        require_pydicom(f"--output_format {output_format}")
     cases = find_scans(source) if isinstance(source, (str, Path)) else list(source)
     # DICOM-SEG files an earlier run wrote inside the input folder are results, not series to segment
     cases = [case for case in cases if not (case.dicom and all(p.resolve().is_relative_to(output.resolve()) for p in case.images))]

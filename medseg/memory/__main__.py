@@ -3,13 +3,13 @@
 A view of the batch planner (``medseg.planning``). Takes the training options (``--config``, ``--data.root``,
 ``--model.*``), so the network, patch and the dataset's channels and classes are what ``python -m medseg.train``
 would use. On a CUDA GPU every precision is planned with real trials (steady-state peaks after a warm-up step,
-the first step's autotuning peak beside them, verified batch size, throughput). With ``--capacity-gib``, or
+the first step's autotuning peak beside them, verified batch size, throughput). With ``--capacity_gib``, or
 without a GPU, fake-tensor steps plan each precision for a GPU of that size (default 8 GiB). Prints the table
-and writes memory_report.json and memory_report.png to ``--out``.
+and writes memory_report.json and memory_report.png to ``--output``.
 
 Examples:
     python -m medseg.memory --config configs/demo.yaml
-    python -m medseg.memory --config configs/spleen_ct.yaml --data.root data/Task09_Spleen --capacity-gib 24
+    python -m medseg.memory --config configs/spleen_ct.yaml --data.root data/Task09_Spleen --capacity_gib 24
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from medseg.errors import DEBUG_HELP, run_command
+from medseg.command_line import CommandParser
+from medseg.errors import run_command
 from medseg.option_values import DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
 
 if TYPE_CHECKING:
@@ -30,18 +31,16 @@ log = logging.getLogger("medseg.memory")
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, 
-        prog="python -m medseg.memory", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Any other option is a training option (python -m medseg.train --help lists them). {DEBUG_HELP}",
-    )
+    parser = CommandParser("python -m medseg.memory", __doc__, "Any other option is a training option (python -m medseg.train --help lists them).",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: all the device supports")
-    parser.add_argument("--budget-fraction", type=float, default=DEFAULT_BUDGET_FRACTION,
+    parser.add_argument("--budget_fraction", type=float, default=DEFAULT_BUDGET_FRACTION, old=["--budget-fraction"],
                         help="share of the GPU memory this process may use that a step's steady state may use")
-    parser.add_argument("--capacity-gib", type=float, default=None,
+    parser.add_argument("--capacity_gib", type=float, default=None, old=["--capacity-gib"],
                         help="plan for a GPU of this much memory with fake-tensor steps, on a GPU machine too "
                              f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
-    parser.add_argument("--out", default="runs/memory", help="folder for memory_report.json and .png")
-    parser.add_argument("--cache", default="runs/batch_plans.json", help="plan cache shared with training (GPU only)")
+    parser.add_argument("-o", "--output", default="runs/memory", old=["--out"], help="folder for memory_report.json and .png")
+    parser.add_argument("--cache_path", default="runs/batch_plans.json", old=["--cache"], help="plan cache shared with training (GPU only)")
     return parser.parse_known_args(args)
 
 
@@ -64,13 +63,13 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
         p for p in PRECISIONS if p != "bf16-mixed" or not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
     ]
     if options.capacity_gib is None and torch.cuda.is_available():
-        plans = measured_plans(recipe, precisions, options.budget_fraction, PlanCache(options.cache))
+        plans = measured_plans(recipe, precisions, options.budget_fraction, PlanCache(options.cache_path))
     else:
         capacity_gib = SIMULATED_CAPACITY_GIB if options.capacity_gib is None else options.capacity_gib
         log.info("fake-tensor steps for a %g GiB GPU (no throughput)", capacity_gib)
         plans = estimated_plans(recipe, precisions, int(capacity_gib * 2**30), options.budget_fraction)
     print(format_table(plans))
-    json_path, png_path = save_report(plans, options.out)
+    json_path, png_path = save_report(plans, options.output)
     print(f"saved {json_path} and {png_path}")
     return plans
 

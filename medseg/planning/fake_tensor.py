@@ -59,7 +59,7 @@ def fake_step(recipe: Recipe, batch_size: int, precision: str) -> StepMeasuremen
         raise MedsegError(
             f"the fake-tensor memory estimate failed at {precision}, batch {batch_size}, patch {list(recipe.patch_size)} under torch "
             f"{torch.__version__} ({type(error).__name__}: {reason}): install the tested torch==2.13.0, or on a CUDA GPU leave "
-            "--capacity-gib out to measure real steps instead"
+            "--capacity_gib out to measure real steps instead"
         ) from error
 
 

@@ -57,8 +57,8 @@ def segmented(trained_checkpoint, study, tmp_path_factory: pytest.TempPathFactor
     DICOM-SEG needs a series, and skips the series already done)."""
     output = tmp_path_factory.mktemp("labels")
     before = _digest(study["root"])
-    run = ["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(output), "--sw-batch-size", "2"]
-    codes = {fmt: main([*run, "--output-format", fmt]) for fmt in ("both", "nifti")}
+    run = ["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(output), "--sw_batch_size", "2"]
+    codes = {fmt: main([*run, "--output_format", fmt]) for fmt in ("both", "nifti")}
     return {"output": output, "codes": codes, "inputs_unchanged": _digest(study["root"]) == before}
 
 
@@ -86,7 +86,7 @@ def test_a_broken_series_fails_while_the_others_finish(study, segmented):
 
 
 def test_the_summary_names_the_broken_series_and_the_nifti_scan_without_a_series(trained_checkpoint, study, tmp_path, capsys):
-    code = main(["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(tmp_path), "--output-format", "dicom-seg"])
+    code = main(["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(tmp_path), "--output_format", "dicom-seg"])
     out = capsys.readouterr().out.splitlines()
     assert code == 1 and out[0] == "2 done, 0 skipped, 2 failed"
     broken = next(line for line in out if study["names"]["broken"] in line)
@@ -133,7 +133,7 @@ def test_a_series_without_slice_thickness_and_frame_of_reference_gets_its_nifti_
     frames = []
     for output in (tmp_path / "first", tmp_path / "second"):
         code = main(["--checkpoint", str(trained_checkpoint), "--input", str(tmp_path / "study"), "--output", str(output),
-                     "--sw-batch-size", "2", "--output-format", "both"])
+                     "--sw_batch_size", "2", "--output_format", "both"])
         assert code == 0
         labels = np.asarray(nib.load(output / f"{case.name}.nii.gz").dataobj)
         np.testing.assert_array_equal(labels, _labels())
@@ -148,7 +148,7 @@ def test_a_series_without_slice_thickness_and_frame_of_reference_gets_its_nifti_
 
 
 def test_both_formats_write_what_each_source_can_and_say_so_once(trained_checkpoint, study, tmp_path, capsys):
-    code = main(["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(tmp_path), "--output-format", "both"])
+    code = main(["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(tmp_path), "--output_format", "both"])
     captured = capsys.readouterr()
     assert code == 1 and captured.out.splitlines()[0] == "3 done, 0 skipped, 1 failed"  # the broken series alone fails
     assert captured.err.count("1 NIfTI scan(s) get a NIfTI label map only: a DICOM-SEG needs a DICOM series") == 1

@@ -120,7 +120,7 @@ def test_postprocessing_beside_the_models_is_applied_unless_turned_off_and_recor
     save_scan(tmp_path / "scans" / "a.nii.gz", phantom_hu(labels), np.diag([SPACING_MM] * 3 + [1.0]))
     decision = Postprocessing(("background", "box", "slab"), largest_component_classes=("box",))
     (tmp_path / "cv" / POSTPROCESSING_FILE).write_text(json.dumps(decision.to_dict()))
-    assert _infer(tmp_path / "cv", tmp_path / "scans", tmp_path / "raw", "--no-postprocessing") == 0
+    assert _infer(tmp_path / "cv", tmp_path / "scans", tmp_path / "raw", "--no_postprocessing") == 0
     assert _infer(tmp_path / "cv", tmp_path / "scans", tmp_path / "post") == 0
     raw, post = (np.asarray(nib.load(tmp_path / name / "a.nii.gz").dataobj) for name in ("raw", "post"))
     assert np.array_equal(raw, labels) and np.array_equal(post, phantom_labels())  # the speck is found, then removed

@@ -78,7 +78,7 @@ def test_bad_scans_are_refused_with_one_line_naming_the_file_while_the_others_ar
     scans = tmp_path / "scans"
     scans.mkdir()
     expected = _bad_scans(scans)
-    run = ["--checkpoint", str(random_checkpoint), "--input", str(scans), "--output", str(tmp_path / "out"), "--sw-batch-size", "2"]
+    run = ["--checkpoint", str(random_checkpoint), "--input", str(scans), "--output", str(tmp_path / "out"), "--sw_batch_size", "2"]
     assert main(run) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"1 done, 0 skipped, {len(expected)} failed"

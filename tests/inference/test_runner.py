@@ -45,7 +45,7 @@ def scans(tmp_path: Path) -> Path:
 
 
 def _run(checkpoint: Path, source: Path, output: Path, *extra: str) -> int:
-    return main(["--checkpoint", str(checkpoint), "--input", str(source), "--output", str(output), "--sw-batch-size", "2", *extra])
+    return main(["--checkpoint", str(checkpoint), "--input", str(source), "--output", str(output), "--sw_batch_size", "2", *extra])
 
 
 def test_existing_outputs_are_skipped_and_left_alone(random_checkpoint, scans, tmp_path, capsys):
@@ -151,7 +151,7 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_differs(random_check
     assert _run(random_checkpoint, scans, output) == 0
     before = _digest(output)
     capsys.readouterr()
-    assert _run(random_checkpoint, scans, output, "--overlap", "0.5", "--tta") == 1
+    assert _run(random_checkpoint, scans, output, "--sw_overlap", "0.5", "--tta") == 1
     assert capsys.readouterr().err.strip() == (
         f"medseg: error: {output} holds outputs made with other settings (tta: False there, True now; window.overlap: 0.25 there, 0.5 now): "
         "run with those, use another --output folder, or --overwrite to redo every scan"
@@ -165,7 +165,7 @@ def test_overwrite_with_other_settings_redoes_every_scan_and_records_them(random
     assert _run(random_checkpoint, scans, output) == 0
     assert json.loads((output / "recipe.json").read_text())["cases"] == ["a", "b"]
     capsys.readouterr()
-    assert _run(random_checkpoint, scans, output, "--overlap", "0.5", "--overwrite") == 0
+    assert _run(random_checkpoint, scans, output, "--sw_overlap", "0.5", "--overwrite") == 0
     assert capsys.readouterr().out.startswith("2 done, 0 skipped")
     record = json.loads((output / "recipe.json").read_text())
     assert record["window"]["overlap"] == 0.5 and record["cases"] == ["a", "b"]
@@ -175,10 +175,10 @@ def test_overwrite_with_other_settings_redoes_every_scan_and_records_them(random
 def test_an_output_the_record_does_not_list_is_redone(random_checkpoint, scans, tmp_path, capsys):
     output = tmp_path / "out"
     assert _run(random_checkpoint, scans, output) == 0
-    assert _run(random_checkpoint, scans / "a.nii.gz", output, "--overlap", "0.5", "--overwrite") == 0  # b.nii.gz: still the old settings'
+    assert _run(random_checkpoint, scans / "a.nii.gz", output, "--sw_overlap", "0.5", "--overwrite") == 0  # b.nii.gz: still the old settings'
     assert json.loads((output / "recipe.json").read_text())["cases"] == ["a"]
     capsys.readouterr()
-    assert _run(random_checkpoint, scans, output, "--overlap", "0.5") == 0
+    assert _run(random_checkpoint, scans, output, "--sw_overlap", "0.5") == 0
     assert capsys.readouterr().out.startswith("1 done, 1 skipped")
     assert json.loads((output / "recipe.json").read_text())["cases"] == ["a", "b"]
 
@@ -259,7 +259,7 @@ def test_multichannel_scans_are_read_from_channel_files_or_a_4d_file(tmp_path):
 
 def test_dicom_seg_output_without_the_dicom_extra_is_a_one_line_error_saying_what_to_install(random_checkpoint, scans, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
-    assert _run(random_checkpoint, scans, tmp_path / "out", "--output-format", "dicom-seg") == 1
+    assert _run(random_checkpoint, scans, tmp_path / "out", "--output_format", "dicom-seg") == 1
     err = capsys.readouterr().err.strip()
-    assert err == 'medseg: error: --output-format dicom-seg needs DICOM support, which is not installed: pip install "medseg[dicom]"'
+    assert err == 'medseg: error: --output_format dicom-seg needs DICOM support, which is not installed: pip install "medseg[dicom]"'
     assert not (tmp_path / "out").exists()

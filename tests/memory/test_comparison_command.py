@@ -16,7 +16,7 @@ from tests.helpers.stand_ins import TINY_UNET
 def test_memory_command_writes_the_comparison_table_json_and_plot(tmp_path: Path, capsys) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"model:\n  network: UNet\n  network_kwargs: {json.dumps(TINY_UNET)}\ndata:\n  patch_size: [16, 16, 16]\n")
-    plans = run(["--config", str(config), "--precisions", "32-true", "16-mixed", "--capacity-gib", "0.25", "--out", str(tmp_path / "out")])
+    plans = run(["--config", str(config), "--precisions", "32-true", "16-mixed", "--capacity_gib", "0.25", "--output", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "memory_report.json").read_text())
     fp32, fp16 = report["comparison"]
     assert (fp32["precision"], fp16["precision"]) == ("32-true", "16-mixed")
@@ -38,17 +38,17 @@ def test_memory_command_takes_the_training_options_and_the_dataset_classes(demo_
     monkeypatch.setattr("medseg.planning.precision_comparison.estimated_plans", lambda recipe, *args: seen.setdefault("recipe", recipe) and [])
     monkeypatch.setattr("medseg.planning.report.format_table", lambda plans: "")
     monkeypatch.setattr("medseg.planning.report.save_report", lambda plans, out: (out, out))
-    run([f"--data.root={demo_root}", "--data.patch_size=[32, 32, 16]", f"--model.network_kwargs={json.dumps(TINY_UNET)}", "--capacity-gib", "80",
-         "--out", str(tmp_path)])
+    run([f"--data.root={demo_root}", "--data.patch_size=[32, 32, 16]", f"--model.network_kwargs={json.dumps(TINY_UNET)}", "--capacity_gib", "80",
+         "--output", str(tmp_path)])
     recipe = seen["recipe"]
     assert recipe.class_names == ("background", "organ", "lesion") and recipe.channel_names == ("CT",)
     assert recipe.patch_size == (32, 32, 16) and recipe.network_kwargs == TINY_UNET
 
 
 def test_memory_command_plans_for_the_capacity_given_on_a_gpu_machine_too(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # with --capacity-gib the GPU at hand is not measured
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # with --capacity_gib the GPU at hand is not measured
     monkeypatch.setattr("medseg.planning.precision_comparison.measured_plans", lambda *args: pytest.fail("measured this machine's GPU"))
     config = tmp_path / "config.yaml"
     config.write_text(f"model:\n  network: UNet\n  network_kwargs: {json.dumps(TINY_UNET)}\ndata:\n  patch_size: [16, 16, 16]\n")
-    [plan] = run(["--config", str(config), "--trainer.accelerator=cpu", "--precisions", "32-true", "--capacity-gib", "0.25", "--out", str(tmp_path / "out")])
+    [plan] = run(["--config", str(config), "--trainer.accelerator=cpu", "--precisions", "32-true", "--capacity_gib", "0.25", "--output", str(tmp_path / "out")])
     assert plan.backend == "fake-tensor estimate" and plan.device_name == "simulated GPU 0.25 GiB"

@@ -77,7 +77,7 @@ def test_cuda_trial_plans_on_the_steady_state_and_keeps_the_first_steps_autotuni
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
 def test_the_fake_tensor_estimate_lies_within_ten_percent_of_the_measured_steady_state(precision: str) -> None:
-    # what planning without a GPU (--capacity-gib, medseg.plan) relies on: issue 19's target for the estimator
+    # what planning without a GPU (--capacity_gib, medseg.plan) relies on: issue 19's target for the estimator
     recipe = Recipe("UNet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}, ("CT",), ("b", "o", "l"), (64, 64, 32))
     setup = training_setup(recipe)
     setup.net.cuda()

@@ -46,7 +46,7 @@ def test_a_step_this_torch_cannot_fake_is_one_line_naming_the_torch_version_and_
     assert re.fullmatch(
         rf"the fake-tensor memory estimate failed at 16-mixed, batch 2, patch \[32, 32, 16\] under torch {re.escape(torch.__version__)} "
         r"\(RuntimeError: aten::scatter_ has no fake implementation\): install the tested torch==2\.13\.0, or on a CUDA GPU leave "
-        r"--capacity-gib out to measure real steps instead",
+        r"--capacity_gib out to measure real steps instead",
         str(caught.value),
     )
 
