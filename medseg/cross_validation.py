@@ -35,12 +35,11 @@ from medseg.evaluate import dice_per_class, read_label_pair
 from medseg.inference.postprocessing import POSTPROCESSING_FILE
 from medseg.postprocess import choose_postprocessing
 from medseg.tables import format_rows
-from medseg.training.cli import MedsegCLI, build_cli, with_plan
+from medseg.training.cli import ALL_FOLDS, MedsegCLI, build_cli, with_plan
 from medseg.training.final_validation import EVALUATION_FILE, VALIDATION_FOLDER
 
 log = logging.getLogger("medseg.cross_validation")
 
-ALL_FOLDS = "all"
 RETRAIN = "--retrain"
 OPTIONS_FILE = "fold_options.json"
 SUMMARY_FILE = "summary.json"

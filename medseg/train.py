@@ -15,13 +15,14 @@ import sys
 
 from medseg.cross_validation import asks_for_all_folds, run_cross_validation
 from medseg.errors import run_command
-from medseg.training.cli import TrainResult, run
+from medseg.training.cli import TrainResult, output_as_training_options, run
 
 __all__ = ["TrainResult", "main", "run"]
 
 
 def train(args: list[str]) -> None:
     """Train as ``args`` say: one fold, or every fold and the cross-validation summary (``--data.fold all``)."""
+    args = output_as_training_options(args)
     if asks_for_all_folds(args):
         run_cross_validation(args)
     else:

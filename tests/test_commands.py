@@ -9,7 +9,9 @@ import pytest
 from medseg import evaluate, infer, plan, postprocess
 from medseg.command_line import current_spellings
 from medseg.memory import __main__ as memory
-from tests.helpers.cli import run_main
+from medseg.train import main as train_main
+from medseg.training.cli import output_as_training_options, parse_training_options
+from tests.helpers.cli import REPO, run_main
 
 WRITING_COMMANDS = {"infer": infer.main, "evaluate": evaluate.main, "postprocess": postprocess.main, "plan": plan.main, "memory": memory.main}
 
@@ -18,6 +20,13 @@ WRITING_COMMANDS = {"infer": infer.main, "evaluate": evaluate.main, "postprocess
 def test_every_command_that_writes_takes_o_and_output(command, capsys):
     code, out, _ = run_main(WRITING_COMMANDS[command], ["--help"], capsys)
     assert code == 0 and "-o OUTPUT, --output OUTPUT" in out
+
+
+@pytest.mark.parametrize("output", [["-o", "elsewhere"], ["--output=elsewhere"]])
+def test_training_writes_its_runs_and_batch_plans_under_o_or_output(output):
+    options = parse_training_options(output_as_training_options(["--config", str(REPO / "configs" / "demo.yaml"), *output]))
+    assert options["trainer"]["default_root_dir"] == "elsewhere"
+    assert options["trainer"]["logger"]["init_args"]["save_dir"] == "elsewhere"
 
 
 def test_inference_reads_scans_with_i_and_input(capsys):
@@ -67,3 +76,9 @@ def test_an_old_spelling_used_twice_gets_one_notice(capsys):
 def test_no_gaussian_blending_is_asked_for_as_training_spells_it():
     args = infer.parse_args([*INFER[1], "--sw_gaussian", "false"])
     assert args.sw_gaussian == "false" and infer.parse_args(INFER[1]).sw_gaussian is None
+
+
+def test_training_help_says_data_fold_takes_all(capsys):
+    code, out, _ = run_main(train_main, ["--help"], capsys)
+    help_text = " ".join(out.split())
+    assert code == 0 and "--data.fold FOLD the validation fold, 0 to num_folds - 1, or all: train every fold" in help_text

@@ -7,6 +7,7 @@ Examples:
     python -m medseg.train --config configs/spleen_ct.yaml     # your data
     python -m medseg.train --data.root data/Task09_Spleen      # your data, planned (python -m medseg.plan)
     python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
+    python -m medseg.train --config configs/demo.yaml -o runs/demo      # runs under runs/demo (-o/--output, default: runs)
     python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
     python -m medseg.train --config configs/demo.yaml --ckpt_path last  # resume the newest run, in its folder
     python -m medseg.train --config configs/demo.yaml --debug          # an error's traceback instead of one line
@@ -56,6 +57,8 @@ from medseg.training.throughput import ThroughputMonitor
 
 log = logging.getLogger("medseg")
 
+ALL_FOLDS = "all"  # --data.fold all: cross-validation (medseg.cross_validation)
+
 
 class OneLineErrorParser(LightningArgumentParser):
     """Argument parser whose errors are one line (jsonargparse prints the whole usage otherwise)."""
@@ -98,8 +101,13 @@ class MedsegCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="resume from this checkpoint file (loaded weights-only); 'last' resumes the newest run of this logger that has a "
-            "last.ckpt. A checkpoint in a run folder of this logger continues that run: its folder, metrics.csv and best checkpoint",
+            help="resume from this checkpoint file (loaded weights-only; Lightning's name for it: medseg.infer reads a model with "
+            "--checkpoint, and --checkpoint.* here sets the best checkpoint's saving); 'last' resumes the newest run of this logger that "
+            "has a last.ckpt. A checkpoint in a run folder of this logger continues that run: its folder, metrics.csv and best checkpoint",
+        )
+        # the data module's own help cannot say it: "all" is taken before LightningCLI parses (medseg.cross_validation)
+        parser._option_string_actions["--data.fold"].help = (
+            f"the validation fold, 0 to num_folds - 1, or {ALL_FOLDS}: train every fold, then the cross-validation summary"
         )
         parser.link_arguments("data.patch_size", "model.patch_size")
         for source, target in [
@@ -290,6 +298,23 @@ def parse_training_options(args: list[str]) -> dict[str, Any]:
     overrides, defaults), for commands that need no Trainer. An unknown option or a bad value is refused as training
     refuses it: one line, exit code 2. Nothing is built: the parse takes about 0.1 s."""
     return build_cli(args, OptionsOnlyCLI).config.as_dict()
+
+
+def output_as_training_options(args: list[str]) -> list[str]:
+    """Return ``args`` with ``-o/--output FOLDER``, every command's name for where it writes, as the two training
+    options it stands for: the trainer's folder (``--trainer.default_root_dir``: the batch plans) and the logger's
+    (``--trainer.logger.init_args.save_dir``: runs, checkpoints, metrics), in its place, so later options still win."""
+    expanded, rest = [], iter(args)
+    for arg in rest:
+        name, equals, folder = arg.partition("=")
+        if name not in ("-o", "--output"):
+            expanded.append(arg)
+            continue
+        folder = folder if equals else next(rest, "")
+        if not folder:
+            raise MedsegError(f"{name} needs a folder")
+        expanded += [f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}"]
+    return expanded
 
 
 def with_plan(args: list[str] | None) -> list[str] | None:
