@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medseg.cross_validation import RETRAIN
-from medseg.training.cli import OptionsOnlyCLI, build_cli
+from medseg.training.cli import OUTPUT_OPTIONS, OptionsOnlyCLI, build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -84,8 +84,9 @@ def training_option_exists(option: str, parser_options: set[str]) -> bool:
 
 @pytest.fixture(scope="module")
 def training_options() -> set[str]:
-    """Return the options of ``python -m medseg.train``: LightningCLI's, and ``--retrain``, read before it by ``--data.fold all``."""
-    return {*build_cli([], OptionsOnlyCLI).parser._option_string_actions, RETRAIN}
+    """Return the options of ``python -m medseg.train``: LightningCLI's, ``--retrain`` (read before it by ``--data.fold all``)
+    and ``-o/--output`` (read before it too)."""
+    return {*build_cli([], OptionsOnlyCLI).parser._option_string_actions, RETRAIN, *OUTPUT_OPTIONS}
 
 
 def test_the_reference_documents_every_command():
@@ -120,4 +121,4 @@ def test_every_config_key_the_reference_names_exists(training_options: set[str])
 def test_a_misspelt_option_is_caught(training_options: set[str], monkeypatch: pytest.MonkeyPatch):
     assert not training_option_exists("--data.rooot", training_options)
     assert not training_option_exists("--trainer.loger.class_path", training_options)
-    assert "--sw_batch_size" not in argparse_options(ARGPARSE_COMMANDS["infer"], monkeypatch)
+    assert "--sw_batchsize" not in argparse_options(ARGPARSE_COMMANDS["infer"], monkeypatch)

@@ -300,6 +300,10 @@ def parse_training_options(args: list[str]) -> dict[str, Any]:
     return build_cli(args, OptionsOnlyCLI).config.as_dict()
 
 
+# Every command's name for where it writes; training reads it before LightningCLI (``output_as_training_options``).
+OUTPUT_OPTIONS = ("-o", "--output")
+
+
 def output_as_training_options(args: list[str]) -> list[str]:
     """Return ``args`` with ``-o/--output FOLDER``, every command's name for where it writes, as the two training
     options it stands for: the trainer's folder (``--trainer.default_root_dir``: the batch plans) and the logger's
@@ -307,7 +311,7 @@ def output_as_training_options(args: list[str]) -> list[str]:
     expanded, rest = [], iter(args)
     for arg in rest:
         name, equals, folder = arg.partition("=")
-        if name not in ("-o", "--output"):
+        if name not in OUTPUT_OPTIONS:
             expanded.append(arg)
             continue
         folder = folder if equals else next(rest, "")
