@@ -70,7 +70,6 @@ from medseg.training.throughput import ThroughputMonitor  # noqa: E402
 from medseg.model.networks import network_for  # noqa: E402
 
 SPLEEN_NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
-SCAN_SHAPE, SCAN_SPACING, NUM_SCANS = (192, 192, 112), (0.8, 0.8, 2.5), 12
 
 
 @dataclass(frozen=True)
@@ -142,27 +141,6 @@ class StepClock(Callback):
 
     def step_seconds(self, warmup: int) -> list[float]:
         return list(np.diff(self.ends[warmup - 1:]))
-
-
-def write_dataset(root: Path) -> Path:
-    """Write NUM_SCANS CT-like scans (the demo phantoms stretched to SCAN_SHAPE) in MSD layout, once."""
-    if (root / "dataset.json").is_file():
-        return root
-    for folder in ("imagesTr", "labelsTr"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    affine = np.diag([-SCAN_SPACING[0], -SCAN_SPACING[1], SCAN_SPACING[2], 1.0])
-    training = []
-    for index in range(NUM_SCANS):
-        image, label, _ = make_case(seed=1, index=index)
-        grow = lambda a, mode: F.interpolate(torch.from_numpy(a.astype(np.float32))[None, None], size=SCAN_SHAPE, mode=mode)[0, 0].numpy()  # noqa: E731
-        name = f"scan_{index:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(np.rint(grow(image, "trilinear")).astype(np.int16), affine), root / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(grow(label, "nearest").astype(np.uint8), affine), root / "labelsTr" / name)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    description = {"name": "TrainingBenchmark", "modality": {"0": "CT"}, "labels": {str(i): n for i, n in enumerate(CLASS_NAMES)},
-                   "numTraining": NUM_SCANS, "training": training, "test": []}
-    (root / "dataset.json").write_text(json.dumps(description, indent=1))
-    return root
 
 
 def profiled(trainer: L.Trainer, warmup: int) -> tuple[float, float]:
@@ -237,7 +215,7 @@ def medseg_fit(setting: Setting, root: Path, out: Path, precision: str, options:
         f"--data.root={root}", f"--data.patch_size={list(setting.patch)}", f"--data.spacing={list(setting.spacing)}",
         f"--data.ct_window={list(setting.ct_window)}", "--data.normalization=ct",
         f"--data.batch_size={setting.patches_per_step}", f"--data.iterations_per_epoch={setting.warmup + setting.steps}",
-        f"--data.num_folds={NUM_SCANS}", "--data.check_dataset=false", f"--data.cache_dir={out / 'cache'}",
+        f"--data.num_folds={CT_PHANTOMS}", "--data.check_dataset=false", f"--data.cache_dir={out / 'cache'}",
         f"--model.network_kwargs={json.dumps(setting.network_kwargs)}",
         "--batch_planner.enabled=false",  # every loop trains at the same patches per step
         "--trainer.max_epochs=1", f"--trainer.precision={precision}", "--trainer.num_sanity_val_steps=0",
@@ -327,7 +305,7 @@ def main() -> None:
     setting = Setting(**{**asdict(setting), **{key: value for key, value in changes.items() if value}})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision, _ = resolve_precision(args.precision, device.type)
-    root = write_dataset(Path(args.data))
+    root = write_ct_phantoms(Path(args.data))
     spec = [{"image": str(root / c["image"]), "label": str(root / c["label"])} for c in json.loads((root / "dataset.json").read_text())["training"]]
     load_before = os.getloadavg()
     started = time.perf_counter()

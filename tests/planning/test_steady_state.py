@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from medseg.planning.batch_search import plan_batch_size
-from medseg.planning.simulated_device import Autotuning, SimulatedDevice
+from medseg.testing import Autotuning, SimulatedDevice
 from tests.helpers.stand_ins import MiB, linear_curve
 
 CAPACITY = 1000 * MiB  # an 8 GiB cap on an H200, scaled down: the driver reports the whole GPU free
