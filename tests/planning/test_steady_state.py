@@ -1,5 +1,5 @@
 """Planning on the steady state: cuDNN's first-step autotuning takes what memory is free, so the batch is planned on
-the steps after it, and the first step only has to fit under the cap (benchmarks/results/memory_cuda_spleen.md)."""
+the steps after it, and the first step only has to fit under the cap (benchmarks/results/memory/memory_cuda_spleen.md)."""
 
 from __future__ import annotations
 
