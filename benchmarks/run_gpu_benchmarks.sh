@@ -13,7 +13,7 @@
 #   RESULTS=/tmp/gpu-results BUDGET_S=900 bash benchmarks/run_gpu_benchmarks.sh
 #   STEPS="memory_demo_8gib suite" bash benchmarks/run_gpu_benchmarks.sh   # only these steps
 #   DRY_RUN=1 bash benchmarks/run_gpu_benchmarks.sh                        # print each step's command, run nothing
-# The H200 results of 2026-11-28 (benchmarks/results/*cuda*) came from an earlier version of this script (first-step
+# The H200 results of 2026-11-28 (benchmarks/results/*/*cuda*) came from an earlier version of this script (first-step
 # peaks then); each result file names its command.
 set -u
 cd "$(dirname "$0")/.."
@@ -23,8 +23,8 @@ PYTHON=${PYTHON:-python3}
 DATA=${DATA:-/tmp/medseg-planning-benchmark}
 STEPS=${STEPS:-"environment planning_tests memory_spleen_8gib memory_demo_8gib memory_planned_8gib memory_spleen_uncapped suite"}
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-540} ))
-MEMORY="$PYTHON benchmarks/memory_benchmark.py --precisions 32-true 16-mixed bf16-mixed --endurance-steps 200"
-mkdir -p "$LOGS"
+MEMORY="$PYTHON -m benchmarks.memory --precisions 32-true 16-mixed bf16-mixed --endurance-steps 200"
+[[ -n ${DRY_RUN:-} ]] || mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1
 
 step() {  # step NAME LIMIT_S COMMAND: run COMMAND (one string, through bash) if NAME is wanted and time is left
@@ -46,7 +46,7 @@ step() {  # step NAME LIMIT_S COMMAND: run COMMAND (one string, through bash) if
 PLANNED=$RESULTS/plan_ct_8gib
 planning=""
 if [[ -z ${DRY_RUN:-} && ( " $STEPS " == *" memory_planned_"* ) ]]; then
-    { "$PYTHON" -c "import sys; from pathlib import Path; sys.path.insert(0, '.'); from benchmarks.training_benchmark import write_dataset; write_dataset(Path('$DATA'))" &&
+    { "$PYTHON" -c "from pathlib import Path; from medseg.testing import write_ct_phantoms; write_ct_phantoms(Path('$DATA'))" &&
       { "$PYTHON" -m medseg.plan --data.root "$DATA" --data.cache_dir "$RESULTS/cache" --capacity-gib 8 --precisions 32-true 16-mixed bf16-mixed --out "$PLANNED" ||
         # fake-tensor plans at 16-mixed failed on the H200 (torch 2.11): the fp32 plan still gives a config to benchmark
         "$PYTHON" -m medseg.plan --data.root "$DATA" --data.cache_dir "$RESULTS/cache" --capacity-gib 8 --precisions 32-true --out "$PLANNED"; }; } \
@@ -58,20 +58,20 @@ step environment 15 "nvidia-smi; $PYTHON -c 'import torch, monai, lightning; pri
 # every planning test (fake-tensor dataset plans at 16-mixed: 12 in test_dataset_plan.py, 1 in test_store.py failed on
 # the H200) and the planner's CUDA tests in tests/training
 step planning_tests 90 "$PYTHON -m pytest -q -p no:cacheprovider -rfE --tb=short tests/planning tests/memory && $PYTHON -m pytest -m cuda -q -p no:cacheprovider -rfE --tb=short tests/training tests/inference"
-step memory_spleen_8gib 200 "$MEMORY --config configs/spleen_ct.yaml --gpu-memory-gib 8 --endurance-seconds 6 --out $RESULTS/memory_cuda_spleen_steady"
-step memory_demo_8gib 80 "$MEMORY --config configs/demo.yaml --gpu-memory-gib 8 --endurance-seconds 4 --out $RESULTS/memory_cuda_demo_steady"
+step memory_spleen_8gib 200 "$MEMORY --config configs/spleen_ct.yaml --gpu-memory-gib 8 --endurance-seconds 6 --output $RESULTS/memory/memory_cuda_spleen_steady"
+step memory_demo_8gib 80 "$MEMORY --config configs/demo.yaml --gpu-memory-gib 8 --endurance-seconds 4 --output $RESULTS/memory/memory_cuda_demo_steady"
 [[ -n $planning ]] && wait "$planning"
-step memory_planned_8gib 90 "$MEMORY --config $PLANNED/plan.yaml --gpu-memory-gib 8 --endurance-seconds 4 --no-tuner --out $RESULTS/memory_cuda_planned_steady"
-step memory_spleen_uncapped 60 "$MEMORY --config configs/spleen_ct.yaml --endurance-seconds 3 --no-tuner --out $RESULTS/memory_cuda_spleen_uncapped_steady"
-step memory_demo_uncapped 45 "$MEMORY --config configs/demo.yaml --endurance-seconds 3 --no-tuner --out $RESULTS/memory_cuda_demo_uncapped_steady"
-step memory_planned_uncapped 45 "$MEMORY --config $PLANNED/plan.yaml --endurance-seconds 3 --no-tuner --out $RESULTS/memory_cuda_planned_uncapped_steady"
+step memory_planned_8gib 90 "$MEMORY --config $PLANNED/plan.yaml --gpu-memory-gib 8 --endurance-seconds 4 --no-tuner --output $RESULTS/memory/memory_cuda_planned_steady"
+step memory_spleen_uncapped 60 "$MEMORY --config configs/spleen_ct.yaml --endurance-seconds 3 --no-tuner --output $RESULTS/memory/memory_cuda_spleen_uncapped_steady"
+step memory_demo_uncapped 45 "$MEMORY --config configs/demo.yaml --endurance-seconds 3 --no-tuner --output $RESULTS/memory/memory_cuda_demo_uncapped_steady"
+step memory_planned_uncapped 45 "$MEMORY --config $PLANNED/plan.yaml --endurance-seconds 3 --no-tuner --output $RESULTS/memory/memory_cuda_planned_uncapped_steady"
 # issue 23's fit-loop checks (name them in STEPS): the tutorial's 8 patches per step and 4, compiled as the GPU default;
 # the loop's host time a step; AMP against TF32, eager, compiled and channels-last + compiled
-step fit_spleen_8_patches 150 "$PYTHON benchmarks/training_benchmark.py --setting spleen --steps 30 --output $RESULTS/training_cuda_spleen_8_patches"
-step fit_spleen_4_patches 150 "$PYTHON benchmarks/training_benchmark.py --setting spleen --samples 2 --steps 30 --output $RESULTS/training_cuda_spleen_4_patches"
+step fit_spleen_8_patches 150 "$PYTHON -m benchmarks.training --setting spleen --steps 30 --output $RESULTS/training/training_cuda_spleen_8_patches"
+step fit_spleen_4_patches 150 "$PYTHON -m benchmarks.training --setting spleen --samples 2 --steps 30 --output $RESULTS/training/training_cuda_spleen_4_patches"
 # the fit loop's host time a step, piece by piece, beside the bare step: what a compiled GPU step cannot hide
-step loop_overhead 90 "$PYTHON benchmarks/loop_overhead_benchmark.py --device cuda --steps 200 --repeats 2 --output $RESULTS/loop_overhead_cuda"
-step precision_spleen_variants 240 "$PYTHON benchmarks/gpu_precision_benchmark.py --settings spleen --batch-sizes 2 16 --modes fp32-tf32 16-mixed --variants eager compile channels_last+compile --steps 15 --out $RESULTS/precision_cuda_variants"
+step loop_overhead 90 "$PYTHON -m benchmarks.loop_overhead --device cuda --steps 200 --repeats 2 --output $RESULTS/loop_overhead/loop_overhead_cuda"
+step precision_spleen_variants 240 "$PYTHON -m benchmarks.gpu_precision --settings spleen --batch-sizes 2 16 --modes fp32-tf32 16-mixed --variants eager compile channels_last+compile --steps 15 --output $RESULTS/gpu_precision/precision_cuda_variants"
 # one pytest per folder, so that each prints its failures' summary even if the step's time limit ends the last one
 # (the notebook tests need nbclient, a test extra the GPU image may lack)
 step suite 900 "for part in tests/training tests/inference tests/data tests/test_*.py; do

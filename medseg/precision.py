@@ -55,7 +55,7 @@ def resolve_precision(requested: str, device_type: str) -> tuple[str, str]:
 
     fp16 AMP needs CUDA. Without it Lightning falls back to bf16-mixed; on CPUs without native bf16
     (no AVX512-BF16/AMX) bf16 3D convolutions are emulated and much slower than fp32 (20x for the demo's
-    step, benchmarks/cpu_precision_benchmark.py), so there "16-mixed" runs as "32-true" instead. An
+    step, benchmarks/cpu_precision.py), so there "16-mixed" runs as "32-true" instead. An
     explicit "bf16-mixed" is always honoured, and so is anything on a GPU.
     """
     requested = check_precision(str(requested))

@@ -1,4 +1,4 @@
-"""Tables without pandas: aligned text for terminals and notebooks, Markdown for reports."""
+"""Tables without pandas: aligned text for terminals and notebooks."""
 
 from __future__ import annotations
 
@@ -13,12 +13,3 @@ def format_rows(rows: Sequence[Mapping[str, object]]) -> str:
     cells = [columns] + [[str(row[c]) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells)
-
-
-def markdown_rows(rows: Sequence[Mapping[str, object]]) -> str:
-    """Return `rows` (same keys each, the column titles) as a Markdown table."""
-    if not rows:
-        return ""
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows])

@@ -9,7 +9,7 @@ import pytest
 
 from medseg.inference.postprocessing import Postprocessing
 from medseg.postprocess import choose_postprocessing, main
-from tests.helpers.datasets import write_msd
+from medseg.testing import write_msd
 
 CLASSES = ("background", "organ", "lesion")
 

@@ -148,8 +148,8 @@ class Predictor:
         )
         for member in self.models:
             # channels-last weights: with cuDNN autotuning (below) fp16 windows ran 1.28x faster on an H200
-            # (benchmarks/results/inference_cuda_autotuned.md), and oneDNN's kernels ran a CPU's bf16 and fp32 windows
-            # 1.2-1.3x faster (benchmarks/results/inference_cpu_stages.md)
+            # (benchmarks/results/inference/inference_cuda_autotuned.md), and oneDNN's kernels ran a CPU's bf16 and fp32 windows
+            # 1.2-1.3x faster (benchmarks/results/inference/inference_cpu_stages.md)
             member.network.to(self.device if self.resident else "cpu", memory_format=torch.channels_last_3d)
         self.preprocess = preprocessing_transforms(self.recipe.preprocessing, image_key="image", label_key=None)
 

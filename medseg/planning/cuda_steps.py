@@ -21,7 +21,7 @@ def measure_cuda_step(setup: TrainingSetup, batch_size: int, precision: str, tra
     workspace from the free memory and halves it until an allocation fits under the cap (``get_available_workspace``
     in ``aten/src/ATen/native/cudnn/Conv_v8.cpp``), so the warm-up's peak says how much was free, not what the
     step needs: planned on it, a 96^3 fp32 UNet on an H200 capped at 8 GiB got batch 11 and trained at 31 % of its
-    budget (benchmarks/results/memory_cuda_spleen.md). The warm-up still has to fit under the cap, as training's
+    budget (benchmarks/results/memory/memory_cuda_spleen.md). The warm-up still has to fit under the cap, as training's
     first step does: a size whose autotuning finds no workspace fails its trial.
     Memory is released before returning either way, so one trial leaves nothing behind for the next.
     """

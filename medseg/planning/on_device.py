@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,8 +13,10 @@ from medseg.planning.batch_search import BatchPlan, fits_budget, plan_batch_size
 from medseg.planning.budget import budget_bytes, usable_cuda_bytes
 from medseg.planning.cache import PlanCache, plan_key
 from medseg.planning.cuda_steps import cuda_step_cost
-from medseg.planning.simulated_device import SimulatedDevice
 from medseg.planning.step import StepCost, TrainingSetup, device_of, preserved_weights
+
+if TYPE_CHECKING:  # a stand-in GPU for tests and CPU demos, never imported by the library
+    from medseg.testing import SimulatedDevice
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning
 import torch
@@ -22,8 +23,10 @@ from medseg.planning.batch_search import BatchPlan
 from medseg.planning.budget import check_budget_fraction
 from medseg.planning.cache import PlanCache
 from medseg.planning.on_device import plan_on_device, record_out_of_memory
-from medseg.planning.simulated_device import SimulatedDevice
 from medseg.planning.step import training_setup
+
+if TYPE_CHECKING:  # a stand-in GPU for tests and CPU demos, never imported by the library
+    from medseg.testing import SimulatedDevice
 
 log = logging.getLogger(__name__)
 

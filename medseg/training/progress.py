@@ -12,7 +12,7 @@ class ProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, redrawn at most every ``interval_s`` seconds and at the end of each bar.
 
     Lightning's own redraws at every step, formatting every metric again: 0.5 ms of host time a step on a 2-core
-    CPU (benchmarks/results/loop_overhead_cpu.md), time a fast GPU step needs for launching its kernels. Twice a
+    CPU (benchmarks/results/loop_overhead/loop_overhead_cpu.md), time a fast GPU step needs for launching its kernels. Twice a
     second is as often as anyone reads it; a step slower than that is still drawn at every step.
     """
 

@@ -7,7 +7,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import lightning
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -15,7 +15,6 @@ from lightning.pytorch.trainer.states import RunningStage
 
 from medseg.errors import MedsegError
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
-from medseg.planning.simulated_device import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
 
 log = logging.getLogger(__name__)
@@ -159,16 +158,3 @@ def end_every_rank(trainer: lightning.Trainer, what_happened: str, smaller: int,
         trainer.strategy.launcher.kill(signal.SIGKILL)  # no-op where the ranks were launched by torchrun or srun
     size = f"{smaller} is recorded in {recorded}" if recorded else f"{smaller} has to be set by hand (no plan cache)"
     raise MedsegError(f"{what_happened} ends every rank: the smaller size {size}; relaunch with --ckpt_path last to resume from last.ckpt")
-
-
-class SimulatedOOMCallback(lightning.Callback):
-    """Raises the simulated device's OOM in training once ``global_step`` reaches ``from_step`` (fragmentation, larger cases)."""
-
-    def __init__(self, device: SimulatedDevice, from_step: int = 0) -> None:
-        self.device = device
-        self.from_step = from_step
-
-    def on_train_batch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, batch: Any, batch_idx: int) -> None:
-        """Check the batch against the simulated capacity before its step runs."""
-        if trainer.global_step >= self.from_step:
-            self.device.check(len(batch["image"]))

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 Choice = bool | Literal["auto"]
 # torch.compile pays for itself on a CPU only in long runs: compiling took 25-50 s there (5-10 s with inductor's cache
-# warm), and a compiled channels-last step ran 1.2-1.4x the eager one (benchmarks/results/precision_cpu_spleen*.md,
+# warm), and a compiled channels-last step ran 1.2-1.4x the eager one (benchmarks/results/gpu_precision/precision_cpu_spleen*.md,
 # precision_cpu_demo.md): 0.02 s a step at the demo's patch, repaid after 1,250-2,500 steps; 0.3-1.0 s at 96^3
 CPU_COMPILE_MIN_STEPS = 5_000
 
@@ -24,17 +24,17 @@ class SpeedSettings(Callback):
 
     cuDNN autotuning is the Trainer's own ``benchmark`` (on by default in medseg: training patches have one shape);
     non-blocking copies of pinned batches and fused AdamW are always on. These two vary with network, device and
-    precision (``benchmarks/gpu_precision_benchmark.py --variants``, on a GPU or a CPU, measures them):
+    precision (``python -m benchmarks.gpu_precision --variants``, on a GPU or a CPU, measures them):
 
     Args:
         channels_last: keep the network's weights in ``torch.channels_last_3d`` order; convolutions then run
             channels-last (NDHWC) kernels. "auto" turns it on on a CPU, where oneDNN's channels-last kernels ran the
             spleen UNet's step at 96^3 1.4-1.6x faster and the demo's 1.2x, fp32 and bf16 alike
-            (benchmarks/results/precision_cpu_spleen.md, precision_cpu_demo.md). On a GPU it stays off: on an H200 eager fp16 steps ran 1.27x
+            (benchmarks/results/gpu_precision/precision_cpu_spleen.md, precision_cpu_demo.md). On a GPU it stays off: on an H200 eager fp16 steps ran 1.27x
             faster at batch 2 and TF32 ones 1.03x, never measured together with compile.
         compile: ``torch.compile`` the network in place (``nn.Module.compile``, so checkpoints keep their keys).
             "auto" compiles on a CUDA GPU: on an H200 the spleen UNet's training step ran 2.4x faster in fp16 and
-            2.0x in TF32, and the whole fit loop 1.18x (benchmarks/results/precision_cuda_compile.md,
+            2.0x in TF32, and the whole fit loop 1.18x (benchmarks/results/gpu_precision/precision_cuda_compile.md,
             training_cuda_spleen_compile.md), for about 40 s of compiling. On a CPU it compiles runs of at least
             ``CPU_COMPILE_MIN_STEPS`` training steps (spleen_ct.yaml's 75,000; not the demo's 500) where inductor
             finds a C++ compiler. The first steps, and each new validation window batch, compile.

@@ -11,9 +11,11 @@ import pytest
 
 from medseg.data.formats import find_scans
 from medseg.errors import MedsegError
-from tests.helpers.dicom_series import SeriesGeometry, oblique_directions, write_series
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402  (after the helper skips without pydicom)
+pytest.importorskip("pydicom")
+pytest.importorskip("highdicom")  # medseg's DICOM modules need both (the "dicom" extra)
+from medseg.testing.dicom_series import SeriesGeometry, oblique_directions, write_series  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402  (after the skip without pydicom)
 from pydicom.uid import (  # noqa: E402
     ComprehensiveSRStorage, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, RTStructureSetStorage, SegmentationStorage, generate_uid,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback
 
-from medseg.planning.simulated_device import SimulatedDevice
+from medseg.testing import SimulatedDevice
 from medseg.training.batch_planner import BatchSizePlanner
 
 MiB = 2**20

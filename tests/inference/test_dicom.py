@@ -12,9 +12,11 @@ import pytest
 from medseg import __version__
 from medseg.data.formats import find_scans
 from medseg.infer import main
-from tests.helpers.dicom_series import SeriesGeometry, oblique_directions, write_series
 
-import highdicom as hd  # noqa: E402  (after the helper skips without the DICOM extra)
+pytest.importorskip("pydicom")
+pytest.importorskip("highdicom")  # medseg's DICOM modules need both (the "dicom" extra)
+from medseg.testing.dicom_series import SeriesGeometry, oblique_directions, write_series  # noqa: E402
+import highdicom as hd  # noqa: E402  (after the skip without the DICOM extra)
 import pydicom  # noqa: E402
 
 from .conftest import SPACING_MM, phantom_hu, save_scan

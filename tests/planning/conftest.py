@@ -13,7 +13,7 @@ from medseg.data.formats import read_dataset
 from medseg.data.validation import validate_dataset
 from medseg.model.loss import segmentation_loss
 from medseg.planning.step import TrainingSetup
-from tests.helpers.datasets import write_ct_like, write_mri_like
+from medseg.testing import write_ct_like, write_mri_like
 from tests.helpers.stand_ins import PATCH, TINY_UNET
 
 

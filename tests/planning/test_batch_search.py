@@ -11,7 +11,7 @@ from medseg.planning.step import StepMeasurement
 from medseg.planning.batch_search import BatchPlan, MemoryFit, fit_memory, plan_batch_size
 from medseg.planning.cache import PlanCache, plan_key
 from medseg.planning.on_device import batch_plan_key
-from medseg.planning.simulated_device import SimulatedDevice
+from medseg.testing import SimulatedDevice
 from tests.helpers.stand_ins import MiB, linear_curve
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from medseg.planning.batch_search import plan_batch_size
 from medseg.planning.report import comparison, format_table, save_report
-from medseg.planning.simulated_device import Autotuning, SimulatedDevice
+from medseg.testing import Autotuning, SimulatedDevice
 from tests.helpers.stand_ins import MiB, linear_curve
 
 

@@ -1,12 +1,12 @@
 """Planning on the steady state: cuDNN's first-step autotuning takes what memory is free, so the batch is planned on
-the steps after it, and the first step only has to fit under the cap (benchmarks/results/memory_cuda_spleen.md)."""
+the steps after it, and the first step only has to fit under the cap (benchmarks/results/memory/memory_cuda_spleen.md)."""
 
 from __future__ import annotations
 
 import pytest
 
 from medseg.planning.batch_search import plan_batch_size
-from medseg.planning.simulated_device import Autotuning, SimulatedDevice
+from medseg.testing import Autotuning, SimulatedDevice
 from tests.helpers.stand_ins import MiB, linear_curve
 
 CAPACITY = 1000 * MiB  # an 8 GiB cap on an H200, scaled down: the driver reports the whole GPU free

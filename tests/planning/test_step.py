@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 
 from medseg.planning.batch_search import plan_batch_size
-from medseg.planning.simulated_device import SimulatedDevice
+from medseg.testing import SimulatedDevice
 from medseg.planning.step import TrainingSetup, run_training_step
 from tests.helpers.stand_ins import MiB, linear_curve
 

@@ -7,11 +7,10 @@ import torch
 
 from medseg import nifti
 from medseg.data.formats import read_dataset
-from medseg.planning.simulated_device import SimulatedDevice
 from medseg.planning.fake_tensor import fake_tensor_step_cost
 from medseg.planning.store import plan_dataset, plan_for_training
+from medseg.testing import SimulatedDevice, SimulatedOOMCallback
 from medseg.training.cli import build_cli, with_plan
-from medseg.training.recovery import SimulatedOOMCallback
 
 GiB = 2**30
 

@@ -10,9 +10,8 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from medseg.errors import MedsegError
+from medseg.testing import Autotuning, SimulatedDevice, SimulatedOOMCallback
 from medseg.training.batch_planner import BatchSizePlanner, accumulation_for
-from medseg.planning.simulated_device import Autotuning, SimulatedDevice
-from medseg.training.recovery import SimulatedOOMCallback
 from medseg.training.module import SegmentationModule
 from tests.helpers.stand_ins import PATCH, TINY_UNET, MiB, RandomPatches, linear_curve
 

@@ -8,10 +8,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from medseg.planning.simulated_device import SimulatedDevice
+from medseg.testing import SimulatedDevice, SimulatedOOMCallback
 from medseg.training.batch_planner import BatchSizePlanner
 from medseg.training.module import polynomial_decay, rng_states, set_rng_states
-from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery
+from medseg.training.recovery import fit_with_oom_recovery
 from tests.helpers.stand_ins import MiB, RandomPatches, linear_curve
 
 

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medseg.errors import MedsegError
-from medseg.training.recovery import SimulatedOOMCallback, fit_with_oom_recovery, next_smaller
-from medseg.planning.simulated_device import SimulatedDevice
+from medseg.testing import SimulatedDevice, SimulatedOOMCallback
+from medseg.training.recovery import fit_with_oom_recovery, next_smaller
 from medseg.training.batch_planner import BatchSizePlanner
 from tests.helpers.stand_ins import MiB, RandomPatches, WithValidation, linear_curve
 

@@ -1,6 +1,6 @@
 """A DICOM series read by medseg against the same series converted to NIfTI by SimpleITK: same voxels, geometry and labels.
 
-One synthetic CT series (pydicom, tests/helpers/dicom_series.py) of ``--size`` voxels, oblique (rotated about two
+One synthetic CT series (pydicom, medseg.testing.dicom_series) of ``--size`` voxels, oblique (rotated about two
 axes), slices stored against their normal, HU through RescaleSlope/Intercept. SimpleITK (GDCM; installed for this
 benchmark only: ``pip install SimpleITK``) converts it to NIfTI. ``medseg.inference.segment_scans`` segments the series
 folder (NIfTI and DICOM-SEG) and the converted NIfTI with one random-weight UNet whose recipe resamples to 1.5 x 1.5 x
@@ -8,39 +8,33 @@ folder (NIfTI and DICOM-SEG) and the converted NIfTI with one random-weight UNet
 order, which only permutes and flips axes: intensities, affines, labels; and the DICOM-SEG read back with highdicom
 against the NIfTI labels. Times are of one run each.
 
-    python benchmarks/dicom_benchmark.py --output benchmarks/results/dicom_cpu
+    python -m benchmarks.dicom --output benchmarks/results/dicom/dicom_cpu
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import importlib.metadata
 import json
 import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import highdicom as hd
-import monai
 import nibabel as nib
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import cpu_name  # noqa: E402
-from medseg.data.dicom_volume import read_series  # noqa: E402
-from medseg.data.formats import find_scans  # noqa: E402
-from medseg.data.transforms import Preprocessing  # noqa: E402
-from medseg.data.formats import Case  # noqa: E402
-from medseg.inference import InferenceOptions, Predictor, load_trained_model, segment_scans  # noqa: E402
-from medseg.model.networks import network_for  # noqa: E402
-from medseg.recipe import Recipe  # noqa: E402
-from tests.helpers.dicom_series import SeriesGeometry, oblique_directions, write_series  # noqa: E402
+from benchmarks.common import add_output_option, write_results
+from medseg.data.dicom_volume import read_series
+from medseg.data.formats import Case, find_scans
+from medseg.data.transforms import Preprocessing
+from medseg.inference import InferenceOptions, Predictor, load_trained_model, segment_scans
+from medseg.model.networks import network_for
+from medseg.recipe import Recipe
+from medseg.testing.dicom_series import SeriesGeometry, oblique_directions, write_series
 
 NETWORK = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "norm": "batch"}
 PATCH = (64, 64, 32)
@@ -123,6 +117,8 @@ def compare_series(root: Path, name: str, geometry: SeriesGeometry, size: tuple[
 
 
 def convert_with_simpleitk(folder: Path, target: Path) -> None:
+    import SimpleITK as sitk  # installed for this benchmark only
+
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     sitk.WriteImage(reader.Execute(), str(target))
@@ -142,7 +138,7 @@ def timed(run) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=3, default=[192, 192, 96], metavar=("COLUMNS", "ROWS", "SLICES"))
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+    add_output_option(parser)
     args = parser.parse_args()
     load_before = os.getloadavg()
     series, seconds = {}, {}
@@ -150,21 +146,17 @@ def main() -> None:
         for name, geometry in series_geometries().items():
             series[name], seconds[name] = compare_series(Path(scratch), name, geometry, tuple(args.size))
     report = {
-        "command": "python " + shlex.join(sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "machine": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "pydicom": pydicom.__version__,
-                     "highdicom": hd.__version__, "SimpleITK": sitk.Version_VersionString(), "nibabel": nib.__version__},
+        "readers": {"pydicom": pydicom.__version__, "highdicom": hd.__version__, "SimpleITK": importlib.metadata.version("SimpleITK"),
+                    "nibabel": nib.__version__},
         "size": list(args.size),
         "network": {"kwargs": NETWORK, "classes": 3, "weights": "random (seed 0)"},
         "series": series,
         "seconds": seconds,
     }
     print(json.dumps(report, indent=2))
-    if args.output:
-        write_report(report, Path(args.output))
+    write_results(args.output, "A DICOM series read by medseg against SimpleITK's NIfTI conversion", report, markdown(report))
 
 
 NOTE = """Where labels differ while intensities and affines agree, the network-space rows show why: MONAI's `Spacingd`
@@ -177,9 +169,9 @@ run also writes a DICOM-SEG and runs first (cold caches), so its seconds are not
 """
 
 
-def write_report(report: dict, out: Path) -> None:
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    versions, rows = report["versions"], []
+def markdown(report: dict) -> str:
+    """Return the report's text: the series, the network, one row per check, and why labels may differ."""
+    readers, rows = report["readers"], []
     for name, result in report["series"].items():
         rows += [
             (name, "same voxel grid shape (canonical axis order)", result["same_voxel_grid_shape"]),
@@ -198,11 +190,8 @@ def write_report(report: dict, out: Path) -> None:
                 (name, f"{recipe}: DICOM-SEG read back, voxels differing from the NIfTI labels", run["dicom_seg_differing_voxels_vs_nifti_labels"]),
             ]
         rows += [(name, f"seconds: {step}", value) for step, value in report["seconds"][name].items()]
-    out.with_suffix(".md").write_text(
-        f"# A DICOM series read by medseg against SimpleITK's NIfTI conversion, {report['machine']}\n\n"
-        f"Command: `{report['command']}`  \n"
-        f"Date (UTC): {report['date_utc']}; torch {versions['torch']}, MONAI {versions['monai']}, pydicom {versions['pydicom']}, "
-        f"highdicom {versions['highdicom']}, SimpleITK {versions['SimpleITK']}; {report['cpu_threads']} CPU threads; "
+    return (
+        f"pydicom {readers['pydicom']}, highdicom {readers['highdicom']}, SimpleITK {readers['SimpleITK']}; {report['cpu_threads']} CPU threads; "
         f"load average (1, 5, 15 min) before and after: {report['load_average_before_after']}.  \n"
         f"Two CT series of {report['size']} voxels (pixels 0.9 x 0.8 mm, slices 2.5 mm apart, stored feet last, slope 1, "
         f"intercept -1024): oblique (15 and 7.5 degrees about z and x) and axial. Network: random-weight UNet "

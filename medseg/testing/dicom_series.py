@@ -6,12 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-pydicom = pytest.importorskip("pydicom")
-pytest.importorskip("highdicom")  # medseg's DICOM modules need both (the "dicom" extra)
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -13,18 +13,16 @@ separate process, so its peak RSS (``ru_maxrss``) is its own; time is from readi
 Labels are compared voxel for voxel against medseg's (``flips``). Where medseg-before runs, it and medseg run
 ``--repeats`` times interleaved (the fastest time is kept); MONAI runs once.
 
-    python benchmarks/large_scan_benchmark.py --before /tmp/medseg-before --output benchmarks/results/large_scan_cpu
+    python -m benchmarks.large_scan --before /tmp/medseg-before --output benchmarks/results/large_scan/large_scan_cpu
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,9 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.common import REPO, add_output_option, write_results
 
 CT_WINDOW = (-200.0, 300.0)
 # A light UNet (the demo's architecture, fewer channels) keeps a 512x512x600 run to minutes on two cores; memory is the
@@ -59,8 +55,8 @@ def write_scan(path: Path, size: tuple[int, int, int]) -> None:
 
 
 def child(args: argparse.Namespace) -> None:
-    """Run one side in this process; print its seconds and peak RSS as JSON and save its labels."""
-    sys.path.insert(0, os.environ.get("MEDSEG_CHECKOUT", str(REPO)))
+    """Run one side in this process, with the medseg its launcher put first on the path; print its seconds and peak RSS
+    as JSON and save its labels."""
     import torch
     from monai.inferers import sliding_window_inference
     from monai import transforms as T
@@ -95,9 +91,12 @@ def child(args: argparse.Namespace) -> None:
 
 def run_side(side: str, classes: int, scan: Path, labels: Path, args: argparse.Namespace) -> dict:
     """Run one side in a fresh process; return its measurements (or why it did not finish)."""
-    command = [sys.executable, __file__, "--child", side, "--scan", str(scan), "--labels", str(labels), "--classes", str(classes),
+    command = [sys.executable, "-m", "benchmarks.large_scan", "--child", side, "--scan", str(scan), "--labels", str(labels), "--classes", str(classes),
                "--patch", *map(str, args.patch), "--overlap", str(args.overlap), "--batch", str(args.batch)]
-    env = {**os.environ, "MEDSEG_CHECKOUT": str(args.before) if side == "medseg-before" else str(REPO)}
+    # medseg from --before or this checkout, ahead of the working directory (PYTHONSAFEPATH) and what PYTHONPATH held
+    checkout = args.before if side == "medseg-before" else REPO
+    path = os.pathsep.join([str(checkout), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": path}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     print(f"{classes} classes, {side}: {done.stdout.strip() or done.stderr.strip()[-500:]}", file=sys.stderr)
     if done.returncode != 0:
@@ -116,7 +115,7 @@ def main() -> None:
     parser.add_argument("--before-classes", nargs="+", type=int, default=[3],
                         help="class counts to run --before at (its whole-volume logits and softmax must fit in memory)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of medseg and medseg-before, interleaved; the fastest is kept")
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+    add_output_option(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scan", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--labels", default=None, help=argparse.SUPPRESS)
@@ -149,29 +148,20 @@ def main() -> None:
                     run["flips_against_medseg"] = int((np.load(Path(work) / f"{side}-{classes}.npy") != ours).sum())
             runs += measured.values()
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "cpu": cpu_name(), "cpu_threads": os.cpu_count(), "platform": platform.platform(),
-        "torch": __import__("torch").__version__, "monai": __import__("monai").__version__,
+        "platform": platform.platform(),
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
         "size": args.size, "patch": args.patch, "overlap": args.overlap, "window_batch": args.batch, "network": NETWORK,
         "voxels": int(np.prod(args.size)), "repeats": args.repeats, "runs": runs,
     }
     print(json.dumps(result, indent=2))
-    if args.output:
-        Path(f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n")
-        Path(f"{args.output}.md").write_text(markdown(result))
+    write_results(args.output, f"Whole-scan inference on a {'x'.join(map(str, args.size))} CT: peak memory and time", result, markdown(result))
 
 
 def markdown(result: dict) -> str:
     """Return the result as a short note with one table."""
     gib = 2**30
     lines = [
-        f"# Whole-scan inference on a {'x'.join(map(str, result['size']))} CT: peak memory and time, {result['cpu']}",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Date (UTC): {result['date_utc']}; torch {result['torch']}, MONAI {result['monai']}; {result['cpu_threads']} CPU threads; "
-        f"load average (1, 5, 15 min) before and after: {result['load_average_before_after']}.  ",
+        f"Load average (1, 5, 15 min) before and after: {result['load_average_before_after']}.  ",
         f"Untrained UNet {result['network']}, window {result['patch']}, overlap {result['overlap']}, Gaussian blending, "
         f"window batch {result['window_batch']}, fp32, no resampling. Each run in its own process; MONAI once, and where "
         f"medseg-before runs, it and medseg {result['repeats']} times interleaved: the fastest time, the largest peak RSS.",

@@ -18,27 +18,24 @@ Settings: ``spleen`` is configs/spleen_ct.yaml's network and 96^3 patches, 8 pat
 patch, 4 patches per step (2 x 2). The bare step takes medseg's speed settings as its run resolves them (channels-last
 weights on a CPU, compiled on a GPU, or what ``--option speed.…`` says); the tutorial loop takes none.
 
-    python benchmarks/training_benchmark.py --setting spleen --output benchmarks/results/training_cpu_spleen
-    python benchmarks/training_benchmark.py --setting demo --output benchmarks/results/training_cpu_demo
+    python -m benchmarks.training --setting spleen --output benchmarks/results/training/training_cpu_spleen
+    python -m benchmarks.training --setting demo --output benchmarks/results/training/training_cpu_demo
     # on a GPU (more steps: a step takes milliseconds), each setting against the defaults:
-    python benchmarks/training_benchmark.py --setting spleen --steps 30 --option data.num_workers=4
-    python benchmarks/training_benchmark.py --setting spleen --steps 30 --option data.augment_on_gpu=true
-    python benchmarks/training_benchmark.py --setting spleen --steps 30 --option speed.channels_last=true
-    python benchmarks/training_benchmark.py --setting spleen --steps 30 --option speed.compile=false   # on a GPU: not compiled
+    python -m benchmarks.training --setting spleen --steps 30 --option data.num_workers=4
+    python -m benchmarks.training --setting spleen --steps 30 --option data.augment_on_gpu=true
+    python -m benchmarks.training --setting spleen --steps 30 --option speed.channels_last=true
+    python -m benchmarks.training --setting spleen --steps 30 --option speed.compile=false   # on a GPU: not compiled
 On a GPU read the whole-run figures (every timed step's wall time): steps there do not wait for the device, so the
 first-quartile step is one whose batch was ready and hides the data wait. AMP against TF32 and strict FP32:
-benchmarks/gpu_precision_benchmark.py.
+benchmarks/gpu_precision.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
-import shlex
-import sys
 import tempfile
 import time
 import warnings
@@ -46,31 +43,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
-import monai
-import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.profilers import SimpleProfiler
 from monai import transforms as T
 from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.losses import DiceLoss
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.inference_benchmark import cpu_name  # noqa: E402
-from medseg import train  # noqa: E402
-from medseg.data.demo import CLASS_NAMES, make_case  # noqa: E402
-from medseg.model.loss import segmentation_loss  # noqa: E402
-from medseg.precision import CPU_BF16_ENV, autocast, resolve_precision  # noqa: E402
-from medseg.recipe import Recipe  # noqa: E402
-from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
-from medseg.training.speed import apply_speed_settings, resolved_speed_settings  # noqa: E402
-from medseg.training.throughput import ThroughputMonitor  # noqa: E402
-from medseg.model.networks import network_for  # noqa: E402
+from benchmarks.common import add_output_option, cpu_name, write_results
+from medseg import train
+from medseg.data.demo import CLASS_NAMES
+from medseg.model.loss import segmentation_loss
+from medseg.model.networks import network_for
+from medseg.precision import CPU_BF16_ENV, autocast, resolve_precision
+from medseg.recipe import Recipe
+from medseg.testing import CT_PHANTOMS, write_ct_phantoms
+from medseg.training.module import DEFAULT_NETWORK_KWARGS
+from medseg.training.speed import apply_speed_settings, resolved_speed_settings
+from medseg.training.throughput import ThroughputMonitor
 
 SPLEEN_NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
-SCAN_SHAPE, SCAN_SPACING, NUM_SCANS = (192, 192, 112), (0.8, 0.8, 2.5), 12
 
 
 @dataclass(frozen=True)
@@ -142,27 +135,6 @@ class StepClock(Callback):
 
     def step_seconds(self, warmup: int) -> list[float]:
         return list(np.diff(self.ends[warmup - 1:]))
-
-
-def write_dataset(root: Path) -> Path:
-    """Write NUM_SCANS CT-like scans (the demo phantoms stretched to SCAN_SHAPE) in MSD layout, once."""
-    if (root / "dataset.json").is_file():
-        return root
-    for folder in ("imagesTr", "labelsTr"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    affine = np.diag([-SCAN_SPACING[0], -SCAN_SPACING[1], SCAN_SPACING[2], 1.0])
-    training = []
-    for index in range(NUM_SCANS):
-        image, label, _ = make_case(seed=1, index=index)
-        grow = lambda a, mode: F.interpolate(torch.from_numpy(a.astype(np.float32))[None, None], size=SCAN_SHAPE, mode=mode)[0, 0].numpy()  # noqa: E731
-        name = f"scan_{index:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(np.rint(grow(image, "trilinear")).astype(np.int16), affine), root / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(grow(label, "nearest").astype(np.uint8), affine), root / "labelsTr" / name)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    description = {"name": "TrainingBenchmark", "modality": {"0": "CT"}, "labels": {str(i): n for i, n in enumerate(CLASS_NAMES)},
-                   "numTraining": NUM_SCANS, "training": training, "test": []}
-    (root / "dataset.json").write_text(json.dumps(description, indent=1))
-    return root
 
 
 def profiled(trainer: L.Trainer, warmup: int) -> tuple[float, float]:
@@ -237,11 +209,11 @@ def medseg_fit(setting: Setting, root: Path, out: Path, precision: str, options:
         f"--data.root={root}", f"--data.patch_size={list(setting.patch)}", f"--data.spacing={list(setting.spacing)}",
         f"--data.ct_window={list(setting.ct_window)}", "--data.normalization=ct",
         f"--data.batch_size={setting.patches_per_step}", f"--data.iterations_per_epoch={setting.warmup + setting.steps}",
-        f"--data.num_folds={NUM_SCANS}", "--data.check_dataset=false", f"--data.cache_dir={out / 'cache'}",
+        f"--data.num_folds={CT_PHANTOMS}", "--data.check_dataset=false", f"--data.cache_dir={out / 'cache'}",
         f"--model.network_kwargs={json.dumps(setting.network_kwargs)}",
         "--batch_planner.enabled=false",  # every loop trains at the same patches per step
         "--trainer.max_epochs=1", f"--trainer.precision={precision}", "--trainer.num_sanity_val_steps=0",
-        "--trainer.limit_val_batches=1", "--trainer.profiler=simple", "--trainer.callbacks+=benchmarks.training_benchmark.StepClock",
+        "--trainer.limit_val_batches=1", "--trainer.profiler=simple", "--trainer.callbacks+=benchmarks.training.StepClock",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
     ]
     args += [f"--{option}" for option in options]
@@ -317,7 +289,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[],
                         help="medseg override, also applied to the bare step where it applies: speed.channels_last=true, speed.compile=true, "
                              "trainer.benchmark=false, data.augment_on_gpu=true (repeatable)")
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+    add_output_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -327,7 +299,7 @@ def main() -> None:
     setting = Setting(**{**asdict(setting), **{key: value for key, value in changes.items() if value}})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision, _ = resolve_precision(args.precision, device.type)
-    root = write_dataset(Path(args.data))
+    root = write_ct_phantoms(Path(args.data))
     spec = [{"image": str(root / c["image"]), "label": str(root / c["label"])} for c in json.loads((root / "dataset.json").read_text())["training"]]
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -347,13 +319,10 @@ def main() -> None:
                   f"peer {peer.run_patches_per_s[-1]:.2f} patches/s; load {os.getloadavg()[0]:.1f}", flush=True)
     forced = os.environ.get(CPU_BF16_ENV, "")  # a forced precision resolution is part of the command
     report = {
-        "command": (f"{CPU_BF16_ENV}={forced} " if forced else "") + "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
         "seconds": round(time.perf_counter() - started),
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "lightning": L.__version__},
         "setting": {"name": args.setting, **asdict(setting), "precision": precision, "patches_per_step": setting.patches_per_step},
         "options": args.option,
         "bare": bare.summary(),
@@ -364,17 +333,16 @@ def main() -> None:
         for figure, suffix in (("patches_per_s", ""), ("patches_per_s_whole_runs", "_whole_runs")):
             report[f"{loop}_vs_{other}{suffix}"] = round(report[loop][figure] / report[other][figure], 3)
     print(json.dumps({k: v for k, v in report.items() if k.split("_")[0] in ("bare", "medseg", "peer")}, indent=1))
-    if args.output:
-        write_report(report, Path(args.output))
+    title = f"Training throughput, {args.setting} setting, {report['device']}"
+    write_results(args.output, title, report, markdown(report), environment={CPU_BF16_ENV: forced} if forced else None)
 
 
 def cell(value: float | None, pattern: str) -> str:
     return "" if value is None else pattern.format(value)
 
 
-def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+def markdown(report: dict) -> str:
+    """Return the setting, one row per loop and the ratios between the loops."""
     s = report["setting"]
     rows = []
     for name in ("bare", "medseg", "peer"):
@@ -383,11 +351,8 @@ def write_report(report: dict, out: Path) -> None:
         whole = 1.0 if name == "bare" else report[f"{name}_vs_bare_whole_runs"]
         rows.append(f"| {name} | {r['patches_per_s']:.2f} | {ratio} | {r['patches_per_s_whole_runs']:.2f} | {whole} | {cell(r['data_wait_share'], '{:.1%}')} | "
                     f"{cell(r['fetch_s_per_step'], '{:.3f}')} | {cell(r['training_batch_s_per_step'], '{:.3f}')} |")
-    out.with_suffix(".md").write_text(
-        f"# Training throughput, {s['name']} setting, {report['device']}\n\n"
-        f"Command: `{report['command']}`  \n"
-        f"Date (UTC): {report['date_utc']}; torch {report['versions']['torch']}, MONAI {report['versions']['monai']}, "
-        f"Lightning {report['versions']['lightning']}; {report['cpu_threads']} CPU threads; load average (1, 5, 15 min) before and after: "
+    return (
+        f"{report['cpu_threads']} CPU threads; load average (1, 5, 15 min) before and after: "
         f"{report['load_average_before_after']}; {report['seconds']} s in all.  \n"
         f"UNet {s['network_kwargs']}, patch {s['patch']}, {s['patches_per_step']} patches per step, precision {s['precision']}; "
         f"{s['steps']} timed steps after {s['warmup']} warm-up steps; {len(report['medseg']['patches_per_s_of_each_run'])} interleaved runs each; patches/s from the first-quartile step time"
@@ -397,7 +362,7 @@ def write_report(report: dict, out: Path) -> None:
         + "\n".join(rows)
         + f"\n\nmedseg / peer: **{report['medseg_vs_peer']}x**; medseg / bare step: **{report['medseg_vs_bare']}x**; "
         f"peer / bare step: {report['peer_vs_bare']}x (quartile steps). Whole runs (every timed step's wall time): medseg / peer "
-        f"**{report['medseg_vs_peer_whole_runs']}x**, medseg / bare step **{report['medseg_vs_bare_whole_runs']}x**.\n"
+        f"**{report['medseg_vs_peer_whole_runs']}x**, medseg / bare step **{report['medseg_vs_bare_whole_runs']}x**."
     )
 
 

@@ -13,32 +13,27 @@ planner's budget honours it), so that a benchmark of a small GPU's batch sizes f
 Without a GPU it records the fake-tensor estimate's figures (fixed and per-sample bytes per precision, and the
 batch sizes those imply for a GPU of ``--capacity-gib``).
 
-Writes ``<out>.json`` and ``<out>.md``:
-    python benchmarks/memory_benchmark.py --out benchmarks/results/memory_cpu_estimator
-    python benchmarks/memory_benchmark.py --config configs/spleen_ct.yaml --gpu-memory-gib 8 --out benchmarks/results/memory_cuda_spleen
+Writes ``OUTPUT.json`` and ``OUTPUT.md``:
+    python -m benchmarks.memory --output benchmarks/results/memory/memory_cpu_estimator
+    python -m benchmarks.memory --config configs/spleen_ct.yaml --gpu-memory-gib 8 --output benchmarks/results/memory/memory_cuda_spleen
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning as L
-import monai
 import torch
 import yaml
 from lightning.pytorch.tuner import Tuner
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.common import add_output_option, markdown_rows, write_results
 from medseg.option_values import SIMULATED_CAPACITY_GIB
 from medseg.planning.batch_search import fit_memory, plan_batch_size
 from medseg.planning.budget import budget_bytes
@@ -49,7 +44,6 @@ from medseg.planning.on_device import plan_on_device
 from medseg.planning.precision_comparison import COMPARISON_MAX_BATCH_SIZE
 from medseg.planning.step import TrainingSetup, run_training_step, training_setup
 from medseg.precision import PRECISIONS
-from medseg.tables import markdown_rows
 from medseg.training.module import SegmentationModule
 
 MiB = 2**20
@@ -235,15 +229,9 @@ def cuda_cells(row: dict[str, Any], fp32_per_sample: float) -> list[str]:
     ]
 
 
-def markdown(result: dict[str, Any], command: str) -> str:
-    env = result["environment"]
+def markdown(result: dict[str, Any]) -> str:
+    """Return the model, what the figures are (estimate or CUDA steps) and one row per precision."""
     lines = [
-        "# Batch planner memory benchmark",
-        "",
-        f"- command: `{command}`",
-        f"- date: {env['date']}",
-        f"- device: {env['device']}",
-        f"- torch {env['torch']}, CUDA {env['cuda']}, MONAI {env['monai']}, Lightning {env['lightning']}, Python {env['python']}",
         f"- model: {result['model']}, patch {result['patch_size']}",
         *([f"- GPU memory capped at {result['gpu_memory_gib']:g} GiB for this process (torch.cuda.set_per_process_memory_fraction)"]
           if result.get("gpu_memory_gib") else []),
@@ -266,7 +254,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     header, cells = (CPU_COLUMNS, cpu_cells) if result["backend"] == "fake-tensor estimate" else (CUDA_COLUMNS, cuda_cells)
     fp32 = result["precisions"].get("32-true", {}).get("per_sample_mib", float("nan"))
     lines.append(markdown_rows([dict(zip(header, [precision, *cells(row, fp32)])) for precision, row in result["precisions"].items()]))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def model_settings(config: Path | None) -> dict[str, Any]:
@@ -281,7 +269,7 @@ def model_settings(config: Path | None) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md are written)")
+    add_output_option(parser, required=True)
     parser.add_argument("--capacity-gib", type=float, default=SIMULATED_CAPACITY_GIB, help="GPU memory planned for without a GPU")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--config", type=Path, default=None, help="a training config whose network and patch to plan (default: the demo's)")
@@ -302,12 +290,6 @@ def main() -> None:
         "patch_size": list(module.hparams.patch_size),
         "config": str(options.config) if options.config else "demo defaults",
         "gpu_memory_gib": options.gpu_memory_gib if on_gpu else None,
-        "environment": {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "device": torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.machine()}, {os.cpu_count()} cores), no GPU",
-            "torch": torch.__version__, "cuda": torch.version.cuda, "monai": monai.__version__,
-            "lightning": L.__version__, "python": platform.python_version(),
-        },
     }
     if on_gpu:
         precisions = [p for p in options.precisions if p != "bf16-mixed" or torch.cuda.is_bf16_supported()]
@@ -315,10 +297,8 @@ def main() -> None:
     else:
         result["capacity_gib"] = options.capacity_gib
         result["precisions"] = cpu_figures(module, options.precisions, options.capacity_gib)
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    options.out.with_suffix(".md").write_text(markdown(result, "python " + " ".join(sys.argv)))
-    print(options.out.with_suffix(".md").read_text())
+    write_results(options.output, "Batch planner memory benchmark", result, markdown(result))
+    print(markdown(result))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A GPU step that never waits for the device runs as fast as its host can launch it: a compiled step of the spleen UNet
 takes 16 ms on the H200, and every millisecond of Python the loop runs per step beside it can show in the fit loop's
-pace (0.81x the bare step there, benchmarks/results/training_cuda_spleen_compile.md). This benchmark makes the step's
+pace (0.81x the bare step there, benchmarks/results/training/training_cuda_spleen_compile.md). This benchmark makes the step's
 own compute small (a 2-level UNet of 2 and 4 channels on 8^3 patches, batch 2, one CPU thread) so that what it times
 is host work, on a CPU or on a GPU machine's host (``--device cuda``). Interleaved ``--repeats`` times:
   * ``bare``: network + DiceCE + fused AdamW on one fixed batch, no Lightning, no data (on a GPU, synchronised each step);
@@ -13,20 +13,17 @@ backward, the optimizer step's own update, ``on_before_optimizer_step``, each ca
 among them), moving the batch to the device, Lightning's logger connector and the learning-rate schedulers. What no
 piece covers is Lightning's loop itself. All figures are medians over the timed steps, in ms per step.
 
-    python benchmarks/loop_overhead_benchmark.py --output benchmarks/results/loop_overhead_cpu
-    python benchmarks/loop_overhead_benchmark.py --device cuda --output benchmarks/results/loop_overhead_cuda   # on a GPU
+    python -m benchmarks.loop_overhead --output benchmarks/results/loop_overhead/loop_overhead_cpu
+    python -m benchmarks.loop_overhead --device cuda --output benchmarks/results/loop_overhead/loop_overhead_cuda   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import logging
 import os
-import shlex
-import sys
 import tempfile
 import time
 import warnings
@@ -34,22 +31,20 @@ from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
-import monai
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import cpu_name  # noqa: E402
-from benchmarks.training_benchmark import speed_option, timed_steps  # noqa: E402
-from medseg import train  # noqa: E402
-from medseg.data.demo import CLASS_NAMES  # noqa: E402
-from medseg.model.loss import segmentation_loss  # noqa: E402
-from medseg.model.networks import network_for  # noqa: E402
-from medseg.planning.step import training_optimizer  # noqa: E402
-from medseg.precision import CPU_BF16_ENV, resolve_precision  # noqa: E402
-from medseg.recipe import Recipe  # noqa: E402
-from medseg.training.speed import apply_speed_settings, resolved_speed_settings  # noqa: E402
+from benchmarks.common import add_output_option, cpu_name, write_results
+from benchmarks.training import speed_option, timed_steps
+from medseg import train
+from medseg.data.demo import CLASS_NAMES
+from medseg.model.loss import segmentation_loss
+from medseg.model.networks import network_for
+from medseg.planning.step import training_optimizer
+from medseg.precision import CPU_BF16_ENV, resolve_precision
+from medseg.recipe import Recipe
+from medseg.training.speed import apply_speed_settings, resolved_speed_settings
 
 NETWORK = {"channels": [2, 4], "strides": [2], "num_res_units": 0}
 PATCH, BATCH = (8, 8, 8), 2
@@ -127,7 +122,7 @@ def medseg_fit(out: Path, precision: str, steps: int, device: str, options: list
         f"--model.network_kwargs={json.dumps(NETWORK)}", "--batch_planner.enabled=false",
         "--trainer.max_epochs=1", f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", f"--trainer.precision={precision}",
         "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false",
-        "--trainer.callbacks+=benchmarks.loop_overhead_benchmark.PieceTimer",
+        "--trainer.callbacks+=benchmarks.loop_overhead.PieceTimer",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
         *[f"--{option}" for option in options],
     ]
@@ -179,7 +174,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch: 1 keeps a tiny step's timing steady")
     parser.add_argument("--option", action="append", default=[], help="medseg override, also applied to the bare step where it applies (repeatable)")
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+    add_output_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("medseg").setLevel(logging.WARNING)
@@ -199,14 +194,10 @@ def main() -> None:
     forced = os.environ.get(CPU_BF16_ENV, "")
     pieces = list(runs[0]["pieces_ms_per_step"])
     report = {
-        "command": (f"{CPU_BF16_ENV}={forced} " if forced else "") + "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "host": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
         "seconds": round(time.perf_counter() - started),
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "lightning": L.__version__},
         "setting": {"network_kwargs": NETWORK, "patch": PATCH, "batch": BATCH, "precision": precision, "steps": args.steps,
                     "warmup": WARMUP, "repeats": args.repeats, "options": args.option},
         "bare_ms_per_step": [round(v, 3) for v in bare],
@@ -216,31 +207,27 @@ def main() -> None:
     }
     report["loop_added_ms_per_step"] = round(float(np.median(report["medseg_host_ms_per_step"]) - np.median(bare)), 3)
     print(json.dumps({k: report[k] for k in ("bare_ms_per_step", "medseg_host_ms_per_step", "loop_added_ms_per_step", "pieces_ms_per_step")}, indent=1))
-    if args.output:
-        write_report(report, Path(args.output))
+    title = f"Host time of the fit loop per training step, {report['device']}"
+    write_results(args.output, title, report, markdown(report), environment={CPU_BF16_ENV: forced} if forced else None)
 
 
-def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+def markdown(report: dict) -> str:
+    """Return the setting, one row per measured piece (a column per run) and what the loop adds."""
     s = report["setting"]
     cells = lambda values: " / ".join("" if v is None else f"{v:.3f}" for v in values)  # noqa: E731
     rows = [f"| bare step (network, loss, fused AdamW; no Lightning, no data) | {cells(report['bare_ms_per_step'])} |",
             f"| **medseg fit loop, host time a step** (step end to step end, less fetching) | {cells(report['medseg_host_ms_per_step'])} |"]
     rows += [f"| &nbsp;&nbsp;{name} | {cells(values)} |" for name, values in report["pieces_ms_per_step"].items()]
     rows += [f"| fetching the batch (in-process loading: not host overhead of the loop) | {cells(report['medseg_fetch_ms_per_step'])} |"]
-    out.with_suffix(".md").write_text(
-        f"# Host time of the fit loop per training step, {report['device']}\n\n"
-        f"Command: `{report['command']}`  \n"
-        f"Date (UTC): {report['date_utc']}; host {report['host']}; torch {report['versions']['torch']}, MONAI {report['versions']['monai']}, "
-        f"Lightning {report['versions']['lightning']}; {report['cpu_threads']} CPU thread(s); load average (1, 5, 15 min) before and after: "
+    return (
+        f"{report['cpu_threads']} CPU thread(s); load average (1, 5, 15 min) before and after: "
         f"{report['load_average_before_after']}; {report['seconds']} s in all.  \n"
         f"UNet {s['network_kwargs']}, patch {s['patch']}, batch {s['batch']}, precision {s['precision']}; {s['steps']} timed steps after "
         f"{s['warmup']} warm-up steps, {s['repeats']} interleaved runs (one column each); medians in ms per step"
         f"{'; options ' + ', '.join(s['options']) if s['options'] else ''}.\n\n"
         "| ms per step | runs |\n|---|---|\n" + "\n".join(rows)
         + f"\n\nThe fit loop adds **{report['loop_added_ms_per_step']:.2f} ms** of host time a step to the bare step (medians). "
-        "Pieces are medians of their own, so they need not add up to the total.\n"
+        "Pieces are medians of their own, so they need not add up to the total."
     )
 
 

@@ -16,13 +16,12 @@ datasets do not fit. The runs go round N inside each mode and start, so the mach
 A second part times drawing one patch from a case of realistic size (``--large-shape``) held in memory and read from
 the disk cache, which is what ``auto`` chooses between.
 
-    python benchmarks/dataset_scale_benchmark.py --cases 50 200 1000 --output benchmarks/results/dataset_scale_cpu
+    python -m benchmarks.dataset_scale --cases 50 200 1000 --output benchmarks/results/dataset_scale/dataset_scale_cpu
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -33,12 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-
-from medseg.tables import markdown_rows  # noqa: E402
+from benchmarks.common import REPO, add_output_option, markdown_rows, write_results
 
 RECORD = "MEDSEG_BENCHMARK_SCALE_RECORD"  # file ScaleProbe writes to
 SPACING = (1.25, 1.25, 2.5)
@@ -133,7 +129,7 @@ def training_options(root: Path, cache: str, cache_dir: Path, out: Path, epochs:
         f"--model.network_kwargs={json.dumps(NETWORK)}",
         "--trainer.accelerator=cpu", f"--trainer.max_epochs={epochs}", "--trainer.limit_val_batches=0", "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
-        "--trainer.callbacks+=benchmarks.dataset_scale_benchmark.ScaleProbe",
+        "--trainer.callbacks+=benchmarks.dataset_scale.ScaleProbe",
     ]
 
 
@@ -154,7 +150,7 @@ def one_start(options: list[str], available_gib: float | None, cache_dir: Path, 
     record = cache_dir.parent / "record.json"
     record.unlink(missing_ok=True)
     files_before = len(list(cache_dir.rglob("*.pt")))
-    command = [sys.executable, __file__, "--child", *(["--available-gib", str(available_gib)] if available_gib is not None else []), "--", *options]
+    command = [sys.executable, "-m", "benchmarks.dataset_scale", "--child", *(["--available-gib", str(available_gib)] if available_gib is not None else []), "--", *options]
     launched = time.time()
     with log.open("a") as output:
         process = subprocess.Popen(command, cwd=REPO, env={**os.environ, RECORD: str(record)}, stdout=output, stderr=subprocess.STDOUT)
@@ -237,18 +233,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="training steps per epoch")
     parser.add_argument("--small-memory-gib", type=float, default=0.25, help="memory available to the 'auto, small memory' runs")
     parser.add_argument("--work", type=Path, default=None, help="folder for datasets and caches (default: a temporary one)")
-    parser.add_argument("--output", type=Path, default=None, help="write OUTPUT.json and OUTPUT.md")
+    add_output_option(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--available-gib", type=float, default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
         sys.exit(child(args.available_gib, [option for option in rest if option != "--"]))
-    import lightning
-    import monai
-    import torch
-
-    from benchmarks.common import cpu_name
-
     counts = sorted(args.cases)
     began, load_before = time.time(), os.getloadavg()
     work = args.work or Path(tempfile.mkdtemp(prefix="medseg-scale-"))
@@ -268,10 +258,6 @@ def main() -> None:
                 print(mode, count, start, results[mode][str(count)][start], flush=True)
     draws = draw_times(tuple(args.large_shape), work, draws=10)
     report = {
-        "command": shlex.join([sys.executable.split("/")[-1], *sys.argv]),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": cpu_name(), "cpu_cores": os.cpu_count(),
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "lightning": lightning.__version__},
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
         "seconds": round(time.time() - began), "dataset_writing_s": written,
         "case_shape": args.shape, "spacing_mm": SPACING, "target_spacing_mm": TARGET_SPACING, "epochs": args.epochs, "steps_per_epoch": args.steps,
@@ -283,21 +269,16 @@ def main() -> None:
             "disk_peak_rss_ratio_second_start": ratio(results, "disk", "peak_rss_mib", "second", counts),
         },
     }
-    if args.output:
-        write_report(report, args.output, counts)
+    write_results(args.output, f"Dataset scale: {', '.join(map(str, counts))} cases", report, markdown(report, counts))
     print(json.dumps(report["targets"]))
 
 
-def write_report(report: dict, out: Path, counts: list[int]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+def markdown(report: dict, counts: list[int]) -> str:
+    """Return the report's text: what ran, the table per mode and size, the targets and the patch draw."""
     targets, draws, small, large = report["targets"], report["patch_draw_s"], counts[0], counts[-1]
     met = lambda value: "met" if value <= 2.0 else "not met"  # noqa: E731
-    out.with_suffix(".md").write_text(
-        f"# Dataset scale: {', '.join(map(str, counts))} cases, {report['device']}\n\n"
-        f"Command: `{report['command']}`  \n"
-        f"Date (UTC): {report['date_utc']}; {report['cpu_cores']} CPU cores; torch {report['versions']['torch']}, MONAI {report['versions']['monai']}, "
-        f"Lightning {report['versions']['lightning']}; load average (1, 5, 15 min) before and after: {report['load_average_before_after']} "
+    return (
+        f"Load average (1, 5, 15 min) before and after: {report['load_average_before_after']} "
         f"(a machine shared with other work: all N run side by side, so compare within one run); {report['seconds']} s in all.\n\n"
         f"Synthetic CT-like cases of {'x'.join(map(str, report['case_shape']))} voxels at {'x'.join(map(str, report['spacing_mm']))} mm, resampled to "
         f"{'x'.join(map(str, report['target_spacing_mm']))} mm: far smaller than real scans, so that {large} cases fit the disk and the run takes minutes "

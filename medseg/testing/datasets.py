@@ -1,5 +1,5 @@
-"""Generated datasets in MSD layout, for planning tests and the planning benchmark: an anisotropic 4-channel
-MRI-like one and a large, mostly constant CT-like one."""
+"""Generated datasets in MSD layout, for tests and benchmarks: an anisotropic 4-channel MRI-like one, a large,
+mostly constant CT-like one, and CT phantoms of a fixed size to time training and inference on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.data.demo import CLASS_NAMES, make_case
+
+CT_PHANTOMS, PHANTOM_SHAPE, PHANTOM_SPACING = 12, (192, 192, 112), (0.8, 0.8, 2.5)
 
 
 def write_msd(root: Path, cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], modality: dict, labels: dict) -> Path:
@@ -50,3 +56,25 @@ def write_ct_like(root: Path) -> Path:
         image[label == 1] = 120
         cases.append((image, label, np.diag([0.8, 0.8, 1.5, 1.0])))
     return write_msd(root, cases, {"0": "CT"}, {"0": "background", "1": "liver"})
+
+
+def write_ct_phantoms(root: Path) -> Path:
+    """Write CT_PHANTOMS CT-like scans (the demo phantoms stretched to 192x192x112 voxels at 0.8x0.8x2.5 mm) in MSD
+    layout under ``root``, unless it holds them already; return ``root``."""
+    if (root / "dataset.json").is_file():
+        return root
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    affine = np.diag([-PHANTOM_SPACING[0], -PHANTOM_SPACING[1], PHANTOM_SPACING[2], 1.0])
+    training = []
+    for index in range(CT_PHANTOMS):
+        image, label, _ = make_case(seed=1, index=index)
+        grow = lambda a, mode: F.interpolate(torch.from_numpy(a.astype(np.float32))[None, None], size=PHANTOM_SHAPE, mode=mode)[0, 0].numpy()  # noqa: E731
+        name = f"scan_{index:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(np.rint(grow(image, "trilinear")).astype(np.int16), affine), root / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(grow(label, "nearest").astype(np.uint8), affine), root / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    description = {"name": "TrainingBenchmark", "modality": {"0": "CT"}, "labels": {str(i): n for i, n in enumerate(CLASS_NAMES)},
+                   "numTraining": CT_PHANTOMS, "training": training, "test": []}
+    (root / "dataset.json").write_text(json.dumps(description, indent=1))
+    return root

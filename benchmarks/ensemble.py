@@ -6,31 +6,27 @@ folds, and the ensemble with the postprocessing chosen on the pooled validation 
 for each (``medseg.evaluate``). Also times the window stage of one scan with 1 model against all of them, and each
 whole run. Any other option is passed to training:
 
-    python benchmarks/ensemble_benchmark.py --config configs/demo.yaml --folds 5 --output benchmarks/results/ensemble_cpu_demo
+    python -m benchmarks.ensemble --config configs/demo.yaml --folds 5 --output benchmarks/results/ensemble/ensemble_cpu_demo
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import monai
 import torch
 
+from benchmarks.common import add_output_option, markdown_rows, write_results
 from medseg.data.demo import generate_demo_dataset
 from medseg.data.formats import find_scans
 from medseg.evaluate import evaluate
 from medseg.inference import InferenceOptions, Predictor, segment_scans
 from medseg.inference.checkpoint import load_ensemble
-from medseg.tables import markdown_rows
 from medseg.viz import plot_score_comparison
 
 
@@ -68,7 +64,7 @@ def main() -> None:
     parser.add_argument("--unseen", type=int, default=8, help="unseen demo cases to segment")
     parser.add_argument("--repeats", type=int, default=3, help="timed window stages per model count")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs and predictions (default: a temporary one)")
-    parser.add_argument("--output", type=Path, required=True, help="results stem: writes .json, .md and a .png of Dice per class")
+    add_output_option(parser, required=True)  # and OUTPUT.png: Dice per class
     args, training = parser.parse_known_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="medseg-ensemble-"))
     runs = work / "runs"
@@ -96,9 +92,7 @@ def main() -> None:
     window = {"1 model": window_seconds(members[:1], scan, args.repeats), f"{len(members)} models": window_seconds(members, scan, args.repeats)}
     cv = json.loads((folder / "summary.json").read_text())
     record = {
-        "date": datetime.date.today().isoformat(),
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(), "torch": torch.__version__, "monai": monai.__version__},
+        "cpu_threads": torch.get_num_threads(),
         "training_seconds": training_seconds,
         "cross_validation": cv,
         "best_fold": fold,
@@ -109,26 +103,22 @@ def main() -> None:
         "window_ratio": window[f"{len(members)} models"] / window["1 model"],
         "postprocessing": json.loads((folder / "postprocessing.json").read_text()),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(record, indent=2))
     rows = [
         {"": name, **{f"Dice {c}": f"{v['dice']:.4f}" for c, v in per_class.items()}, **{f"HD95 {c} (mm)": f"{v['hd95_mm']:.2f}" for c, v in per_class.items()},
          "run (s)": f"{seconds[name]:.1f}"}
         for name, per_class in results.items()
     ]
     lines = [
-        f"# Fold ensemble and postprocessing on unseen demo cases ({record['date']})", "",
-        f"Command: `{record['command']}`", "",
-        f"torch {torch.__version__}, MONAI {monai.__version__}, {torch.get_num_threads()} CPU threads; {args.folds} folds trained in {training_seconds:.0f} s;"
+        f"{record['cpu_threads']} CPU threads; {args.folds} folds trained in {training_seconds:.0f} s;"
         f" {args.unseen} unseen cases (demo seed 1); best single fold: {fold}.", "",
         markdown_rows(rows), "",
         f"Window stage of one scan: {window['1 model']:.2f} s with 1 model, {window[f'{len(members)} models']:.2f} s with {len(members)}"
         f" ({record['window_ratio']:.2f}x).", "",
         f"Postprocessing chosen on the pooled validation: {record['postprocessing']}",
     ]
-    args.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.output, "Fold ensemble and postprocessing on unseen demo cases", record, "\n".join(lines))
     dice = {name: {c: v["dice"] for c, v in per_class.items()} for name, per_class in results.items()}
-    plot_score_comparison(dice, "Dice").savefig(args.output.with_suffix(".png"), dpi=120)
+    plot_score_comparison(dice, "Dice").savefig(f"{args.output}.png", dpi=120)
     print("\n".join(lines))
 
 

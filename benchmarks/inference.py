@@ -1,6 +1,6 @@
 """Whole-scan inference end to end: medseg against MONAI's spleen tutorial test-set recipe, same scans, network and overlap.
 
-On ``--scans`` CT-like scans of 192x192x112 voxels (benchmarks/training_benchmark.py writes them) and one MONAI UNet
+On ``--scans`` CT-like scans of 192x192x112 voxels (``medseg.testing.write_ct_phantoms`` writes them) and one MONAI UNet
 (configs/spleen_ct.yaml's, 3 classes, random weights), each run reads the weights, then every scan, and writes
 every label map, timed in one process:
   * ``tutorial``: spleen_segmentation_3d(_lightning).ipynb's test-set recipe: LoadImaged, EnsureChannelFirstd,
@@ -21,47 +21,43 @@ layout) and with channels-first ones. With ``--device cuda`` both
 recipes run their windows on the GPU (the tutorial moves its input there, as its notebook does); the window stage
 then also times MONAI's call with the output stitched on the CPU (``device="cpu"``), and medseg at fp32, since
 medseg's default there is the trained precision (fp16). medseg's GPU windows run with channels-last weights and cuDNN
-autotuning; benchmarks/results/inference_cuda_autotuned.md measured each against neither, with this script's
+autotuning; benchmarks/results/inference/inference_cuda_autotuned.md measured each against neither, with this script's
 version of the commit that added it. Runs are interleaved, ``--repeats`` times after one
 warm-up each, so a busy machine slows all alike; the fastest of each is kept.
 
-    python benchmarks/inference_benchmark.py --output benchmarks/results/inference_cpu
-    python benchmarks/inference_benchmark.py --extra-scan mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz --output benchmarks/results/inference_cpu_stages
-    python benchmarks/inference_benchmark.py --device cuda --size 512 512 256 --output benchmarks/results/inference_cuda
+    python -m benchmarks.inference --output benchmarks/results/inference/inference_cpu
+    python -m benchmarks.inference --extra-scan mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz --output benchmarks/results/inference/inference_cpu_stages
+    python -m benchmarks.inference --device cuda --size 512 512 256 --output benchmarks/results/inference/inference_cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
-import monai
 import nibabel as nib
 import torch
 from monai import transforms as T
 from monai.data import DataLoader, Dataset, decollate_batch, list_data_collate
 from monai.inferers import sliding_window_inference
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import cpu_name  # noqa: E402
-from medseg.data.transforms import Preprocessing  # noqa: E402
-from medseg.data.formats import Case  # noqa: E402
-from medseg.inference import InferenceOptions, Predictor, load_trained_model, segment_scans  # noqa: E402
-from medseg.inference.predictor import ScanInput  # noqa: E402
-from medseg.inference.runner import case_outputs, write_prediction  # noqa: E402
-from medseg.nifti import open_scan  # noqa: E402
-from medseg.precision import cpu_has_native_bf16, inference_precision  # noqa: E402
-from medseg.recipe import Recipe, Window  # noqa: E402
-from medseg.model.networks import network_for  # noqa: E402
+from benchmarks.common import add_output_option, cpu_name, write_results
+from medseg.data.formats import Case
+from medseg.data.transforms import Preprocessing
+from medseg.inference import InferenceOptions, Predictor, load_trained_model, segment_scans
+from medseg.inference.predictor import ScanInput
+from medseg.inference.runner import case_outputs, write_prediction
+from medseg.model.networks import network_for
+from medseg.nifti import open_scan
+from medseg.precision import cpu_has_native_bf16, inference_precision
+from medseg.recipe import Recipe, Window
+from medseg.testing import write_ct_phantoms
 
 SPLEEN_NETWORK = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
 PATCH, SPACING, CT_WINDOW = (96, 96, 96), (1.5, 1.5, 2.0), (-57.0, 164.0)
@@ -181,20 +177,18 @@ def seconds(run: Callable[[], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "medseg-training-benchmark"), help="scans from training_benchmark.py")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "medseg-training-benchmark"), help="scans from benchmarks.training (medseg.testing.write_ct_phantoms)")
     parser.add_argument("--scans", type=int, default=3)
     parser.add_argument("--extra-scan", type=Path, action="append", default=[], help="a scan of your own to add (repeatable)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where both recipes run their windows")
     parser.add_argument("--size", nargs=3, type=int, default=None, metavar=("X", "Y", "Z"),
                         help="time the window stage on a random volume of this size instead of the first scan")
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+    add_output_option(parser)
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
     warnings.filterwarnings("ignore")
-    from benchmarks.training_benchmark import write_dataset
-
-    root = write_dataset(Path(args.data))
+    root = write_ct_phantoms(Path(args.data))
     scans = sorted((root / "imagesTr").glob("*.nii.gz"))[: args.scans] + [path.resolve() for path in args.extra_scan]
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="medseg-infer-bench-") as tmp:
@@ -251,13 +245,10 @@ def main() -> None:
     best = {stage: {name: round(min(values), 3) for name, values in runs.items()} for stage, runs in timings.items()}
     best_stages = {name: {stage: round(min(run[stage] for run in runs), 3) for stage in STAGES} for name, runs in stage_timings.items()}
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(args.device) if on_gpu else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "window_stage_volume": list(image.shape[2:]),
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
-        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "monai": monai.__version__},
         "scans": [scan_description(scan) for scan in scans],
         "network": {"name": "UNet", "classes": 3, **SPLEEN_NETWORK},
         "medseg_default_precision": inference_precision(recipe.precision, torch.device(args.device).type),
@@ -270,8 +261,7 @@ def main() -> None:
         },
     }
     print(json.dumps(report["speedup_vs_tutorial"]))
-    if args.output:
-        write_report(report, Path(args.output))
+    write_results(args.output, f"Whole-scan inference against MONAI's spleen tutorial recipe, {report['device']}", report, markdown(report))
 
 
 def scan_description(path: Path) -> str:
@@ -280,8 +270,8 @@ def scan_description(path: Path) -> str:
     return f"{path.name}: {'x'.join(map(str, image.shape[:3]))} at {'x'.join(f'{z:g}' for z in image.header.get_zooms()[:3])} mm"
 
 
-def write_report(report: dict, out: Path) -> None:
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+def markdown(report: dict) -> str:
+    """Return what ran, the end-to-end and window-stage table, and each stage's seconds per recipe."""
     rows = []
     for stage, runs in report["seconds_fastest"].items():
         for name, value in runs.items():
@@ -290,10 +280,7 @@ def write_report(report: dict, out: Path) -> None:
     stages = report["stage_seconds_fastest"]
     stage_rows = [f"| {stage} | " + " | ".join(str(runs[stage]) for runs in stages.values()) + " |" for stage in STAGES]
     stage_rows.append("| sum | " + " | ".join(f"{sum(runs.values()):.3f}" for runs in stages.values()) + " |")
-    out.with_suffix(".md").write_text(
-        f"# Whole-scan inference against MONAI's spleen tutorial recipe, {report['device']}\n\n"
-        f"Command: `{report['command']}`  \n"
-        f"Date (UTC): {report['date_utc']}; torch {report['versions']['torch']}, CUDA {report['versions'].get('cuda')}, MONAI {report['versions']['monai']}; "
+    return (
         f"{report['cpu_threads']} CPU threads; native bf16: {report['native_bf16']}; load average (1, 5, 15 min) before and after: "
         f"{report['load_average_before_after']}.  \n"
         f"Scans: {'; '.join(report['scans'])}. UNet {SPLEEN_NETWORK}, 3 classes, window {list(PATCH)}, "
@@ -302,7 +289,7 @@ def write_report(report: dict, out: Path) -> None:
         f"{report.get('window_stage_volume')} voxels. Fastest of the interleaved repeats.\n\n"
         "| stage | run | seconds | speed-up vs tutorial |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Where the time goes: each stage's seconds summed over the scans, run one after another (fastest of the repeats).\n\n"
-        "| stage | " + " | ".join(stages) + " |\n" + "|---" * (len(stages) + 1) + "|\n" + "\n".join(stage_rows) + "\n"
+        "| stage | " + " | ".join(stages) + " |\n" + "|---" * (len(stages) + 1) + "|\n" + "\n".join(stage_rows)
     )
 
 

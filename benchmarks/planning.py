@@ -1,6 +1,6 @@
 """Planning time and plans of medseg against nnU-Net v2's default planner on three generated datasets, and training start-up.
 
-Datasets (tests/helpers/datasets.py and the built-in demo, written once to a temporary folder):
+Datasets (``medseg.testing`` and the built-in demo, written once to a temporary folder):
   * ``demo``: medseg's built-in demo (``ensure_demo_dataset``: 24 CT-like phantoms, oblique affines, 1.1-1.4 mm in-plane, 2.5-3.5 mm slices);
   * ``mri``: 5 anisotropic 4-channel MRI-like cases (0.9 x 0.9 x 5.0-5.8 mm, 4D files);
   * ``ct``: 2 large CT-like cases (420 x 400 x 210 voxels at 0.8 x 0.8 x 1.5 mm).
@@ -22,13 +22,12 @@ into memory: ``--data.cache=memory``) and at the first ``on_train_batch_start`` 
 the process before any step runs. Twice on one cache folder: first (empty cache) and second (cached fingerprint
 and plan; the in-memory preprocessing is redone).
 
-    python benchmarks/planning_benchmark.py --nnunet-python /tmp/nnunet-venv/bin/python --output benchmarks/results/planning_cpu
+    python -m benchmarks.planning --nnunet-python /tmp/nnunet-venv/bin/python --output benchmarks/results/planning/planning_cpu
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -39,21 +38,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
-import monai
 import nibabel as nib
 import torch
 from lightning.pytorch.callbacks import Callback
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from benchmarks.common import cpu_name  # noqa: E402
-from medseg.data.demo import ensure_demo_dataset  # noqa: E402
-from medseg.data.formats import DatasetSpec, read_dataset  # noqa: E402
-from medseg.nifti import in_ras_order  # noqa: E402
-from medseg.planning.store import plan_for_training  # noqa: E402
-from medseg.tables import format_rows, markdown_rows  # noqa: E402
-from tests.helpers.datasets import write_ct_like, write_mri_like  # noqa: E402
+from benchmarks.common import REPO, add_output_option, markdown_rows, write_results
+from medseg.data.demo import ensure_demo_dataset
+from medseg.data.formats import DatasetSpec, read_dataset
+from medseg.nifti import in_ras_order
+from medseg.planning.store import plan_for_training
+from medseg.tables import format_rows
+from medseg.testing import write_ct_like, write_mri_like
 
 CAPACITY_GIB = 8.0  # nnU-Net v2's ExperimentPlanner default: gpu_memory_target_in_gb = 8
 DATASETS = {"demo": ensure_demo_dataset, "mri": write_mri_like, "ct": write_ct_like}
@@ -206,7 +201,7 @@ def training_command(root: Path, cache_dir: Path, out: Path) -> list[str]:
     return [
         sys.executable, "-m", "medseg.train", f"--data.root={root}", f"--data.cache_dir={cache_dir}", "--data.cache=memory", "--data.num_workers=0",
         "--data.num_folds=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0",
-        "--trainer.logger=false", f"--trainer.default_root_dir={out}", "--trainer.callbacks+=benchmarks.planning_benchmark.StopAtFirstStep",
+        "--trainer.logger=false", f"--trainer.default_root_dir={out}", "--trainer.callbacks+=benchmarks.planning.StopAtFirstStep",
     ]
 
 
@@ -269,7 +264,7 @@ def comparison_rows(name: str, result: dict) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nnunet-python", default=None, help="python of an environment with nnunetv2 (without it: medseg only)")
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+    add_output_option(parser)
     args = parser.parse_args()
     nnunet_python = Path(args.nnunet_python) if args.nnunet_python else None
     load_before = os.getloadavg()
@@ -294,20 +289,16 @@ def main() -> None:
         if nnunet_python:
             process_start["nnUNetv2_plan_and_preprocess"] = import_seconds(nnunet_python, "nnunetv2.experiment_planning.plan_and_preprocess_api")
     report = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": cpu_name(), "cpu_cores": os.cpu_count(), "cpu_threads": torch.get_num_threads(),
+        "cpu_threads": torch.get_num_threads(),
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
         "seconds": round(time.perf_counter() - started),
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "lightning": L.__version__,
-                     "nnunetv2": nnunet_version(nnunet_python) if nnunet_python else None},
+        "nnunetv2": nnunet_version(nnunet_python) if nnunet_python else None,
         "capacity_gib": CAPACITY_GIB,
         "process_start_s": process_start,
         "datasets": results,
         "training_startup_ct": startup,
     }
-    if args.output:
-        write_report(report, Path(args.output))
+    write_results(args.output, "Planning: medseg against nnU-Net v2", report, markdown(report))
 
 
 def startup_rows(startup: dict) -> list[dict]:
@@ -330,10 +321,9 @@ def targets_text(report: dict) -> str:
             f"{plans[slowest]['first_s']:.1f} s); cached plan under 1 s: {cached_ok} (slowest: {slowest_cached}, {plans[slowest_cached]['cached_s']:.3f} s).")
 
 
-def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    datasets, versions, startup = report["datasets"], report["versions"], report["training_startup_ct"]
+def markdown(report: dict) -> str:
+    """Return how both planners ran, one row per dataset and planner, the targets and the training start-up table."""
+    datasets, startup = report["datasets"], report["training_startup_ct"]
     rows = [row for name, result in datasets.items() for row in comparison_rows(name, result)]
     failures = [f"- {name}: {result['nnunet']['error']}" for name, result in datasets.items() if "error" in result.get("nnunet", {})]
     medians = "; ".join(
@@ -342,8 +332,8 @@ def write_report(report: dict, out: Path) -> None:
         for name, r in datasets.items()
     )
     starts = report["process_start_s"]
-    nnunet = versions["nnunetv2"]
-    cores = report["cpu_cores"]
+    nnunet = report["nnunetv2"]
+    cores = os.cpu_count()
     nnunet_text = (
         f"nnU-Net's times are its command from process start: first `{shlex.join(nnunet_command('N', True))}` "
         f"(dataset check, fingerprint, default ExperimentPlanner; `-npfp {cores}`: one process per core, as medseg's check reads), "
@@ -352,11 +342,8 @@ def write_report(report: dict, out: Path) -> None:
         f"of each; one that only imports medseg's training CLI {starts['medseg.train']} s.\n\n"
         if nnunet else "nnU-Net was not run (no `--nnunet-python`).\n\n"
     )
-    out.with_suffix(".md").write_text(
-        f"# Planning: medseg against nnU-Net v2, {report['device']}\n\n"
-        f"Command: `{report['command']}`  \n"
-        f"Date (UTC): {report['date_utc']}; {cores} CPU cores; torch {versions['torch']}, MONAI {versions['monai']}, "
-        f"Lightning {versions['lightning']}{f', nnunetv2 {nnunet} (its own environment)' if nnunet else ''}; load average (1, 5, 15 min) "
+    return (
+        f"{f'nnunetv2 {nnunet} (its own environment); ' if nnunet else ''}Load average (1, 5, 15 min) "
         f"before and after: {report['load_average_before_after']} (a machine shared with other work); {report['seconds']} s in all.\n\n"
         f"Both plan for an {report['capacity_gib']:g} GiB GPU: medseg simulates one (a fake-tensor estimate of each candidate's step; "
         "budget 90 % of it; its row is the precision its config asks for: mixed, what a GPU runs); nnU-Net's default planner targets 8 GB through its "
@@ -381,7 +368,7 @@ def write_report(report: dict, out: Path) -> None:
         "check (its fingerprint cached by the plan) and `--data.cache=memory` preprocessing every training and validation case "
         "(redone on every start: the memory cache does not outlive the process); `first batch`: model set-up and loading the "
         f"first batch (shape {startup['first']['batch_shape']}).\n\n"
-        + markdown_rows(startup_rows(startup)) + "\n"
+        + markdown_rows(startup_rows(startup))
     )
 
 

@@ -1,4 +1,4 @@
-"""Step cost on a simulated GPU of fixed capacity, so the search, the back-off and OOM recovery run in CI on CPU.
+"""A simulated GPU of fixed capacity, so the search, the back-off and OOM recovery run in CI on CPU.
 
 A step whose modelled peak exceeds the capacity raises ``torch.OutOfMemoryError`` from inside the step,
 exactly where a real GPU would, so the code that catches it and frees memory is the code under test.
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import lightning
 import torch
 
 from medseg.planning.step import StepCost, TrainingSetup, preserved_weights, run_training_step, run_trial
@@ -96,3 +98,16 @@ class SimulatedDevice:
             return peaks[-1], None, peaks[0]
 
         return lambda batch_size: run_trial(lambda: trial(batch_size), batch_size, precision)
+
+
+class SimulatedOOMCallback(lightning.Callback):
+    """Raises the simulated device's OOM in training once ``global_step`` reaches ``from_step`` (fragmentation, larger cases)."""
+
+    def __init__(self, device: SimulatedDevice, from_step: int = 0) -> None:
+        self.device = device
+        self.from_step = from_step
+
+    def on_train_batch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, batch: Any, batch_idx: int) -> None:
+        """Check the batch against the simulated capacity before its step runs."""
+        if trainer.global_step >= self.from_step:
+            self.device.check(len(batch["image"]))

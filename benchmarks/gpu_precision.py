@@ -10,34 +10,28 @@ at 2.43-2.55x TF32 on an A100. ``--variants`` adds training's speed options (``s
 ``--steps`` steps after ``--warmup`` (each step ends with a device synchronisation; a compiled network compiles in
 the warm-up), the modes interleaved ``--repeats`` times. The warm-up's seconds are reported too: what compiling costs.
 
-    python benchmarks/gpu_precision_benchmark.py --out benchmarks/results/precision_cuda
-    python benchmarks/gpu_precision_benchmark.py --settings spleen --batch-sizes 8 --modes fp32-strict bf16-mixed \
-        --variants eager channels_last compile channels_last+compile --steps 4 --warmup 2 --repeats 1 --out benchmarks/results/precision_cpu_spleen
+    python -m benchmarks.gpu_precision --output benchmarks/results/gpu_precision/precision_cuda
+    python -m benchmarks.gpu_precision --settings spleen --batch-sizes 8 --modes fp32-strict bf16-mixed \
+        --variants eager channels_last compile channels_last+compile --steps 4 --warmup 2 --repeats 1 --output benchmarks/results/gpu_precision/precision_cpu_spleen
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import monai
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import cpu_name  # noqa: E402
-from benchmarks.training_benchmark import SPLEEN_NETWORK  # noqa: E402
-from medseg.planning.step import run_training_step, synthetic_batch, training_setup  # noqa: E402
-from medseg.precision import cpu_has_native_bf16  # noqa: E402
-from medseg.recipe import Recipe  # noqa: E402
-from medseg.tables import markdown_rows  # noqa: E402
-from medseg.training.module import DEFAULT_NETWORK_KWARGS  # noqa: E402
-from medseg.training.speed import apply_speed_settings  # noqa: E402
+from benchmarks.common import add_output_option, cpu_name, markdown_rows, write_results
+from benchmarks.training import SPLEEN_NETWORK
+from medseg.planning.step import run_training_step, synthetic_batch, training_setup
+from medseg.precision import cpu_has_native_bf16
+from medseg.recipe import Recipe
+from medseg.training.module import DEFAULT_NETWORK_KWARGS
+from medseg.training.speed import apply_speed_settings
 
 SETTINGS = {"spleen": (SPLEEN_NETWORK, (96, 96, 96)), "demo": (DEFAULT_NETWORK_KWARGS, (64, 64, 32))}
 # mode: (Lightning precision, TF32 allowed)
@@ -70,23 +64,20 @@ def step_times(setting: str, batch_size: int, mode: str, variant: str, steps: in
     return ends[warmup] - ends[0], [b - a for a, b in zip(ends[warmup:], ends[warmup + 1:])]
 
 
-def write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
-    """Write ``args.out``.json and .md with the rows measured so far."""
+def write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> dict:
+    """Return the record of the rows measured so far, written to ``args.output`` .json and .md."""
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}",
-        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "monai": monai.__version__},
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "variants": args.variants,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    v = result["versions"]
-    args.out.with_suffix(".md").write_text(
-        f"# Training throughput per precision, {result['device']}\n\n"
-        f"Command: `{result['command']}`  \nDate (UTC): {result['date_utc']}; torch {v['torch']}, CUDA {v['cuda']}, cuDNN {v['cudnn']}, "
-        f"MONAI {v['monai']}.  \nBare training step (network + DiceCE + AdamW, one fixed random batch, cuDNN autotuning on); "
+    return write_results(args.output, f"Training throughput per precision, {result['device']}", result, markdown(args, rows))
+
+
+def markdown(args: argparse.Namespace, rows: list[dict]) -> str:
+    """Return what was measured, then the rows as a Markdown table."""
+    return (
+        "Bare training step (network + DiceCE + AdamW, one fixed random batch, cuDNN autotuning on); "
         f"samples/s from the median of {args.steps} steps after {args.warmup} warm-up steps, {args.repeats} interleaved runs per mode. "
         "Spleen: configs/spleen_ct.yaml's UNet at 96^3; demo: the default UNet at 64x64x32. Variants: training's speed "
         "options (eager: neither). Warm-up s: the warm-up steps' wall time, compiling included. x TF32: against TF32 in the same "
@@ -94,13 +85,13 @@ def write(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> N
         + markdown_rows([{"setting": r["setting"], "batch": r["batch_size"], "variant": r["variant"], "mode": r["mode"],
                           "samples/s": f"{r['samples_per_s']:.2f}" if "error" not in r else r["error"], "warm-up s": r.get("warmup_s"), "x TF32": r.get("x_tf32"),
                           "x strict FP32": r.get("x_fp32_strict"), "x eager TF32": r.get("x_eager_tf32"),
-                          "x eager, same mode": r.get("x_eager_same_mode")} for r in rows]) + "\n"
+                          "x eager, same mode": r.get("x_eager_same_mode")} for r in rows])
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.json and .md are written)")
+    add_output_option(parser, required=True)
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["spleen", "demo"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 16], help="patches per step")
     parser.add_argument("--steps", type=int, default=20)
@@ -150,7 +141,7 @@ def main() -> None:
                 })
             print(json.dumps(rows[-len(runs):]), flush=True)
             write(args, device, rows)  # after each group: a run stopped at its time limit keeps what it measured
-    print(args.out.with_suffix(".md").read_text())
+    print(Path(f"{args.output}.md").read_text())
 
 
 if __name__ == "__main__":
