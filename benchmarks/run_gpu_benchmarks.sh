@@ -47,9 +47,9 @@ PLANNED=$RESULTS/plan_ct_8gib
 planning=""
 if [[ -z ${DRY_RUN:-} && ( " $STEPS " == *" memory_planned_"* ) ]]; then
     { "$PYTHON" -c "from pathlib import Path; from medseg.testing import write_ct_phantoms; write_ct_phantoms(Path('$DATA'))" &&
-      { "$PYTHON" -m medseg.plan --data.root "$DATA" --data.cache_dir "$RESULTS/cache" --capacity-gib 8 --precisions 32-true 16-mixed bf16-mixed --out "$PLANNED" ||
+      { "$PYTHON" -m medseg.plan --data.root "$DATA" --data.cache_dir "$RESULTS/cache" --capacity_gib 8 --precisions 32-true 16-mixed bf16-mixed --output "$PLANNED" ||
         # fake-tensor plans at 16-mixed failed on the H200 (torch 2.11): the fp32 plan still gives a config to benchmark
-        "$PYTHON" -m medseg.plan --data.root "$DATA" --data.cache_dir "$RESULTS/cache" --capacity-gib 8 --precisions 32-true --out "$PLANNED"; }; } \
+        "$PYTHON" -m medseg.plan --data.root "$DATA" --data.cache_dir "$RESULTS/cache" --capacity_gib 8 --precisions 32-true --output "$PLANNED"; }; } \
         >"$LOGS/plan_ct_8gib.log" 2>&1 &
     planning=$!
 fi
