@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from medseg.data.demo import default_cache_dir, ensure_demo_dataset
+from medseg.data.demo import cache_folder, ensure_demo_dataset
 from medseg.data.formats import read_dataset
 from medseg.data.split import split_cases
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     data = config["data"]
-    root = data["root"] or ensure_demo_dataset(Path(data["cache_dir"]) if data.get("cache_dir") else default_cache_dir())
+    root = data["root"] or ensure_demo_dataset(cache_folder(data.get("cache_dir")))
     spec = read_dataset(root)
     _, validation = split_cases(spec.cases, data["num_folds"], data["fold"], data["split_seed"])
     [best] = sorted((args.run / "checkpoints").glob("best-*.ckpt"))

@@ -31,7 +31,7 @@ import numpy as np
 from medseg.atomic import write_text_atomic
 from medseg.data.split import split_cases
 from medseg.errors import MedsegError
-from medseg.evaluate import dice_per_class, read_label_pair
+from medseg.evaluate import dice_per_class, mean_over_cases, read_label_pair
 from medseg.inference.postprocessing import POSTPROCESSING_FILE
 from medseg.postprocess import choose_postprocessing
 from medseg.tables import format_rows
@@ -167,8 +167,7 @@ def summary_table(summary: dict) -> str:
 
 def _mean_dice(dice: list[tuple[float, ...]], class_names: list[str]) -> dict[str, float]:
     """Return each foreground class's Dice averaged over the cases where it is defined, and their mean."""
-    with np.errstate(invalid="ignore"):
-        means = {name: float(np.nanmean([case[index] for case in dice])) for index, name in enumerate(class_names[1:])}
+    means = dict(zip(class_names[1:], map(float, mean_over_cases(dice, len(class_names) - 1))))
     return {**means, "mean": float(np.mean(list(means.values())))}
 
 

@@ -35,6 +35,21 @@ class CaseScores:
     hd95_mm: tuple[float, ...]
 
 
+def mean_over_cases(scores: Sequence[Sequence[float]], classes: int) -> np.ndarray:
+    """Return each class's mean score over the cases where it is defined (finite), NaN for a class defined in none.
+
+    ``scores`` holds one row per case, a score per class; a row shorter than ``classes`` lacks the classes after it.
+    This is the one "mean Dice over cases": evaluation, cross-validation and postprocessing all report it.
+    """
+    table = np.full((len(scores), classes), math.nan)
+    for row, case in zip(table, scores):
+        row[: min(len(case), classes)] = case[:classes]
+    defined = np.isfinite(table)
+    counts = defined.sum(axis=0)
+    sums = np.where(defined, table, 0.0).sum(axis=0)
+    return np.divide(sums, counts, out=np.full(classes, math.nan), where=counts > 0)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Every case's scores plus the class names (background excluded) they refer to."""
@@ -48,12 +63,8 @@ class Evaluation:
 
     def class_means(self, metric: str) -> dict[str, float]:
         """Return each class's mean ``metric`` ("dice" or "hd95_mm") over the cases where it is defined (NaN if none)."""
-        means = {}
-        for index, name in enumerate(self.class_names):
-            values = self.column(metric, index)
-            values = values[np.isfinite(values)]
-            means[name] = float(values.mean()) if values.size else math.nan
-        return means
+        means = mean_over_cases([getattr(case, metric) for case in self.cases], len(self.class_names))
+        return dict(zip(self.class_names, map(float, means)))
 
     def summary_lines(self) -> list[str]:
         """Return one line per class: mean and standard deviation over the cases where each score is defined."""

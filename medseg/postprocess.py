@@ -25,7 +25,7 @@ import numpy as np
 from medseg.atomic import write_text_atomic
 from medseg.command_line import CommandParser
 from medseg.errors import MedsegError, run_command
-from medseg.evaluate import dice_per_class, paired_files, read_label_pair
+from medseg.evaluate import dice_per_class, mean_over_cases, paired_files, read_label_pair
 from medseg.option_values import POSTPROCESSING_FILE
 
 if TYPE_CHECKING:
@@ -37,9 +37,7 @@ LabelPair = tuple[np.ndarray, np.ndarray]
 def mean_dice(cases: Sequence[LabelPair], postprocessing: Postprocessing) -> np.ndarray:
     """Return each foreground class's Dice after ``postprocessing``, averaged over the cases where it is defined."""
     classes = len(postprocessing.class_names)
-    scores = np.array([dice_per_class(postprocessing.apply(pred), truth, classes) for pred, truth in cases], dtype=float)
-    with np.errstate(invalid="ignore"):
-        return np.array([np.nanmean(column) if np.isfinite(column).any() else np.nan for column in scores.T])
+    return mean_over_cases([dice_per_class(postprocessing.apply(pred), truth, classes) for pred, truth in cases], classes - 1)
 
 
 def improves(candidate: np.ndarray, current: np.ndarray) -> bool:

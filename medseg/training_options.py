@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medseg.data.demo import default_cache_dir, ensure_demo_dataset
+from medseg.data.demo import cache_folder, ensure_demo_dataset
 from medseg.data.formats import DatasetSpec, read_dataset
 from medseg.model.networks import network_kwargs_or_default
 from medseg.recipe import Recipe
@@ -20,7 +20,7 @@ def dataset_and_cache(options: dict[str, Any]) -> tuple[DatasetSpec, Path]:
     """Return the dataset the options (``parse_training_options``) train on (the built-in demo when ``data.root`` is
     null) and the cache folder."""
     data = options["data"]
-    cache_dir = Path(data["cache_dir"]) if data["cache_dir"] else default_cache_dir()
+    cache_dir = cache_folder(data["cache_dir"])
     return read_dataset(data["root"] if data["root"] else ensure_demo_dataset(cache_dir)), cache_dir
 
 

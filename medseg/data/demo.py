@@ -26,8 +26,10 @@ DEMO_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-def default_cache_dir() -> Path:
-    """Return where generated data is kept: $MEDSEG_CACHE, else ~/.cache/medseg."""
+def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """Return the folder of medseg's caches and demo data: ``cache_dir`` when given, else $MEDSEG_CACHE, else ~/.cache/medseg."""
+    if cache_dir:
+        return Path(cache_dir)
     return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg"))
 
 
@@ -128,7 +130,7 @@ def generate_demo_dataset(root: Path, num_cases: int = 24, seed: int = 0) -> Pat
 def ensure_demo_dataset(cache_dir: Path | None = None, num_cases: int = 24, seed: int = 0) -> Path:
     """Return the demo dataset's folder, generating it on first use (atomically, so a crash leaves no half dataset),
     and log where it is: a user who trains on the demo finds the phantoms there."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = cache_folder(cache_dir)
     root = cache_dir / f"demo-v{DEMO_VERSION}-n{num_cases}-seed{seed}"
     if (root / "dataset.json").is_file():
         log.info(f"built-in demo data: {num_cases} CT-like phantoms in {root}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from medseg.command_line import CommandParser
 from medseg.errors import run_command
-from medseg.option_values import DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
+from medseg.option_values import BATCH_PLAN_CACHE, DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
 
 if TYPE_CHECKING:
     from medseg.planning.batch_search import BatchPlan
@@ -40,7 +40,7 @@ def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="plan for a GPU of this much memory with fake-tensor steps, on a GPU machine too "
                              f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
     parser.add_argument("-o", "--output", default="runs/memory", old=["--out"], help="folder for memory_report.json and .png")
-    parser.add_argument("--cache_path", default="runs/batch_plans.json", old=["--cache"], help="plan cache shared with training (GPU only)")
+    parser.add_argument("--cache_path", default=f"runs/{BATCH_PLAN_CACHE}", old=["--cache"], help="plan cache shared with training (GPU only)")
     return parser.parse_known_args(args)
 
 

@@ -24,13 +24,26 @@ from medseg.recipe import Recipe
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-def training_optimizer(parameters: Iterable[nn.Parameter], learning_rate: float = 3e-3, weight_decay: float = 1e-5) -> torch.optim.AdamW:
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW's settings, the one home of their defaults: training steps with them and the planner's trials too.
+
+    Attributes:
+        learning_rate: the starting rate (training decays it polynomially to zero).
+        weight_decay: AdamW's decoupled weight decay.
+    """
+
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-5
+
+
+def training_optimizer(parameters: Iterable[nn.Parameter], settings: OptimizerSettings = OptimizerSettings()) -> torch.optim.AdamW:
     """Return the optimizer training steps with, which trials and estimates therefore step with too: fused AdamW.
 
     Fused: one kernel per step, and it honours ``found_inf`` (skipped NaN/Inf updates) without a host sync. Its
     state's size does not depend on the rate or the decay, so a trial's optimizer counts what training's holds.
     """
-    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay, fused=True)
+    return torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True)
 
 
 @dataclass

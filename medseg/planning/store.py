@@ -1,13 +1,14 @@
 """Dataset plans on disk: the record in the plan cache, keyed by fingerprint and GPU, and the training config with a
-comment on every value, so a later start on the same dataset and GPU reuses the plan without reading voxels."""
+header saying why each value is what it is, so a later start on the same dataset and GPU reuses the plan without reading voxels."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from medseg.atomic import write_text_atomic
 from medseg.data.fingerprint import fingerprint_cache_path
@@ -23,43 +24,51 @@ from medseg.planning.fake_tensor import fake_tensor_step_cost
 MiB = 2**20
 
 
+def training_config(plan: TrainingPlan) -> dict[str, Any]:
+    """Return the ``python -m medseg.train`` settings of the plan's chosen precision that differ from training's defaults."""
+    chosen = plan.chosen
+    return {
+        "trainer": {"precision": chosen.precision},
+        "model": {"network": "UNet", "network_kwargs": dict(chosen.network_kwargs)},
+        "data": {
+            "root": plan.dataset,
+            "spacing": list(plan.spacing),
+            "patch_size": list(chosen.patch_size),
+            "batch_size": chosen.batch_size,
+            **plan.normalization,
+            "num_workers": "auto",
+        },
+        "batch_planner": {"max_batch_size": chosen.batch_size},
+    }
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """YAML as the shipped configs are written: mappings as blocks, lists on one line."""
+
+
+_ConfigDumper.add_representer(list, lambda dumper, values: dumper.represent_sequence("tag:yaml.org,2002:seq", values, flow_style=True))
+
+
 def config_yaml(plan: TrainingPlan) -> str:
-    """Return a ``python -m medseg.train --config`` file of the plan's chosen precision, a comment on each value."""
+    """Return a ``python -m medseg.train --config`` file of ``training_config``, headed by why each value is what it is."""
     chosen = plan.chosen
     others = "; ".join(f"{p.precision}: patch {p.patch_size}, batch {p.batch_size}" for p in plan.precisions if p is not chosen)
-    norm = plan.normalization
-    dump = json.dumps
-    lines = [
-        f"# Planned by python -m medseg.plan for {plan.dataset}",
-        f"# GPU memory {plan.capacity_bytes / 2**30:g} GiB, budget {plan.budget_fraction:g} of it; memory {plan.memory_source}",
-        "trainer:",
-        f"  precision: {chosen.precision}  # mixed precision gets the larger patch or batch{f' ({others})' if others else ''}",
-        "model:",
-        "  network: UNet  # nnU-Net-style plain 3D UNet",
-        "  network_kwargs:",
-        f"    channels: {dump(chosen.network_kwargs['channels'])}  # {32} doubling per level, at most 320 (nnU-Net)",
-        f"    strides: {dump(chosen.network_kwargs['strides'])}  # pool each axis while it stays >= 4 voxels (bottleneck ~4 per axis)",
-        f"    num_res_units: {chosen.network_kwargs['num_res_units']}  # the default UNet's residual units",
-        "data:",
-        f"  root: {dump(plan.dataset)}  # the planned dataset",
-        f"  spacing: {dump(plan.spacing)}  # {plan.spacing_reason}",
-        f"  patch_size: {dump(chosen.patch_size)}  # largest patch (up to the median shape {plan.median_shape}) whose step at batch 2 "
-        f"fits: peak {chosen.peak_bytes / MiB:.0f} MiB of {chosen.budget_bytes / MiB:.0f} MiB at batch {chosen.batch_size}",
-        f"  batch_size: {chosen.batch_size}  # {chosen.batch_reason}",
-        f"  normalization: {norm['normalization']}  # {plan.normalization_reason}",
-        "  num_workers: auto  # data-loading processes from the device and the cores: up to 12 per GPU, none on a 2-core CPU",
+    reasons = [
+        f"Planned by python -m medseg.plan for {plan.dataset}",
+        f"GPU memory {plan.capacity_bytes / 2**30:g} GiB, budget {plan.budget_fraction:g} of it; memory {plan.memory_source}",
+        f"trainer.precision: mixed precision gets the larger patch or batch{f' ({others})' if others else ''}",
+        "model.network_kwargs: nnU-Net-style plain 3D UNet, 32 channels doubling per level up to 320, each axis pooled "
+        "while it stays >= 4 voxels",
+        f"data.spacing: {plan.spacing_reason}",
+        f"data.patch_size: largest patch (up to the median shape {plan.median_shape}) whose step at batch 2 fits: "
+        f"peak {chosen.peak_bytes / MiB:.0f} MiB of {chosen.budget_bytes / MiB:.0f} MiB at batch {chosen.batch_size}",
+        f"data.batch_size: {chosen.batch_reason}",
+        f"data.normalization: {plan.normalization_reason}",
+        "data.num_workers: from the device and the cores: up to 12 per GPU, none on a 2-core CPU",
+        "batch_planner.max_batch_size: on a GPU the batch planner verifies the plan's batch with real steps, never going above it",
     ]
-    if norm["normalization"] == "ct_zscore":
-        lines += [
-            f"  ct_window: {dump(norm['ct_window'])}  # 0.5 and 99.5 percentiles of foreground HU",
-            f"  ct_mean: {norm['ct_mean']}  # foreground HU mean",
-            f"  ct_std: {norm['ct_std']}  # foreground HU standard deviation",
-        ]
-    lines += [
-        "batch_planner:",
-        f"  max_batch_size: {chosen.batch_size}  # on a GPU the batch planner verifies the plan's batch with real steps, never going above it",
-    ]
-    return "\n".join(lines) + "\n"
+    header = "".join(f"# {line}\n" for line in reasons)
+    return header + yaml.dump(training_config(plan), Dumper=_ConfigDumper, sort_keys=False)
 
 
 @dataclass

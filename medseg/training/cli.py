@@ -38,10 +38,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import CheckpointIO
 
-from medseg.data.demo import default_cache_dir
+from medseg.data.demo import cache_folder
 from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import read_weights_only
+from medseg.option_values import BATCH_PLAN_CACHE
 from medseg.planning.store import plan_for_training
 from medseg.precision import resolve_precision
 from medseg.training.batch_planner import BatchSizePlanner
@@ -87,7 +88,7 @@ class MedsegCLI(LightningCLI):
                 "last_checkpoint.auto_insert_metric_name": False,
                 "last_checkpoint.save_last": True,
                 "last_checkpoint.save_on_train_epoch_end": True,
-                "batch_planner.cache_path": "batch_plans.json",  # in trainer.default_root_dir
+                "batch_planner.cache_path": BATCH_PLAN_CACHE,  # in trainer.default_root_dir
                 "trainer.precision": "16-mixed",
                 "trainer.benchmark": True,  # cuDNN autotuning: training patches all have one shape
                 "trainer.max_epochs": 20,
@@ -338,7 +339,7 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     if known.config or known.patch_size or not known.root:
         return args
     parse_training_options(argv)  # a mistyped option is refused before planning, not after
-    stored = plan_for_training(read_dataset(known.root), known.cache_dir or default_cache_dir())
+    stored = plan_for_training(read_dataset(known.root), cache_folder(known.cache_dir))
     chosen = stored.plan.chosen
     log.info(
         f"{'using the cached plan' if stored.cached else 'planned'} {stored.config_path} ({stored.plan.memory_source},"

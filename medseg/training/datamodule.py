@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -14,7 +13,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
 from monai.transforms import Compose, ToDeviced
 
-from medseg.data.demo import default_cache_dir, ensure_demo_dataset
+from medseg.data.demo import cache_folder, ensure_demo_dataset
 from medseg.data.fingerprint import DatasetFingerprint, fingerprint_cache_path
 from medseg.data.formats import Case, DatasetSpec, read_dataset
 from medseg.data.sampling import DEFAULT_PATCH_SIZE, EpochSampler, SeededSamples
@@ -49,6 +48,8 @@ def workers_for(device_type: str, cores: int, ranks_on_machine: int = 1) -> int:
 
 class SegmentationDataModule(L.LightningDataModule):
     """Training patches and whole validation volumes from an MSD or nnU-Net v2 dataset (the demo by default).
+
+    The preprocessing arguments (spacing to crop_foreground) are ``Preprocessing``'s fields, with its defaults.
 
     Args:
         root: dataset folder (or its dataset.json); None generates and uses the built-in demo phantoms.
@@ -85,12 +86,12 @@ class SegmentationDataModule(L.LightningDataModule):
         root: str | None = None,
         batch_size: int = 2,
         patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE,
-        spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0),
+        spacing: tuple[float, float, float] | None = Preprocessing.spacing,
         normalization: str | None = None,
-        ct_window: tuple[float, float] = (-200.0, 300.0),
-        ct_mean: float = 0.0,
-        ct_std: float = 1.0,
-        crop_foreground: bool = True,
+        ct_window: tuple[float, float] = Preprocessing.ct_window,
+        ct_mean: float = Preprocessing.ct_mean,
+        ct_std: float = Preprocessing.ct_std,
+        crop_foreground: bool = Preprocessing.crop_foreground,
         positive_fraction: float = 0.67,
         iterations_per_epoch: int | None = 25,
         num_folds: int = 5,
@@ -114,7 +115,7 @@ class SegmentationDataModule(L.LightningDataModule):
             raise MedsegError(f"num_workers must be 'auto' or a number of processes (0 or more), got {num_workers!r}")
         if len(patch_size) != 3 or min(patch_size) < 1:
             raise MedsegError(f"patch_size must be three positive integers, got {patch_size}")
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = cache_folder(cache_dir)
         self.spec: DatasetSpec = read_dataset(root if root else ensure_demo_dataset(self.cache_dir))
         self.batch_size = batch_size
         self.patch_size = tuple(patch_size)

@@ -18,7 +18,7 @@ from medseg.errors import MedsegError
 from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import DEFAULT_NETWORK_KWARGS, network_for, network_kwargs_or_default
-from medseg.planning.step import training_optimizer
+from medseg.planning.step import OptimizerSettings, training_optimizer
 from medseg.recipe import Recipe, Window
 from medseg.training.nonfinite import NonfiniteLossCounter, nonfinite_gradients
 from medseg.training.running_loss import RunningLoss
@@ -42,9 +42,9 @@ class SegmentationModule(L.LightningModule):
         class_names, channel_names: names by label value / channel index (linked from the data module).
         preprocessing: ``Preprocessing.to_dict()`` of the data module, so inference needs no config.
         patch_size: training patch, also the sliding-window size for validation and inference.
-        learning_rate, weight_decay: AdamW settings; the rate decays polynomially (power 0.9) to zero.
-        sw_batch_size, sw_overlap, sw_gaussian: windows per forward pass, window overlap and Gaussian
-            blending, for validation and (through the recipe) inference.
+        learning_rate, weight_decay: ``OptimizerSettings`` (defaults there); the rate decays polynomially (power 0.9) to zero.
+        sw_batch_size, sw_overlap, sw_gaussian: ``Window``'s batch_size, overlap and gaussian (defaults there): windows
+            per forward pass, window overlap and Gaussian blending, for validation and (through the recipe) inference.
         max_nonfinite_steps: stop training when the loss is NaN/Inf this many steps in a row (single
             non-finite steps are skipped, as the fp16 gradient scaler does for overflowing gradients).
     """
@@ -59,11 +59,11 @@ class SegmentationModule(L.LightningModule):
         channel_names: list[str] | None = None,
         preprocessing: dict[str, Any] | None = None,
         patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE,
-        learning_rate: float = 3e-3,
-        weight_decay: float = 1e-5,
-        sw_batch_size: int = 4,
-        sw_overlap: float = 0.25,
-        sw_gaussian: bool = True,
+        learning_rate: float = OptimizerSettings.learning_rate,
+        weight_decay: float = OptimizerSettings.weight_decay,
+        sw_batch_size: int = Window.batch_size,
+        sw_overlap: float = Window.overlap,
+        sw_gaussian: bool = Window.gaussian,
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
@@ -99,6 +99,7 @@ class SegmentationModule(L.LightningModule):
             preprocessing=Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing(),
             window=Window(overlap=sw_overlap, gaussian=sw_gaussian, batch_size=sw_batch_size),
         )
+        self.optimizer_settings = OptimizerSettings(learning_rate, weight_decay)
         self.net = network_for(self.recipe)
         self.loss_fn = segmentation_loss()
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
@@ -185,7 +186,7 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         # the batch and accumulation are decided before this (the batch planner's setup), and a resumed or recovered
         # fit builds it again: the decay always spans the steps this fit takes; only the step count is restored
-        optimizer = training_optimizer(self.parameters(), self.hparams.learning_rate, self.hparams.weight_decay)
+        optimizer = training_optimizer(self.parameters(), self.optimizer_settings)
         scheduler = polynomial_decay(optimizer, max(int(self.trainer.estimated_stepping_batches), 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

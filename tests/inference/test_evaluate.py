@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import MedsegError
-from medseg.evaluate import evaluate, main
+from medseg.evaluate import evaluate, main, mean_over_cases
 from medseg.recipe import Recipe
 from tests.helpers.bad_scans import huge_header, with_block
 from tests.helpers.faults import read_only
@@ -65,6 +65,12 @@ def test_class_means_average_over_the_cases_where_a_score_is_defined(folders):
     result = evaluate(*folders)
     assert result.class_means("dice") == pytest.approx({"class_1": 5 / 6, "class_2": 0.0})
     assert result.class_means("hd95_mm") == pytest.approx({"class_1": 2.0, "class_2": 6.0})
+
+
+def test_mean_over_cases_skips_undefined_scores_and_is_nan_for_a_class_defined_nowhere():
+    # the one mean Dice over cases that evaluation, cross-validation and postprocessing report
+    means = mean_over_cases([(1.0, math.nan, math.nan), (0.5,), (0.0, math.nan, math.nan)], 3)
+    np.testing.assert_array_equal(means, [0.5, math.nan, math.nan])
 
 
 def test_cli_writes_per_case_csv_with_nan_for_a_class_absent_from_both(folders, tmp_path, capsys):

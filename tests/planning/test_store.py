@@ -4,11 +4,12 @@ import shutil
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from medseg import nifti
 from medseg.data.formats import read_dataset
 from medseg.planning.fake_tensor import fake_tensor_step_cost
-from medseg.planning.store import plan_dataset, plan_for_training
+from medseg.planning.store import config_yaml, plan_dataset, plan_for_training, training_config
 from medseg.testing import SimulatedDevice, SimulatedOOMCallback
 from medseg.training.cli import build_cli, with_plan
 
@@ -53,3 +54,14 @@ def test_a_capacity_given_is_planned_for_with_the_estimate_on_a_gpu_machine_too(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     stored = plan_for_training(read_dataset(demo_root), tmp_path, capacity_gib=24, precisions=("16-mixed",), show_progress=False)
     assert stored.plan.capacity_bytes == 24 * GiB and stored.plan.memory_source == "fake-tensor estimate"
+
+
+def test_the_planned_config_reads_back_as_the_plan_with_its_reasons_as_comments(demo_root, tmp_path):
+    # a folder name YAML would misread if written by hand: a comment mark and a key separator
+    root = shutil.copytree(demo_root, tmp_path / "data #1: ct")
+    stored = plan_dataset(read_dataset(root), tmp_path, 8 * GiB, fake_tensor_step_cost, "fake", precisions=("16-mixed",), show_progress=False)
+    text = stored.config_path.read_text()
+    config = yaml.safe_load(text)
+    assert config == training_config(stored.plan) and config["data"]["root"] == str(root)
+    assert config["data"]["patch_size"] == stored.plan.chosen.patch_size and config["trainer"]["precision"] == "16-mixed"
+    assert f"# data.spacing: {stored.plan.spacing_reason}" in text and text == config_yaml(stored.plan)
