@@ -106,10 +106,6 @@ class MedsegCLI(LightningCLI):
             "--checkpoint, and --checkpoint.* here sets the best checkpoint's saving); 'last' resumes the newest run of this logger that "
             "has a last.ckpt. A checkpoint in a run folder of this logger continues that run: its folder, metrics.csv and best checkpoint",
         )
-        # the data module's own help cannot say it: "all" is taken before LightningCLI parses (medseg.cross_validation)
-        parser._option_string_actions["--data.fold"].help = (
-            f"the validation fold, 0 to num_folds - 1, or {ALL_FOLDS}: train every fold, then the cross-validation summary"
-        )
         parser.link_arguments("data.patch_size", "model.patch_size")
         for source, target in [
             ("in_channels", "in_channels"),

@@ -36,9 +36,9 @@ def workers_for(device_type: str, cores: int, ranks_on_machine: int = 1) -> int:
 
     A GPU step waits for no core, so a GPU gets every core of its share but one (the training process), up to
     ``MAX_WORKERS_PER_GPU``: on an H200 with 16 cores, 96^3 patches at 4 per step waited for data 52 % of the time
-    with 4 workers and 4.5 % with 12 (benchmarks/results/training_cuda_spleen*.md). A CPU step needs the cores
+    with 4 workers and 4.5 % with 12 (benchmarks/results/training/training_cuda_spleen*.md). A CPU step needs the cores
     itself, so workers get half of what is left beyond two: none on 2 cores, where in-process loading trained 96^3
-    patches 1.15x faster than 4 workers did (benchmarks/results/training_cpu_spleen*.md).
+    patches 1.15x faster than 4 workers did (benchmarks/results/training/training_cpu_spleen*.md).
     """
     share = cores // max(1, ranks_on_machine)
     if device_type == "cuda":
@@ -64,7 +64,10 @@ class SegmentationDataModule(L.LightningDataModule):
         iterations_per_epoch: training steps per epoch (cases drawn with replacement); None = one pass over cases.
             Which cases and augmentations an epoch gets depends only on the seed (``seed_everything``) and
             the epoch, so a resumed run trains on exactly what an uninterrupted one would.
-        num_folds, fold, split_seed: deterministic cross-validation split; fold `fold` is the validation set.
+        num_folds: folds of the deterministic cross-validation split.
+        fold: the validation fold, 0 to num_folds - 1, or all: train every fold, then the cross-validation summary
+            (``medseg.cross_validation``, which reads it before this class does).
+        split_seed: seed of the cross-validation split.
         cache: where preprocessed volumes are kept (``medseg.data.volume_cache``). "auto": preprocessed once into
             cache_dir (keyed by each case's files and the preprocessing: a second start preprocesses nothing), then held
             in memory when the dataset takes at most half of the memory available, else read from disk per patch;

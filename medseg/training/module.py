@@ -130,7 +130,7 @@ class SegmentationModule(L.LightningModule):
             raise MedsegError(stop)
         # The mean of the last log_every_n_steps steps, a CPU tensor copied from the device without blocking: the bar's
         # "loss" and the logger's train_loss_step. Logged once per window, as Lightning's self.log costs host time that
-        # a fast GPU step does not have (benchmarks/results/loop_overhead_cpu.md); the logger writes it at its next step.
+        # a fast GPU step does not have (benchmarks/results/loop_overhead/loop_overhead_cpu.md); the logger writes it at its next step.
         shown = self.running_loss.add(loss)
         if shown is not None:
             self.log("loss", shown, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=image.shape[0])
