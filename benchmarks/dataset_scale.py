@@ -136,7 +136,7 @@ def training_options(root: Path, cache: str, cache_dir: Path, out: Path, epochs:
 def child(available_gib: float | None, options: list[str]) -> int:
     """Run ``medseg.train`` in this process, as if only ``available_gib`` of memory were available (None: as it is);
     return its exit code."""
-    from medseg import train
+    from medseg.training import command as train
 
     if available_gib is not None:
         import medseg.training.datamodule

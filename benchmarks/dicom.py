@@ -28,10 +28,10 @@ import pydicom
 import torch
 
 from benchmarks.common import add_output_option, write_results
-from medseg.data.dicom_volume import read_series
 from medseg.data.formats import Case, find_scans
 from medseg.data.transforms import Preprocessing
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, segment_scans
+from medseg.io.dicom_volume import read_series
 from medseg.model.networks import network_for
 from medseg.recipe import Recipe
 from medseg.testing.dicom_series import SeriesGeometry, oblique_directions, write_series

@@ -24,7 +24,7 @@ import torch
 from benchmarks.common import add_output_option, markdown_rows, write_results
 from medseg.data.demo import generate_demo_dataset
 from medseg.data.formats import find_scans
-from medseg.evaluate import evaluate
+from medseg.evaluation import evaluate
 from medseg.inference import InferenceOptions, Predictor, segment_scans
 from medseg.inference.checkpoint import load_ensemble
 from medseg.viz import plot_score_comparison

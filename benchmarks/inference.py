@@ -53,8 +53,8 @@ from medseg.data.transforms import Preprocessing
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, segment_scans
 from medseg.inference.predictor import ScanInput
 from medseg.inference.runner import case_outputs, write_prediction
+from medseg.io.nifti import open_scan
 from medseg.model.networks import network_for
-from medseg.nifti import open_scan
 from medseg.precision import cpu_has_native_bf16, inference_precision
 from medseg.recipe import Recipe, Window
 from medseg.testing import write_ct_phantoms

@@ -6,7 +6,7 @@ pace (0.81x the bare step there, benchmarks/results/training/training_cuda_splee
 own compute small (a 2-level UNet of 2 and 4 channels on 8^3 patches, batch 2, one CPU thread) so that what it times
 is host work, on a CPU or on a GPU machine's host (``--device cuda``). Interleaved ``--repeats`` times:
   * ``bare``: network + DiceCE + fused AdamW on one fixed batch, no Lightning, no data (on a GPU, synchronised each step);
-  * ``medseg``: ``medseg.train.run([...])`` with in-process data loading, timed step end to step end, less fetching the
+  * ``medseg``: ``medseg.training.run([...])`` with in-process data loading, timed step end to step end, less fetching the
     batch (Lightning's data fetcher): the host time of one step of the fit loop.
 Inside medseg's steps each piece is timed by wrapping it: the module's training step (its ``self.log`` calls apart),
 backward, the optimizer step's own update, ``on_before_optimizer_step``, each callback's batch hooks (the progress bar
@@ -37,13 +37,13 @@ from lightning.pytorch.callbacks import Callback
 
 from benchmarks.common import add_output_option, cpu_name, write_results
 from benchmarks.training import speed_option, timed_steps
-from medseg import train
 from medseg.data.demo import CLASS_NAMES
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import network_for
 from medseg.planning.step import training_optimizer
 from medseg.precision import CPU_BF16_ENV, resolve_precision
 from medseg.recipe import Recipe
+from medseg.training import command as train
 from medseg.training.speed import apply_speed_settings, resolved_speed_settings
 
 NETWORK = {"channels": [2, 4], "strides": [2], "num_res_units": 0}

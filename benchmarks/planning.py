@@ -45,7 +45,7 @@ from lightning.pytorch.callbacks import Callback
 from benchmarks.common import REPO, add_output_option, markdown_rows, write_results
 from medseg.data.demo import ensure_demo_dataset
 from medseg.data.formats import DatasetSpec, read_dataset
-from medseg.nifti import in_ras_order
+from medseg.io.nifti import in_ras_order
 from medseg.planning.store import plan_for_training
 from medseg.tables import format_rows
 from medseg.testing import write_ct_like, write_mri_like

@@ -57,7 +57,7 @@ fi
 step environment 15 "nvidia-smi; $PYTHON -c 'import torch, monai, lightning; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.get_device_name(), torch.cuda.is_bf16_supported(), monai.__version__, lightning.__version__)'"
 # every planning test (fake-tensor dataset plans at 16-mixed: 12 in test_dataset_plan.py, 1 in test_store.py failed on
 # the H200) and the planner's CUDA tests in tests/training
-step planning_tests 90 "$PYTHON -m pytest -q -p no:cacheprovider -rfE --tb=short tests/planning tests/memory && $PYTHON -m pytest -m cuda -q -p no:cacheprovider -rfE --tb=short tests/training tests/inference"
+step planning_tests 90 "$PYTHON -m pytest -q -p no:cacheprovider -rfE --tb=short tests/planning && $PYTHON -m pytest -m cuda -q -p no:cacheprovider -rfE --tb=short tests/training tests/inference"
 step memory_spleen_8gib 200 "$MEMORY --config configs/spleen_ct.yaml --gpu-memory-gib 8 --endurance-seconds 6 --output $RESULTS/memory/memory_cuda_spleen_steady"
 step memory_demo_8gib 80 "$MEMORY --config configs/demo.yaml --gpu-memory-gib 8 --endurance-seconds 4 --output $RESULTS/memory/memory_cuda_demo_steady"
 [[ -n $planning ]] && wait "$planning"

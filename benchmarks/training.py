@@ -3,7 +3,7 @@
 On one synthetic MSD-layout CT dataset (12 scans of 192x192x112 voxels at 0.8x0.8x2.5 mm, written once to
 ``--data``), with the same network, patch, precision and patches per step, it measures:
   * ``bare``: network + DiceCE + AdamW under the precision's autocast on one fixed batch: no data, no Lightning;
-  * ``medseg``: ``medseg.train.run([...])``, the full fit loop a user runs (data module, callbacks, logging);
+  * ``medseg``: ``medseg.training.run([...])``, the full fit loop a user runs (data module, callbacks, logging);
   * ``peer``: MONAI's spleen Lightning tutorial written out here (CacheDataset, RandCropByPosNegLabeld with
     ``num_samples``, DiceLoss, Adam, ``loss.item()`` logged every step).
 Warm-up steps are left out. The three run interleaved, ``--repeats`` times, so a busy machine slows all alike, and
@@ -52,13 +52,13 @@ from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.losses import DiceLoss
 
 from benchmarks.common import add_output_option, cpu_name, write_results
-from medseg import train
 from medseg.data.demo import CLASS_NAMES
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import network_for
 from medseg.precision import CPU_BF16_ENV, autocast, resolve_precision
 from medseg.recipe import Recipe
 from medseg.testing import CT_PHANTOMS, write_ct_phantoms
+from medseg.training import command as train
 from medseg.training.module import DEFAULT_NETWORK_KWARGS
 from medseg.training.speed import apply_speed_settings, resolved_speed_settings
 from medseg.training.throughput import ThroughputMonitor
@@ -203,7 +203,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def medseg_fit(setting: Setting, root: Path, out: Path, precision: str, options: list[str]) -> L.Trainer:
-    """Run ``medseg.train.run`` for warm-up + timed steps (one validation case at the end) and return its trainer."""
+    """Run ``medseg.training.run`` for warm-up + timed steps (one validation case at the end) and return its trainer."""
     args = ["--config", setting.config] if setting.config else []
     args += [
         f"--data.root={root}", f"--data.patch_size={list(setting.patch)}", f"--data.spacing={list(setting.spacing)}",

@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 from numpy.typing import ArrayLike
 
 from medseg.data.formats import Case
-from medseg.nifti import in_ras_order, read_voxels
+from medseg.io.nifti import in_ras_order, read_voxels
 
 MiB = 2**20
 PLANES = ("sagittal", "coronal", "axial")

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from medseg import evaluate, infer, plan, postprocess
 from medseg.command_line import current_spellings
-from medseg.memory import __main__ as memory
-from medseg.train import main as train_main
+from medseg.evaluation import command as evaluate
+from medseg.inference import command as infer
+from medseg.inference import postprocess_command as postprocess
+from medseg.planning import command as plan
+from medseg.planning import memory_command as memory
 from medseg.training.cli import output_as_training_options, parse_training_options
+from medseg.training.command import main as train_main
 from tests.helpers.cli import REPO, run_main
 
 WRITING_COMMANDS = {"infer": infer.main, "evaluate": evaluate.main, "postprocess": postprocess.main, "plan": plan.main, "memory": memory.main}

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from medseg.cross_validation import RETRAIN
 from medseg.training.cli import OUTPUT_OPTIONS, OptionsOnlyCLI, build_cli
+from medseg.training.cross_validation import RETRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 COMMANDS_PAGE = REPO / "docs" / "reference" / "commands.md"
 CONFIG_PAGE = REPO / "docs" / "reference" / "config.md"
 # the argparse commands and the module whose main() parses their options; train is LightningCLI's
-ARGPARSE_COMMANDS = {"infer": "medseg.infer", "evaluate": "medseg.evaluate", "postprocess": "medseg.postprocess",
-                     "plan": "medseg.plan", "memory": "medseg.memory.__main__"}
+ARGPARSE_COMMANDS = {"infer": "medseg.inference.command", "evaluate": "medseg.evaluation.command",
+                     "postprocess": "medseg.inference.postprocess_command", "plan": "medseg.planning.command",
+                     "memory": "medseg.planning.memory_command"}
 # commands that hand every option they do not know to the training parser
 TAKES_TRAINING_OPTIONS = {"plan", "memory"}
 

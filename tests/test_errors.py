@@ -70,8 +70,8 @@ def test_every_command_refuses_an_abbreviated_option(script, tmp_path, capsys):
 
 
 def test_training_refuses_a_mistyped_option_before_planning_the_dataset(demo_root, monkeypatch, capsys):
-    from medseg.train import main
     from medseg.training import cli
+    from medseg.training.command import main
 
     monkeypatch.setattr(cli, "plan_for_training", lambda *args: pytest.fail("planned before checking the options"))
     code, _, err = run_main(main, [f"--data.root={demo_root}", "--trainer.max_epocs=5"], capsys)

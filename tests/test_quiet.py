@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import run_command
-from medseg.evaluate import main as evaluate_main
+from medseg.evaluation.command import main as evaluate_main
 from tests.helpers.cli import REPO, run_main, run_module, tiny_train_args
 
 LIBRARY_NOISE = [

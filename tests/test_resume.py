@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from medseg import train
 from medseg.errors import MedsegError
 from medseg.training import cli
+from medseg.training import command as train
 from tests.helpers.cli import REPO, run_main, run_module, tiny_train_args
 
 HELPERS = Path(__file__).parent / "helpers"

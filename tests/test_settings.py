@@ -15,7 +15,7 @@ import yaml
 from medseg.data.transforms import Preprocessing
 from medseg.planning.step import OptimizerSettings, training_setup
 from medseg.recipe import Recipe, Window
-from medseg.train import main
+from medseg.training.command import main
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
 from tests.helpers.cli import REPO, run_main

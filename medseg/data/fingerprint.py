@@ -18,7 +18,7 @@ import numpy as np
 
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import Case
-from medseg.nifti import in_ras_order, voxel_spacing
+from medseg.io.nifti import in_ras_order, voxel_spacing
 
 # foreground intensities kept per case and channel for the dataset's percentiles (nnU-Net keeps 10,000)
 SAMPLES_PER_CASE = 1000

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.data.dicom_series import find_series
 from medseg.errors import MedsegError
-from medseg.nifti import case_name, is_nifti
+from medseg.io.dicom_series import find_series
+from medseg.io.nifti import case_name, is_nifti
 
 # nnU-Net names channel files CASE_0000.nii.gz, CASE_0001.nii.gz, ...
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -21,7 +21,7 @@ CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 class Case:
     """One case: its name (an output's file stem), image files (one per channel, or one multi-channel file), label file if known.
 
-    With ``dicom``, the image files are the slices of one DICOM series (``medseg.data.dicom_series``).
+    With ``dicom``, the image files are the slices of one DICOM series (``medseg.io.dicom_series``).
     """
 
     name: str

@@ -15,7 +15,7 @@ from monai import transforms as T
 from monai.transforms.utils import map_binary_to_indices
 
 from medseg.errors import MedsegError
-from medseg.nifti import check_finite
+from medseg.io.nifti import check_finite
 
 NORMALIZATIONS = ("ct", "ct_zscore", "zscore", "none")
 # MONAI's loader builds every reader it knows beside the one asked for; with pydicom installed (the dicom extra) its

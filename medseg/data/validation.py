@@ -18,7 +18,7 @@ from medseg import nifti
 from medseg.data.fingerprint import CaseFingerprint, DatasetFingerprint, FingerprintCache, case_fingerprint, case_key
 from medseg.data.formats import Case, DatasetSpec
 from medseg.errors import MedsegError
-from medseg.nifti import NiftiImage, same_grid
+from medseg.io.nifti import NiftiImage, same_grid
 
 
 def _load(path, problems: list[str]) -> tuple[NiftiImage, np.ndarray] | tuple[None, None]:

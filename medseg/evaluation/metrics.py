@@ -1,4 +1,5 @@
-"""``python -m medseg.evaluate``: Dice and HD95 (mm) per class between predicted and ground-truth label maps."""
+"""Dice and HD95 (mm) per class between predicted and ground-truth label maps (``python -m medseg.evaluate``), and
+the one mean over cases that evaluation, cross-validation and postprocessing report."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING, Sequence
 import nibabel as nib
 import numpy as np
 
-from medseg.atomic import write_text_atomic
 from medseg.data.formats import is_dataset, read_dataset
-from medseg.command_line import CommandParser
-from medseg.errors import MedsegError, run_command
-from medseg.nifti import case_name, is_nifti, read_voxels, same_grid
+from medseg.errors import MedsegError
+from medseg.io.nifti import case_name, is_nifti, read_voxels, same_grid
 
 # torch and MONAI, and the medseg modules that load them, are imported inside the functions that use them, so that
 # --help answers without loading them
@@ -208,27 +206,3 @@ def evaluate(predictions: str | Path, ground_truth: str | Path) -> Evaluation:
     classes = max([len(case.dice) for case in cases] + [len(declared) - 1])
     names = declared + [f"class_{i}" for i in range(len(declared), classes + 1)]
     return Evaluation(cases, names[1 : classes + 1])
-
-
-def score(argv: Sequence[str]) -> None:
-    """Score the predictions the options name, print the summary and write the per-case CSV."""
-    parser = CommandParser("python -m medseg.evaluate", __doc__.split(":", 1)[1].strip())
-    parser.add_argument("--pred", required=True, help="folder of predicted label maps (<case>.nii.gz)")
-    parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or a dataset (folder or dataset.json)")
-    parser.add_argument("-o", "--output", default=None, help="per-case CSV (default: PRED/evaluation.csv)")
-    args = parser.parse_args(argv)
-    result = evaluate(args.pred, args.gt)
-    output = Path(args.output) if args.output else Path(args.pred) / "evaluation.csv"
-    write_text_atomic(output, result.csv_text())
-    for line in result.summary_lines():
-        print(line)
-    print(f"per-case scores: {output}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: return the exit code: 0, or 1 after a one-line error (``run_command``)."""
-    return run_command(score, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

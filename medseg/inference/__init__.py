@@ -1,16 +1,15 @@
-"""Sliding-window inference on whole scans: checkpoint loading, prediction, geometry-exact NIfTI output."""
+"""Inference on whole scans: checkpoint loading, sliding-window prediction, geometry-exact output, postprocessing
+(its choice on cross-validation too) and the commands (``command``: ``python -m medseg.infer``; ``postprocess_command``:
+``python -m medseg.postprocess``).
 
-from medseg.inference.checkpoint import TrainedModel, load_trained_model
-from medseg.inference.predictor import InferenceOptions, Prediction, Predictor, predict_volume
-from medseg.inference.runner import RunSummary, segment_scans
+Names load on first use, so that the commands' ``--help`` answers without torch.
+"""
 
-__all__ = [
-    "InferenceOptions",
-    "Prediction",
-    "Predictor",
-    "RunSummary",
-    "TrainedModel",
-    "load_trained_model",
-    "predict_volume",
-    "segment_scans",
-]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "checkpoint": ["TrainedModel", "load_trained_model"],
+    "postprocessing": ["Postprocessing", "choose_postprocessing"],
+    "predictor": ["InferenceOptions", "Prediction", "Predictor", "predict_volume"],
+    "runner": ["RunSummary", "segment_scans"],
+})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from medseg.command_line import CommandParser
@@ -71,6 +70,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: return the exit code: ``segment``'s, or 1 after a one-line error (``run_command``)."""
     return run_command(segment, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,64 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from medseg.atomic import write_text_atomic
 from medseg.command_line import CommandParser
 from medseg.errors import MedsegError, run_command
-from medseg.evaluate import dice_per_class, mean_over_cases, paired_files, read_label_pair
+from medseg.evaluation.metrics import paired_files, read_label_pair
 from medseg.option_values import POSTPROCESSING_FILE
-
-if TYPE_CHECKING:
-    from medseg.inference.postprocessing import Postprocessing
-
-LabelPair = tuple[np.ndarray, np.ndarray]
-
-
-def mean_dice(cases: Sequence[LabelPair], postprocessing: Postprocessing) -> np.ndarray:
-    """Return each foreground class's Dice after ``postprocessing``, averaged over the cases where it is defined."""
-    classes = len(postprocessing.class_names)
-    return mean_over_cases([dice_per_class(postprocessing.apply(pred), truth, classes) for pred, truth in cases], classes - 1)
-
-
-def improves(candidate: np.ndarray, current: np.ndarray) -> bool:
-    """nnU-Net's rule: the mean foreground Dice rises and no class gets worse (classes undefined in both are ignored)."""
-    defined = np.isfinite(current) & np.isfinite(candidate)
-    return bool(defined.any() and np.mean(candidate[defined]) > np.mean(current[defined]) and np.all(candidate[defined] >= current[defined]))
-
-
-def choose_postprocessing(cases: Sequence[LabelPair], class_names: Sequence[str]) -> Postprocessing:
-    """Return the postprocessing nnU-Net's rule chooses for (prediction, truth) label maps of ``class_names``: all
-    foreground's largest component first (with two or more foreground classes), then each class's, each step kept
-    only where it ``improves`` on what was kept before."""
-    # torch and MONAI load here, not at the top, so that --help answers without them
-    from medseg.inference.postprocessing import Postprocessing
-
-    current = Postprocessing(tuple(class_names))
-    before = scores = mean_dice(cases, current)
-    steps = [lambda chosen: replace(chosen, foreground_largest_component=True)] if len(class_names) > 2 else []
-    steps += [lambda chosen, name=name: replace(chosen, largest_component_classes=(*chosen.largest_component_classes, name)) for name in class_names[1:]]
-    for step in steps:
-        candidate = step(current)
-        candidate_scores = mean_dice(cases, candidate)
-        if improves(candidate_scores, scores):
-            current, scores = candidate, candidate_scores
-    chosen_on = {
-        "cases": len(cases),
-        "dice_before": dict(zip(class_names[1:], map(_plain, before))),
-        "dice_after": dict(zip(class_names[1:], map(_plain, scores))),
-    }
-    return replace(current, chosen_on=chosen_on)
-
-
-def _plain(value: float) -> float | None:
-    return None if np.isnan(value) else round(float(value), 6)
 
 
 def postprocess(argv: Sequence[str]) -> None:
@@ -81,6 +31,9 @@ def postprocess(argv: Sequence[str]) -> None:
     parser.add_argument("--gt", required=True, help="folder of ground-truth label maps with the same names, or the dataset")
     parser.add_argument("-o", "--output", default=None, help=f"decision file (default: PRED/{POSTPROCESSING_FILE})")
     args = parser.parse_args(argv)
+    # torch and MONAI load here, not at the top, so that --help answers without them
+    from medseg.inference.postprocessing import choose_postprocessing
+
     pairs, class_names = paired_files(args.pred, args.gt)
     cases = [read_label_pair(prediction, truth)[:2] for prediction, truth in pairs]
     if len(class_names) < 2:
@@ -98,6 +51,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: return the exit code: 0, or 1 after a one-line error (``run_command``)."""
     return run_command(postprocess, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Postprocessing of label maps as chosen on cross-validation (``python -m medseg.postprocess``): keep only the
+"""Postprocessing of label maps, and its choice on cross-validation (``python -m medseg.postprocess``): keep only the
 largest connected component of all foreground together and/or of single classes (nnU-Net's rule, MONAI's transform).
 
 The decision is one plain file, ``postprocessing.json``, beside the models it was chosen for; ``medseg.infer``
@@ -8,7 +8,8 @@ applies it when it predicts with that folder's models.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.errors import MedsegError
+from medseg.evaluation.metrics import dice_per_class, mean_over_cases
 from medseg.option_values import POSTPROCESSING_FILE
 
 POSTPROCESSING_VERSION = 1
@@ -100,6 +102,46 @@ class Postprocessing:
         if unknown:
             raise MedsegError(f"{path}: largest_component_classes names {unknown}, which are not foreground classes {list(made.class_names[1:])}")
         return made
+
+
+LabelPair = tuple[np.ndarray, np.ndarray]
+
+
+def mean_dice(cases: Sequence[LabelPair], postprocessing: Postprocessing) -> np.ndarray:
+    """Return each foreground class's Dice after ``postprocessing``, averaged over the cases where it is defined."""
+    classes = len(postprocessing.class_names)
+    return mean_over_cases([dice_per_class(postprocessing.apply(pred), truth, classes) for pred, truth in cases], classes - 1)
+
+
+def improves(candidate: np.ndarray, current: np.ndarray) -> bool:
+    """nnU-Net's rule: the mean foreground Dice rises and no class gets worse (classes undefined in both are ignored)."""
+    defined = np.isfinite(current) & np.isfinite(candidate)
+    return bool(defined.any() and np.mean(candidate[defined]) > np.mean(current[defined]) and np.all(candidate[defined] >= current[defined]))
+
+
+def choose_postprocessing(cases: Sequence[LabelPair], class_names: Sequence[str]) -> Postprocessing:
+    """Return the postprocessing nnU-Net's rule chooses for (prediction, truth) label maps of ``class_names``: all
+    foreground's largest component first (with two or more foreground classes), then each class's, each step kept
+    only where it ``improves`` on what was kept before."""
+    current = Postprocessing(tuple(class_names))
+    before = scores = mean_dice(cases, current)
+    steps = [lambda chosen: replace(chosen, foreground_largest_component=True)] if len(class_names) > 2 else []
+    steps += [lambda chosen, name=name: replace(chosen, largest_component_classes=(*chosen.largest_component_classes, name)) for name in class_names[1:]]
+    for step in steps:
+        candidate = step(current)
+        candidate_scores = mean_dice(cases, candidate)
+        if improves(candidate_scores, scores):
+            current, scores = candidate, candidate_scores
+    chosen_on = {
+        "cases": len(cases),
+        "dice_before": dict(zip(class_names[1:], map(_plain, before))),
+        "dice_after": dict(zip(class_names[1:], map(_plain, scores))),
+    }
+    return replace(current, chosen_on=chosen_on)
+
+
+def _plain(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 6)
 
 
 def postprocessing_beside(sources: list[Path]) -> tuple[Postprocessing, Path] | None:

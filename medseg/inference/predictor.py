@@ -13,7 +13,6 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from medseg.data.dicom_series import require_pydicom
 from medseg.data.formats import Case
 from medseg.data.transforms import preprocessing_transforms
 from medseg.errors import MedsegError
@@ -21,9 +20,10 @@ from medseg.inference.checkpoint import TrainedModel, load_trained_model
 from medseg.inference.postprocessing import Postprocessing
 from medseg.inference.scan_grid import ScanGridSlabs
 from medseg.inference.slabs import blended_slabs
+from medseg.io.dicom_series import require_pydicom
+from medseg.io.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
 from medseg.planning.step import cudnn_autotuning
-from medseg.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
 from medseg.precision import autocast, check_precision, inference_precision
 
 FLIP_AXES = [dims for n in (1, 2, 3) for dims in itertools.combinations((2, 3, 4), n)]
@@ -260,7 +260,7 @@ class Predictor:
     def _read_series(self, case: Case) -> ScanInput:
         """Return a DICOM series preprocessed as a NIfTI scan of the same voxels and geometry would be."""
         require_pydicom(f"DICOM series {case.name}")
-        from medseg.data.dicom_volume import read_series
+        from medseg.io.dicom_volume import read_series
 
         if self.recipe.in_channels != 1:
             raise MedsegError(f"DICOM series {case.name} is one channel but the model expects {self.recipe.in_channels}")

@@ -17,17 +17,17 @@ import nibabel as nib
 from tqdm import tqdm
 
 from medseg.atomic import atomic_targets, remove_stale_temporaries, write_error, write_text_atomic
-from medseg.data.dicom_series import require_pydicom
 from medseg.data.formats import Case, find_scans
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_ensemble
 from medseg.inference.postprocessing import postprocessing_beside
 from medseg.inference.predictor import InferenceOptions, Prediction, Predictor
-from medseg.nifti import like_reference
+from medseg.io.dicom_series import require_pydicom
+from medseg.io.nifti import like_reference
 from medseg.option_values import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
-    from medseg.inference.dicom_seg import Algorithm
+    from medseg.io.dicom_seg import Algorithm
 
 PROBABILITIES_FOLDER = "probabilities"
 DICOM_SEG_SUFFIX = ".seg.dcm"
@@ -252,7 +252,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 def dicom_seg_algorithm(class_names: Sequence[str], models: Sequence[TrainedModel]) -> Algorithm:
     """Return what DICOM-SEGs record about the run: class names and checkpoint file names (needs the DICOM extra)."""
-    from medseg.inference.dicom_seg import Algorithm
+    from medseg.io.dicom_seg import Algorithm
 
     return Algorithm(tuple(class_names), tuple(Path(model.source).name for model in models))
 
@@ -280,7 +280,7 @@ def write_prediction(prediction: Prediction, case: Case, targets: dict[str, Path
     with atomic_targets(list(targets.values())) as temps:
         for kind, temp in zip(targets, temps):
             if kind == "dicom-seg":
-                from medseg.inference.dicom_seg import segmentation
+                from medseg.io.dicom_seg import segmentation
 
                 segmentation(prediction.labels, prediction.reference, case.name, case.images, algorithm).save_as(temp)
             else:

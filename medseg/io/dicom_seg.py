@@ -12,9 +12,9 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from medseg import __version__
-from medseg.data.dicom_series import read_headers, series_label
-from medseg.data.dicom_volume import complete_series
-from medseg.nifti import NiftiImage
+from medseg.io.dicom_series import read_headers, series_label
+from medseg.io.dicom_volume import complete_series
+from medseg.io.nifti import NiftiImage
 
 # The recipe names classes in words, not codes: every segment gets the generic "Tissue" code and the class name as its label.
 GENERIC_PROPERTY = codes.SCT.Tissue

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from medseg.errors import MedsegError
-from medseg.nifti import NIFTI_SUFFIXES
+from medseg.io.nifti import NIFTI_SUFFIXES
 
 if TYPE_CHECKING:
     from pydicom import Dataset

@@ -16,9 +16,9 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from medseg.data.dicom_series import read_headers, series_label
 from medseg.errors import MedsegError
-from medseg.nifti import check_finite, check_geometry
+from medseg.io.dicom_series import read_headers, series_label
+from medseg.io.nifti import check_finite, check_geometry
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +71,7 @@ def run(args: list[str] | None = None) -> StoredPlan:
     from medseg.planning.report import plot_precision_plans
     from medseg.planning.store import plan_for_training
     from medseg.training.cli import parse_training_options
-    from medseg.training_options import dataset_and_cache
+    from medseg.training.options import dataset_and_cache
 
     check_budget_fraction(options.budget_fraction)
     spec, cache_dir = dataset_and_cache(parse_training_options(training_args))
@@ -95,6 +94,3 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: return the exit code (``run_command``: a user error is one line and exit code 1)."""
     return run_command(run, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

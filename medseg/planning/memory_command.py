@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import TYPE_CHECKING
 
 from medseg.command_line import CommandParser
@@ -55,7 +54,7 @@ def run(args: list[str] | None = None) -> list[BatchPlan]:
     from medseg.planning.precision_comparison import estimated_plans, measured_plans
     from medseg.planning.report import format_table, save_report
     from medseg.training.cli import parse_training_options
-    from medseg.training_options import recipe_from_options
+    from medseg.training.options import recipe_from_options
 
     check_budget_fraction(options.budget_fraction)
     recipe = recipe_from_options(parse_training_options(training_args))
@@ -78,6 +77,3 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: return the exit code (``run_command``: a user error is one line and exit code 1)."""
     return run_command(run, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -58,7 +58,7 @@ from medseg.training.throughput import ThroughputMonitor
 
 log = logging.getLogger("medseg")
 
-ALL_FOLDS = "all"  # --data.fold all: cross-validation (medseg.cross_validation)
+ALL_FOLDS = "all"  # --data.fold all: cross-validation (medseg.training.cross_validation)
 
 
 class OneLineErrorParser(LightningArgumentParser):

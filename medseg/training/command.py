@@ -11,11 +11,9 @@ Examples:
 
 from __future__ import annotations
 
-import sys
-
-from medseg.cross_validation import asks_for_all_folds, run_cross_validation
 from medseg.errors import run_command
 from medseg.training.cli import TrainResult, output_as_training_options, run
+from medseg.training.cross_validation import asks_for_all_folds, run_cross_validation
 
 __all__ = ["TrainResult", "main", "run"]
 
@@ -34,6 +32,3 @@ def main(argv: list[str] | None = None) -> int:
     option exits with code 2."""
     return run_command(train, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,9 +31,8 @@ import numpy as np
 from medseg.atomic import write_text_atomic
 from medseg.data.split import split_cases
 from medseg.errors import MedsegError
-from medseg.evaluate import dice_per_class, mean_over_cases, read_label_pair
-from medseg.inference.postprocessing import POSTPROCESSING_FILE
-from medseg.postprocess import choose_postprocessing
+from medseg.evaluation.metrics import dice_per_class, mean_over_cases, read_label_pair
+from medseg.inference.postprocessing import POSTPROCESSING_FILE, choose_postprocessing
 from medseg.tables import format_rows
 from medseg.training.cli import ALL_FOLDS, MedsegCLI, build_cli, with_plan
 from medseg.training.final_validation import EVALUATION_FILE, VALIDATION_FOLDER

@@ -66,7 +66,7 @@ class SegmentationDataModule(L.LightningDataModule):
             the epoch, so a resumed run trains on exactly what an uninterrupted one would.
         num_folds: folds of the deterministic cross-validation split.
         fold: the validation fold, 0 to num_folds - 1, or all: train every fold, then the cross-validation summary
-            (``medseg.cross_validation``, which reads it before this class does).
+            (``medseg.training.cross_validation``, which reads it before this class does).
         split_seed: seed of the cross-validation split.
         cache: where preprocessed volumes are kept (``medseg.data.volume_cache``). "auto": preprocessed once into
             cache_dir (keyed by each case's files and the preprocessing: a second start preprocesses nothing), then held

@@ -18,7 +18,7 @@ import numpy as np
 from medseg.atomic import write_text_atomic
 from medseg.data.formats import Case
 from medseg.errors import MedsegError
-from medseg.evaluate import Evaluation, score_case
+from medseg.evaluation.metrics import Evaluation, score_case
 from medseg.inference import InferenceOptions, segment_scans
 
 VALIDATION_FOLDER = "validation"

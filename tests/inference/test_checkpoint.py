@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from medseg.errors import MedsegError
-from medseg.infer import main
 from medseg.inference import load_trained_model
+from medseg.inference.command import main
 from medseg.model.networks import build_network
 
 from .conftest import TINY_UNET, medseg_meta, phantom_hu, phantom_labels, save_checkpoint, save_scan

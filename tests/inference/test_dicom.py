@@ -11,7 +11,7 @@ import pytest
 
 from medseg import __version__
 from medseg.data.formats import find_scans
-from medseg.infer import main
+from medseg.inference.command import main
 
 pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")  # medseg's DICOM modules need both (the "dicom" extra)

@@ -10,9 +10,9 @@ import yaml
 
 from medseg.data.formats import read_dataset
 from medseg.data.split import split_cases
-from medseg.evaluate import evaluate
-from medseg.infer import main
-from medseg.nifti import same_grid
+from medseg.evaluation import evaluate
+from medseg.inference.command import main
+from medseg.io.nifti import same_grid
 
 # The shared run trains at the scans' own spacing, so validation's grid is the scan's up to reorientation and the
 # body crop, which inference inverts exactly: the same labels, the same Dice. Under bf16 the windows' rounding

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from medseg.errors import MedsegError
-from medseg.infer import main
 from medseg.inference import InferenceOptions, Predictor, load_trained_model
 from medseg.inference import predictor as predictor_module
 from medseg.inference.checkpoint import load_ensemble
-from medseg.inference.predictor import ensemble_stays_on_device, weight_bytes
+from medseg.inference.command import main
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, Postprocessing
+from medseg.inference.predictor import ensemble_stays_on_device, weight_bytes
 from medseg.model.networks import build_network
 from tests.helpers.stand_ins import MiB
 

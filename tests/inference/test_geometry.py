@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.infer import main
+from medseg.inference.command import main
 
 from .conftest import SPACING_MM, phantom_hu, phantom_labels, save_scan
 

@@ -12,8 +12,8 @@ import torch
 
 from medseg.data.formats import Case
 from medseg.errors import MedsegError
-from medseg.infer import main
 from medseg.inference import InferenceOptions, Predictor, load_trained_model, predict_volume
+from medseg.inference.command import main
 from medseg.inference.predictor import cudnn_autotuning, most_likely_class
 from tests.helpers.bad_scans import huge_header, with_affine, with_block
 

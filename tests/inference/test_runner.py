@@ -15,11 +15,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg import evaluate, nifti
 from medseg.errors import MedsegError
-from medseg.infer import main
+from medseg.evaluation import metrics
 from medseg.inference import InferenceOptions, segment_scans
+from medseg.inference.command import main
 from medseg.inference.runner import LOCK_FILE, folder_lock
+from medseg.io import nifti
 
 from medseg.model.networks import build_network
 
@@ -169,7 +170,7 @@ def test_overwrite_with_other_settings_redoes_every_scan_and_records_them(random
     assert capsys.readouterr().out.startswith("2 done, 0 skipped")
     record = json.loads((output / "recipe.json").read_text())
     assert record["window"]["overlap"] == 0.5 and record["cases"] == ["a", "b"]
-    assert evaluate._recipe_class_names(output) == ["background", "box", "slab"]  # evaluation still reads it
+    assert metrics._recipe_class_names(output) == ["background", "box", "slab"]  # evaluation still reads it
 
 
 def test_an_output_the_record_does_not_list_is_redone(random_checkpoint, scans, tmp_path, capsys):

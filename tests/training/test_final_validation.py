@@ -9,11 +9,12 @@ import nibabel as nib
 import pytest
 import yaml
 
-from medseg import infer, train
 from medseg.data.formats import read_dataset
 from medseg.data.split import split_cases
-from medseg.evaluate import evaluate
-from medseg.nifti import same_grid
+from medseg.evaluation import evaluate
+from medseg.inference import command as infer
+from medseg.io.nifti import same_grid
+from medseg.training import command as train
 from tests.helpers.cli import tiny_train_args
 
 # The same checkpoint, windows and scoring code as medseg.infer + medseg.evaluate: equal up to float rounding.

@@ -11,14 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg import infer
-from medseg.cross_validation import asked_options, asks_for_all_folds, without_fold
 from medseg.data.formats import read_dataset
 from medseg.data.split import split_cases
-from medseg.evaluate import evaluate
+from medseg.evaluation import evaluate
+from medseg.inference import command as infer
 from medseg.inference.postprocessing import Postprocessing
-from medseg.train import main
 from medseg.training.cli import build_cli
+from medseg.training.command import main
+from medseg.training.cross_validation import asked_options, asks_for_all_folds, without_fold
 from tests.helpers.cli import run_main, tiny_train_args
 
 

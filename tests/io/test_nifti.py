@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import MedsegError
-from medseg.nifti import load_header, read_voxels
+from medseg.io.nifti import load_header, read_voxels
 from tests.helpers.bad_scans import huge_header, with_affine, with_block
 
 VOXELS = np.zeros((8, 8, 8), np.float32)

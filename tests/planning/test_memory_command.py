@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medseg.memory.__main__ import main, run
+from medseg.planning.memory_command import main, run
 from tests.helpers.cli import run_main
 from tests.helpers.stand_ins import TINY_UNET
 

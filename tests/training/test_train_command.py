@@ -9,7 +9,7 @@ import torch
 
 from medseg import precision as precision_module
 from medseg.inference import InferenceOptions
-from medseg.train import main
+from medseg.training.command import main
 from medseg.training.module import SegmentationModule, rng_states, set_rng_states
 from tests.helpers.cli import REPO, run_main, tiny_train_args
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from medseg.errors import MedsegError
-from medseg.evaluate import evaluate, main, mean_over_cases
+from medseg.evaluation import evaluate, mean_over_cases
+from medseg.evaluation.command import main
 from medseg.recipe import Recipe
 from tests.helpers.bad_scans import huge_header, with_block
 from tests.helpers.faults import read_only

@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402  (after the s
 from pydicom.uid import (  # noqa: E402
     ComprehensiveSRStorage, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, RTStructureSetStorage, SegmentationStorage, generate_uid,
 )
-from medseg.data.dicom_series import series_name  # noqa: E402
-from medseg.data.dicom_volume import read_series  # noqa: E402
+from medseg.io.dicom_series import series_name  # noqa: E402
+from medseg.io.dicom_volume import read_series  # noqa: E402
 
 SHAPE = (12, 10, 6)
 

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.inference.postprocessing import Postprocessing
-from medseg.postprocess import choose_postprocessing, main
+from medseg.inference.postprocess_command import main
+from medseg.inference.postprocessing import Postprocessing, choose_postprocessing
 from medseg.testing import write_msd
 
 CLASSES = ("background", "organ", "lesion")
