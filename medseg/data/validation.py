@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medseg import nifti
+from medseg.io import nifti
 from medseg.data.fingerprint import CaseFingerprint, DatasetFingerprint, FingerprintCache, case_fingerprint, case_key
 from medseg.data.formats import Case, DatasetSpec
 from medseg.errors import MedsegError

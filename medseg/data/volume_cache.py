@@ -25,7 +25,7 @@ from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, RandomizableTrait, Transform
 from tqdm import tqdm
 
-from medseg import nifti
+from medseg.io import nifti
 from medseg.data.fingerprint import DatasetFingerprint, file_stamp, ras_geometry
 from medseg.data.formats import Case
 from medseg.data.transforms import CROP_CENTRE_SHARE, CROP_CENTRES

@@ -37,9 +37,8 @@ class InferenceOptions:
     """How to run sliding-window inference; None everywhere means "as the checkpoint's recipe says".
 
     Attributes:
-        overlap: fraction of a window shared with its neighbours, in [0, 1).
-        gaussian: weight window centres more than edges when blending (MONAI ``mode="gaussian"``).
-        sw_batch_size: windows per forward pass (the recipe's is the one training planned or used).
+        overlap, gaussian, sw_batch_size: the recipe's window settings to override (``medseg.recipe.Window``'s
+            ``overlap``, ``gaussian`` and ``batch_size``; the recipe's batch is the one training planned or used).
         precision: "32-true", "16-mixed" or "bf16-mixed"; None runs the trained precision where the device
             supports it (``medseg.precision.inference_precision``).
         tta: also predict on the 7 flipped copies of each window and average (8x slower).

@@ -31,17 +31,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("medseg.plan")
 
 
-def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
-    parser = CommandParser("python -m medseg.plan", __doc__, "Any other option is a training option (python -m medseg.train --help lists them).",
+def planning_parser(prog: str, description: str, output: str, output_help: str) -> CommandParser:
+    """Return the parser plan and memory share: the memory budget, the GPU's size and the output folder; any other
+    option is a training option, for ``parse_training_options`` to check."""
+    parser = CommandParser(prog, description, "Any other option is a training option (python -m medseg.train --help lists them).",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
     parser.add_argument("--budget_fraction", type=float, default=DEFAULT_BUDGET_FRACTION, old=["--budget-fraction"],
                         help="share of the GPU memory this process may use that a step's steady state may use")
     parser.add_argument("--capacity_gib", type=float, default=None, old=["--capacity-gib"],
-                        help="plan for a GPU of this much memory with the fake-tensor estimate, on a GPU machine too "
+                        help="plan for a GPU of this much memory with fake-tensor steps, on a GPU machine too "
                              f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
-    parser.add_argument("-o", "--output", default="runs/plan", old=["--out"], help="folder for plan.json, plan.png and plan.yaml")
+    parser.add_argument("-o", "--output", default=output, old=["--out"], help=output_help)
+    return parser
+
+
+def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
+    parser = planning_parser("python -m medseg.plan", __doc__, "runs/plan", "folder for plan.json, plan.png and plan.yaml")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
     return parser.parse_known_args(args)
 
 

@@ -18,9 +18,9 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from medseg.command_line import CommandParser
 from medseg.errors import run_command
-from medseg.option_values import BATCH_PLAN_CACHE, DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
+from medseg.option_values import BATCH_PLAN_CACHE, PRECISIONS, SIMULATED_CAPACITY_GIB
+from medseg.planning.command import planning_parser
 
 if TYPE_CHECKING:
     from medseg.planning.batch_search import BatchPlan
@@ -30,15 +30,8 @@ log = logging.getLogger("medseg.memory")
 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
-    parser = CommandParser("python -m medseg.memory", __doc__, "Any other option is a training option (python -m medseg.train --help lists them).",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = planning_parser("python -m medseg.memory", __doc__, "runs/memory", "folder for memory_report.json and .png")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="default: all the device supports")
-    parser.add_argument("--budget_fraction", type=float, default=DEFAULT_BUDGET_FRACTION, old=["--budget-fraction"],
-                        help="share of the GPU memory this process may use that a step's steady state may use")
-    parser.add_argument("--capacity_gib", type=float, default=None, old=["--capacity-gib"],
-                        help="plan for a GPU of this much memory with fake-tensor steps, on a GPU machine too "
-                             f"(default: measure this machine's GPU; without one, {SIMULATED_CAPACITY_GIB:g})")
-    parser.add_argument("-o", "--output", default="runs/memory", old=["--out"], help="folder for memory_report.json and .png")
     parser.add_argument("--cache_path", default=f"runs/{BATCH_PLAN_CACHE}", old=["--cache"], help="plan cache shared with training (GPU only)")
     return parser.parse_known_args(args)
 

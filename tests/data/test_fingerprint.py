@@ -5,7 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg import nifti
+from medseg.io import nifti
 from medseg.data.fingerprint import fingerprint_cache_path
 from medseg.data.formats import read_dataset
 from medseg.data.validation import validate_dataset

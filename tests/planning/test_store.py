@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from medseg import nifti
+from medseg.io import nifti
 from medseg.data.formats import read_dataset
 from medseg.planning.fake_tensor import fake_tensor_step_cost
 from medseg.planning.store import config_yaml, plan_dataset, plan_for_training, training_config
