@@ -33,6 +33,7 @@ from medseg.data.split import split_cases
 from medseg.errors import MedsegError
 from medseg.evaluation.metrics import dice_per_class, mean_over_cases, read_label_pair
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, choose_postprocessing
+from medseg.inference.runner import flatten
 from medseg.tables import format_rows
 from medseg.training.cli import ALL_FOLDS, MedsegCLI, build_cli, with_plan
 from medseg.training.final_validation import EVALUATION_FILE, VALIDATION_FOLDER
@@ -85,17 +86,8 @@ def asked_options(cli: MedsegCLI, args: list[str]) -> dict:
     """Return the options ``args`` train with, every default filled in, as dotted names (``trainer.max_epochs``) and
     plain values, without those that only place or pace the run (``PLACEMENT_OPTIONS``). Read as asked, before this
     machine resolves them (``16-mixed`` stays that, whatever precision it runs at here)."""
-    asked = json.loads(cli.parser.dump(cli.parser.parse_args(args), format="json"))
-
-    def flat(tree: dict, prefix: str = "") -> dict:
-        items = {}
-        for key, value in tree.items():
-            name = f"{prefix}{key}"
-            if not any(name == kept or name.startswith(f"{kept}.") for kept in PLACEMENT_OPTIONS):
-                items.update(flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
-        return items
-
-    return flat(asked)
+    asked = flatten(json.loads(cli.parser.dump(cli.parser.parse_args(args), format="json")))
+    return {name: value for name, value in asked.items() if not any(name == kept or name.startswith(f"{kept}.") for kept in PLACEMENT_OPTIONS)}
 
 
 def changed_options(recorded: dict, options: dict) -> str:
