@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_PREFIX = "net."
 # The checkpoint each training run folder contributes to an ensemble (ModelCheckpoint's name for the best one).
 BEST_CHECKPOINT_GLOB = "best-*.ckpt"
-LAST_CHECKPOINT = "last.ckpt"  # the run's final weights (ModelCheckpoint's save_last name)
+LAST_CHECKPOINT = "last.ckpt"  # the run's final weights: the one file of its newest state (training's last_checkpoint)
 # What the members of an ensemble must share: windows of one shape on one preprocessed image, read out as one set of classes.
 ENSEMBLE_FIELDS = ("channel_names", "class_names", "patch_size", "preprocessing")
 

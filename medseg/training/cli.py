@@ -83,10 +83,11 @@ class MedsegCLI(LightningCLI):
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-epoch{epoch:03d}-dice{val_mean_dice:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
-                # last.ckpt after every epoch (set every_n_train_steps for mid-epoch saves): what resuming starts from
-                "last_checkpoint.filename": "latest-epoch{epoch:03d}",
-                "last_checkpoint.auto_insert_metric_name": False,
-                "last_checkpoint.save_last": True,
+                # the newest state is one file, last.ckpt, rewritten after every epoch (every_n_train_steps adds mid-epoch
+                # saves): what resuming starts from. A top-1 checkpoint without a monitor, not save_last, which writes a
+                # second, identical file (and with save_top_k 0 writes last.ckpt only when training ends)
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
                 "last_checkpoint.save_on_train_epoch_end": True,
                 "batch_planner.cache_path": BATCH_PLAN_CACHE,  # in trainer.default_root_dir
                 "trainer.precision": "16-mixed",
@@ -241,7 +242,8 @@ def print_summary(result: "TrainResult", class_names: list[str]) -> None:
 
 
 def checkpoint_bytes(model: SegmentationModule) -> int:
-    """Return the disk space three checkpoints (best, latest, last) need: weights plus two AdamW moments each."""
+    """Return the disk space the checkpoints need: best and last.ckpt, plus the one being written beside them before
+    it replaces its old file (atomic writes); each holds the weights and two AdamW moments."""
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return 3 * 3 * parameter_bytes + 64 * 2**20
 
@@ -365,7 +367,7 @@ def run(args: list[str] | None = None) -> TrainResult:
         raise MedsegError(f"disk full while writing {err.filename or trainer.log_dir}; earlier checkpoints are intact (written atomically)") from None
     # read the paths before validate(): restoring the best checkpoint also restores the callbacks' state
     best_path = Path(best.best_model_path) if best.best_model_path else None
-    last_path = Path(last.last_model_path) if last.last_model_path else None
+    last_path = Path(last.best_model_path) if last.best_model_path else None  # its top-1 file: last.ckpt
     # a run that ended before its first validation (short, max_time, Ctrl-C) validates its last checkpoint
     # this run's own checkpoint holds plain data only (tensors, numbers, strings): loaded weights-only
     validated = best_path or last_path

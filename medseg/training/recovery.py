@@ -46,8 +46,13 @@ class RecoveryPoints(lightning.Callback):
 
 
 def newest_checkpoint(trainer: lightning.Trainer) -> str | None:
-    """Return the most recently written last-checkpoint of the trainer's checkpoint callbacks, or None."""
-    paths = [Path(c.last_model_path) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.last_model_path]
+    """Return the most recently written checkpoint of the trainer's callbacks that save the newest state, or None.
+
+    Those are a callback's ``last.ckpt`` (``save_last``) and the file of one without a monitor (medseg's
+    ``last_checkpoint``, named ``last``): its "best" is always the newest state.
+    """
+    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    paths = [Path(p) for c in callbacks for p in (c.last_model_path, "" if c.monitor else c.best_model_path) if p]
     existing = [p for p in paths if p.exists()]
     return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else None
 
@@ -75,9 +80,10 @@ def fit_with_oom_recovery(
     ``ckpt_path``, it starts again from a checkpoint saved before the first step: the weights, optimizer and
     epoch and step counters training started with. An OOM in validation (or its sanity check) halves the
     model's window batch instead. A ``BatchSizePlanner`` in that trainer is capped at the smaller sizes, and
-    records the failed size in its plan cache. So that no finished epoch is lost, the trainer needs a
-    ``ModelCheckpoint(save_last=True, save_on_train_epoch_end=True)``: one tied to validation writes
-    ``last.ckpt`` only every ``check_val_every_n_epoch`` epochs.
+    records the failed size in its plan cache. So that no finished epoch is lost, the trainer needs a checkpoint
+    of the newest state saved after every training epoch (``newest_checkpoint``), as medseg's ``last_checkpoint``
+    is: ``ModelCheckpoint(filename="last", enable_version_counter=False, save_on_train_epoch_end=True)``. One
+    tied to validation writes only every ``check_val_every_n_epoch`` epochs.
 
     Under DDP the other ranks wait in a collective for the failing one, so no rank can refit: the smaller size
     is recorded, every rank is ended, and one error says how to relaunch (``--ckpt_path last``).

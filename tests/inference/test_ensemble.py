@@ -64,7 +64,6 @@ def test_a_run_that_never_validated_during_training_contributes_its_last_checkpo
     # a fold shorter than its validation interval: its final validation scored last.ckpt, and the ensemble takes it
     short = members[1].parent
     members[1].rename(short / "last.ckpt")
-    (short / "latest-epoch001.ckpt").write_bytes((short / "last.ckpt").read_bytes())
     assert [model.source for model in load_ensemble([tmp_path / "cv"])] == [members[0], short / "last.ckpt", members[2]]
     assert f"{short}: no best checkpoint (no validation ran during training): its last.ckpt is used" in caplog.text
 

@@ -81,21 +81,21 @@ def test_the_next_save_into_the_folder_removes_the_temporary_file_a_kill_left(ki
     others = [p.name for p in folder.iterdir() if p.name != "last.ckpt"]
     assert len(others) == 1 and others[0].startswith(".last.")  # the half-written temporary file
     (folder / ".notes.ckpt").write_text("the user's")
-    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, folder / "latest-epoch001.ckpt")
-    assert sorted(p.name for p in folder.iterdir()) == [".notes.ckpt", "last.ckpt", "latest-epoch001.ckpt"]
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, folder / "best-epoch001.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == [".notes.ckpt", "best-epoch001.ckpt", "last.ckpt"]
 
 
 def test_a_full_disk_while_a_checkpoint_is_written_leaves_the_earlier_one_and_no_partial_file(tmp_path, staged_elsewhere, monkeypatch):
     folder = tmp_path / "checkpoints"
     checkpoint_io = AtomicCheckpointIO()
-    checkpoint_io.save_checkpoint({"epoch": 0, "weights": torch.ones(2**18)}, folder / "latest-epoch000.ckpt")
+    checkpoint_io.save_checkpoint({"epoch": 0, "weights": torch.ones(2**18)}, folder / "last.ckpt")
     renames_across_folders_fail(monkeypatch)
     interrupt_disk_writes(monkeypatch, disk_full)
     with pytest.raises(OSError) as raised:  # an OSError, which training reports as "disk full ...; earlier checkpoints are intact"
-        checkpoint_io.save_checkpoint({"epoch": 1, "weights": torch.ones(2**18)}, folder / "latest-epoch001.ckpt")
+        checkpoint_io.save_checkpoint({"epoch": 1, "weights": torch.ones(2**18)}, folder / "last.ckpt")
     assert raised.value.errno == errno.ENOSPC
     monkeypatch.undo()
-    assert [p.name for p in folder.iterdir()] == ["latest-epoch000.ckpt"] and _load(folder / "latest-epoch000.ckpt")["epoch"] == 0
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"] and _load(folder / "last.ckpt")["epoch"] == 0
     assert list(staged_elsewhere.iterdir()) == []
 
 
@@ -122,7 +122,7 @@ def test_a_full_disk_in_training_says_earlier_checkpoints_are_intact_and_they_ar
     with pytest.raises(MedsegError, match=r"^disk full while writing .*; earlier checkpoints are intact"):
         train.run(args)
     checkpoints = sorted(tmp_path.rglob("*.ckpt"))
-    assert [p.name for p in checkpoints if "epoch000" in p.name]  # the first epoch's, best and latest
+    assert [p.name for p in checkpoints if "epoch000" in p.name]  # the first epoch's, best and last
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no partial temporary file
     for path in checkpoints:
         assert _load(path)["epoch"] == 0

@@ -31,8 +31,8 @@ class EpochLog(L.Callback):
 
 
 def every_epoch() -> ModelCheckpoint:
-    """The checkpoint training keeps for resuming: latest epoch and last.ckpt after every training epoch."""
-    return ModelCheckpoint(save_last=True, save_on_train_epoch_end=True)
+    """The checkpoint training keeps for resuming (medseg's last_checkpoint): last.ckpt, rewritten after every training epoch."""
+    return ModelCheckpoint(filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
 
 
 def test_next_smaller_size_is_the_largest_verified_one_below_else_half() -> None:

@@ -30,6 +30,14 @@ def test_fit_writes_best_and_last_checkpoints_config_and_logs(trained_run):
     assert metrics["val_mean_dice"] == pytest.approx((metrics["val_dice_organ"] + metrics["val_dice_lesion"]) / 2, abs=1e-6)
 
 
+def test_a_run_keeps_one_file_per_state_its_best_checkpoint_and_last_ckpt_of_the_final_epoch(trained_run):
+    folder = trained_run.log_dir / "checkpoints"
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == 2 and names[0].startswith("best-") and names[1] == "last.ckpt"
+    assert trained_run.last_checkpoint == folder / "last.ckpt"
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1  # rewritten after epoch 1
+
+
 def test_checkpoint_loads_weights_only_and_reproduces_predictions(trained_run):
     checkpoint = torch.load(trained_run.best_checkpoint, map_location="cpu", weights_only=True)
     info = checkpoint["medseg"]
