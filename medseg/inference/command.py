@@ -35,9 +35,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the precision training ran at, where this device supports it (bf16 on a CPU only with native bf16)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
+    parser.add_argument("--statistics", action="store_true",
+                        help="also write OUTPUT/statistics.json and statistics.csv: per scan and class, voxels, volume in mL and mean intensity "
+                             "of the scan per channel (for the whole folder, updated as scans finish)")
+    parser.add_argument("--preview", action="store_true",
+                        help="also write OUTPUT/previews/<case>.png: axial, coronal and sagittal slices (radiological display) through the "
+                             "largest structure, labels overlaid")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every scan, also in a folder made with other settings (refused otherwise); without it, scans whose outputs "
-                             "(probabilities included, when asked for) were all made with these settings are skipped")
+                             "(probabilities, statistics and preview included, when asked for) were all made with these settings are skipped")
     parser.add_argument("--no_postprocessing", action="store_true", old=["--no-postprocessing"],
                         help="ignore a postprocessing.json in a --checkpoint folder (python -m medseg.postprocess)")
     return parser.parse_args(argv)
@@ -60,7 +66,7 @@ def segment(argv: Sequence[str]) -> int:
         probabilities=args.probabilities,
     )
     summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite, postprocessing=not args.no_postprocessing,
-                            output_format=args.output_format)
+                            output_format=args.output_format, statistics=args.statistics, preview=args.preview)
     for line in summary.lines():
         print(line)
     return 1 if summary.failed else 0

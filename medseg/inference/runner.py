@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
+import numpy as np
 from tqdm import tqdm
 
 from medseg.atomic import atomic_targets, remove_stale_temporaries, write_error, write_text_atomic
@@ -22,6 +23,7 @@ from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_ensemble
 from medseg.inference.postprocessing import postprocessing_beside
 from medseg.inference.predictor import InferenceOptions, Prediction, Predictor
+from medseg.inference.statistics import StatisticsTable, class_statistics, scan_channels
 from medseg.io.dicom_series import require_pydicom
 from medseg.io.nifti import like_reference
 from medseg.option_values import OUTPUT_FORMATS
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from medseg.io.dicom_seg import Algorithm
 
 PROBABILITIES_FOLDER = "probabilities"
+PREVIEWS_FOLDER = "previews"
 DICOM_SEG_SUFFIX = ".seg.dcm"
 NO_SOURCE_SERIES = "a NIfTI scan has no DICOM series for a DICOM-SEG to reference; use --output_format nifti for NIfTI scans"
 # What made the outputs in a folder (the checkpoint's recipe with the run's overrides and precision, the models, the
@@ -65,14 +68,18 @@ def segment_scans(
     overwrite: bool = False,
     postprocessing: bool = True,
     output_format: str = "nifti",
+    statistics: bool = False,
+    preview: bool = False,
 ) -> RunSummary:
     """Return the summary after writing each scan's label map in ``output_format`` to OUTPUT, and ``OUTPUT/recipe.json``.
 
     ``output_format``: "nifti" (``<case>.nii.gz``), "dicom-seg" (``<case>.seg.dcm``, DICOM series inputs only) or "both"
     (NIfTI scans get their NIfTI only). ``source`` is a path (``find_scans``) or the cases themselves. ``checkpoint`` is
     one checkpoint, or several checkpoints and run folders whose models are ensembled (``load_ensemble``); with
-    ``postprocessing``, a ``postprocessing.json`` in a folder among them is applied.
-    A scan whose outputs (probabilities included, when asked for) all exist and were made with these settings is skipped
+    ``postprocessing``, a ``postprocessing.json`` in a folder among them is applied. With ``statistics``, each scan's
+    volume and mean intensity per class go into ``OUTPUT/statistics.json`` and ``.csv`` (``StatisticsTable``); with
+    ``preview``, a picture of its labels into ``OUTPUT/previews/<case>.png`` (``medseg.inference.preview``).
+    A scan whose outputs (probabilities, statistics and preview included, when asked for) all exist and were made with these settings is skipped
     unless `overwrite`; a folder made with other settings is refused unless `overwrite` (``OutputRecord``), as is a
     second run into the folder at once. A failing scan is recorded and the rest go on.
     Inputs are never written: an output path that is an input file is refused before anything runs.
@@ -87,7 +94,7 @@ def segment_scans(
     # DICOM-SEG files an earlier run wrote inside the input folder are results, not series to segment
     cases = [case for case in cases if not (case.dicom and all(p.resolve().is_relative_to(output.resolve()) for p in case.images))]
     inputs = {p.resolve() for case in cases for p in case.images}
-    targets = {case.name: case_outputs(case, output, output_format, options.probabilities) for case in cases}
+    targets = {case.name: case_outputs(case, output, output_format, options.probabilities, preview) for case in cases}
     for paths in targets.values():
         for target in paths.values():
             if target.resolve() in inputs:
@@ -106,21 +113,22 @@ def segment_scans(
         "postprocessing": {**decision[0].to_dict(), "file": str(Path(decision[1]).absolute())} if decision else None,
     }
     with folder_lock(output):
-        for folder in (output, output / PROBABILITIES_FOLDER):
+        for folder in (output, output / PROBABILITIES_FOLDER, output / PREVIEWS_FOLDER):
             remove_stale_temporaries(folder)  # of a killed run: no other run writes here while the lock is held
         record = OutputRecord.for_run(output / RECIPE_FILE, settings, overwrite, [case.name for case in cases if outputs_exist(targets[case.name])])
         algorithm = dicom_seg_algorithm(ran.class_names, models) if output_format != "nifti" else None
-        return run_cases(predictor, cases, targets, record, overwrite, output_format, algorithm)
+        table = StatisticsTable.read(output, record.cases) if statistics else None
+        return run_cases(predictor, cases, targets, record, overwrite, output_format, algorithm, table)
 
 
 def run_cases(
     predictor: Predictor, cases: Sequence[Case], targets: dict[str, dict[str, Path]], record: OutputRecord, overwrite: bool, output_format: str,
-    algorithm: Algorithm | None,
+    algorithm: Algorithm | None, table: StatisticsTable | None = None,
 ) -> RunSummary:
     """Return the summary after segmenting the cases not yet made (all with `overwrite`), committing each case's outputs
-    together and then listing it in the record."""
+    together, then listing it in the record, then putting its statistics in the ``table`` when there is one."""
     summary = RunSummary()
-    todo = [case for case in cases if overwrite or not record.made(case.name, targets[case.name])]
+    todo = [case for case in cases if overwrite or not record.made(case.name, targets[case.name]) or (table is not None and not table.has(case.name))]
     summary.skipped = [case.name for case in cases if case not in todo]
     if output_format == "dicom-seg":
         summary.failed = [(case.name, NO_SOURCE_SERIES) for case in todo if not case.dicom]
@@ -128,9 +136,15 @@ def run_cases(
     elif output_format == "both" and any(not case.dicom for case in todo):
         print(f"{sum(not case.dicom for case in todo)} NIfTI scan(s) get a NIfTI label map only: a DICOM-SEG needs a DICOM series", file=sys.stderr)
 
+    recipe = predictor.recipe
+
     def commit(prediction: Prediction, case: Case) -> None:
-        write_prediction(prediction, case, targets[case.name], algorithm)
+        # the scan's own intensities, read again: the predictor kept only their preprocessed copy
+        channels = scan_channels(case, prediction.reference) if table is not None or "preview" in targets[case.name] else None
+        write_prediction(prediction, case, targets[case.name], algorithm, channels, recipe.class_names)
         record.add(case.name)
+        if table is not None:
+            table.add(case.name, class_statistics(prediction.labels, channels, prediction.reference.affine, recipe.class_names, recipe.channel_names))
 
     progress = tqdm(todo, desc="segmenting", unit="scan", file=sys.stderr)
     # One thread reads and preprocesses the next scan and one writes the last while this one is segmented:
@@ -257,8 +271,9 @@ def dicom_seg_algorithm(class_names: Sequence[str], models: Sequence[TrainedMode
     return Algorithm(tuple(class_names), tuple(Path(model.source).name for model in models))
 
 
-def case_outputs(case: Case, output: Path, output_format: str, probabilities: bool = False) -> dict[str, Path]:
-    """Return the files a case's run writes, by kind: "labels" (NIfTI), "dicom-seg" and "probabilities" (NIfTI).
+def case_outputs(case: Case, output: Path, output_format: str, probabilities: bool = False, preview: bool = False) -> dict[str, Path]:
+    """Return the files a case's run writes, by kind: "labels" (NIfTI), "dicom-seg", "probabilities" (NIfTI) and
+    "preview" (PNG).
 
     With "both", a NIfTI scan gets its NIfTI only: a DICOM-SEG references the DICOM series it segments."""
     kinds = {"nifti": ["labels"], "dicom-seg": ["dicom-seg"], "both": ["labels", "dicom-seg"] if case.dicom else ["labels"]}[output_format]
@@ -266,6 +281,8 @@ def case_outputs(case: Case, output: Path, output_format: str, probabilities: bo
     paths = {kind: files[kind] for kind in kinds}
     if probabilities:
         paths["probabilities"] = output / PROBABILITIES_FOLDER / f"{case.name}.nii.gz"
+    if preview:
+        paths["preview"] = output / PREVIEWS_FOLDER / f"{case.name}.png"
     return paths
 
 
@@ -273,13 +290,20 @@ def outputs_exist(paths: dict[str, Path]) -> bool:
     return all(path.exists() for path in paths.values())
 
 
-def write_prediction(prediction: Prediction, case: Case, targets: dict[str, Path], algorithm: Algorithm | None = None) -> None:
+def write_prediction(
+    prediction: Prediction, case: Case, targets: dict[str, Path], algorithm: Algorithm | None = None,
+    channels: Sequence[np.ndarray] | None = None, class_names: Sequence[str] = (),
+) -> None:
     """Write the case's outputs (``case_outputs``) together: every temporary file first, then the renames, so a failure
     leaves none of them half written and none replaced. A DICOM-SEG needs the case's DICOM series and the
-    ``algorithm`` that segmented it."""
+    ``algorithm`` that segmented it; a preview the scan's ``channels`` (``scan_channels``) and the ``class_names``."""
     with atomic_targets(list(targets.values())) as temps:
         for kind, temp in zip(targets, temps):
-            if kind == "dicom-seg":
+            if kind == "preview":
+                from medseg.inference.preview import save_preview  # matplotlib loads only for previews
+
+                save_preview(temp, prediction.labels, channels[0], prediction.reference.affine, class_names, case.name)
+            elif kind == "dicom-seg":
                 from medseg.io.dicom_seg import segmentation
 
                 segmentation(prediction.labels, prediction.reference, case.name, case.images, algorithm).save_as(temp)
