@@ -23,7 +23,7 @@ from medseg.errors import MedsegError
 from medseg.inference.checkpoint import TrainedModel, load_ensemble
 from medseg.inference.postprocessing import postprocessing_beside
 from medseg.inference.predictor import InferenceOptions, Prediction, Predictor
-from medseg.inference.statistics import StatisticsTable, class_statistics, scan_channels
+from medseg.inference.statistics import STATISTICS_JSON, StatisticsTable, class_statistics, scan_channels
 from medseg.io.dicom_series import require_pydicom
 from medseg.io.nifti import like_reference
 from medseg.option_values import OUTPUT_FORMATS
@@ -117,8 +117,10 @@ def segment_scans(
             remove_stale_temporaries(folder)  # of a killed run: no other run writes here while the lock is held
         record = OutputRecord.for_run(output / RECIPE_FILE, settings, overwrite, [case.name for case in cases if outputs_exist(targets[case.name])])
         algorithm = dicom_seg_algorithm(ran.class_names, models) if output_format != "nifti" else None
-        table = StatisticsTable.read(output, record.cases) if statistics else None
-        return run_cases(predictor, cases, targets, record, overwrite, output_format, algorithm, table)
+        table = None
+        if statistics or (output / STATISTICS_JSON).is_file():  # without --statistics too, so that rows of replaced labels go
+            table = StatisticsTable.read(output, record.cases)
+        return run_cases(predictor, cases, targets, record, overwrite, output_format, algorithm, table if statistics else None)
 
 
 def run_cases(

@@ -59,7 +59,7 @@ def class_statistics(
 
 class StatisticsTable:
     """The statistics of every case made in an output folder, rewritten (JSON and CSV together, atomically) as each
-    case finishes. Rows of cases made earlier with the same settings are read back and kept."""
+    case finishes. Rows of cases made earlier with the same settings are read back and kept, the others taken out."""
 
     def __init__(self, folder: Path, cases: dict[str, dict[str, Any]]) -> None:
         self.folder = Path(folder)
@@ -68,7 +68,8 @@ class StatisticsTable:
     @classmethod
     def read(cls, folder: Path, made: Collection[str]) -> StatisticsTable:
         """Return the folder's table, keeping only the cases in ``made`` (listed in ``recipe.json`` as made with this
-        run's settings); an empty one where there is no ``statistics.json``."""
+        run's settings; the files are rewritten at once without the others, whose labels are being replaced); an empty
+        one where there is no ``statistics.json``."""
         path = Path(folder) / STATISTICS_JSON
         if not path.is_file():
             return cls(folder, {})
@@ -78,7 +79,10 @@ class StatisticsTable:
             raise MedsegError(f"{path}: not valid JSON ({err}); move it away and rerun to write it again") from None
         if not isinstance(cases, dict):
             raise MedsegError(f"{path}: not a statistics file (case -> class -> values); move it away and rerun to write it again")
-        return cls(folder, {name: values for name, values in cases.items() if name in made})
+        table = cls(folder, {name: values for name, values in cases.items() if name in made})
+        if len(table.cases) < len(cases):
+            table._write()
+        return table
 
     def has(self, name: str) -> bool:
         return name in self.cases
@@ -86,6 +90,9 @@ class StatisticsTable:
     def add(self, name: str, statistics: dict[str, dict[str, Any]]) -> None:
         """Put the case's statistics (``class_statistics``) in the table and rewrite both files."""
         self.cases[name] = statistics
+        self._write()
+
+    def _write(self) -> None:
         ordered = dict(sorted(self.cases.items()))
         with atomic_targets([self.folder / STATISTICS_JSON, self.folder / STATISTICS_CSV]) as (json_temp, csv_temp):
             json_temp.write_text(json.dumps(ordered, indent=2) + "\n")

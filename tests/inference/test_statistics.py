@@ -193,3 +193,13 @@ def test_slices_cross_a_ring_whose_centre_of_mass_lies_outside_it():
     ring[5:35, 5:35, 2:8] = 1
     ring[10:30, 10:30, 2:8] = 0
     assert ring[largest_structure_centre(ring)] == 1
+
+
+def test_rows_of_labels_replaced_with_other_settings_go_and_are_measured_again_later(trained_checkpoint, scans, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _segment(trained_checkpoint, scans, output, "--statistics") == 0
+    assert _segment(trained_checkpoint, scans, output, "--overwrite", "--sw_overlap", "0.5") == 0
+    assert json.loads((output / STATISTICS_JSON).read_text()) == {}
+    capsys.readouterr()
+    assert _segment(trained_checkpoint, scans, output, "--statistics", "--sw_overlap", "0.5") == 0
+    assert "2 done, 0 skipped" in capsys.readouterr().out
