@@ -79,9 +79,9 @@ def segment_scans(
     ``postprocessing``, a ``postprocessing.json`` in a folder among them is applied. With ``statistics``, each scan's
     volume and mean intensity per class go into ``OUTPUT/statistics.json`` and ``.csv`` (``StatisticsTable``); with
     ``preview``, a picture of its labels into ``OUTPUT/previews/<case>.png`` (``medseg.inference.preview``).
-    A scan whose outputs (probabilities, statistics and preview included, when asked for) all exist and were made with these settings is skipped
-    unless `overwrite`; a folder made with other settings is refused unless `overwrite` (``OutputRecord``), as is a
-    second run into the folder at once. A failing scan is recorded and the rest go on.
+    A scan whose outputs (probabilities, statistics and preview included, when asked for) all exist and were made with
+    these settings is skipped unless `overwrite`; a folder made with other settings is refused unless `overwrite`
+    (``OutputRecord``), as is a second run into the folder at once. A failing scan is recorded and the rest go on.
     Inputs are never written: an output path that is an input file is refused before anything runs.
     """
     options = options or InferenceOptions()
