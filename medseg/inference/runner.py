@@ -120,15 +120,19 @@ def segment_scans(
         table = None
         if statistics or (output / STATISTICS_JSON).is_file():  # without --statistics too, so that rows of replaced labels go
             table = StatisticsTable.read(output, record.cases)
-        return run_cases(predictor, cases, targets, record, overwrite, output_format, algorithm, table if statistics else None)
+        # a rewritten case's other outputs (an earlier run's preview, probabilities or DICOM-SEG) would describe labels that are gone
+        unasked = {case.name: [path for kind, path in case_outputs(case, output, "both", True, True).items() if kind not in targets[case.name]]
+                   for case in cases}
+        return run_cases(predictor, cases, targets, record, overwrite, output_format, algorithm, table if statistics else None, unasked)
 
 
 def run_cases(
     predictor: Predictor, cases: Sequence[Case], targets: dict[str, dict[str, Path]], record: OutputRecord, overwrite: bool, output_format: str,
-    algorithm: Algorithm | None, table: StatisticsTable | None = None,
+    algorithm: Algorithm | None, table: StatisticsTable | None = None, unasked: dict[str, list[Path]] | None = None,
 ) -> RunSummary:
     """Return the summary after segmenting the cases not yet made (all with `overwrite`), committing each case's outputs
-    together, then listing it in the record, then putting its statistics in the ``table`` when there is one."""
+    together, removing its ``unasked`` outputs of earlier runs, then listing it in the record, then putting its
+    statistics in the ``table`` when there is one."""
     summary = RunSummary()
     todo = [case for case in cases if overwrite or not record.made(case.name, targets[case.name]) or (table is not None and not table.has(case.name))]
     summary.skipped = [case.name for case in cases if case not in todo]
@@ -144,6 +148,8 @@ def run_cases(
         # the scan's own intensities, read again: the predictor kept only their preprocessed copy
         channels = scan_channels(case, prediction.reference) if table is not None or "preview" in targets[case.name] else None
         write_prediction(prediction, case, targets[case.name], algorithm, channels, recipe.class_names)
+        for path in (unasked or {}).get(case.name, []):
+            path.unlink(missing_ok=True)
         record.add(case.name)
         if table is not None:
             table.add(case.name, class_statistics(prediction.labels, channels, prediction.reference.affine, recipe.class_names, recipe.channel_names))

@@ -203,3 +203,14 @@ def test_rows_of_labels_replaced_with_other_settings_go_and_are_measured_again_l
     capsys.readouterr()
     assert _segment(trained_checkpoint, scans, output, "--statistics", "--sw_overlap", "0.5") == 0
     assert "2 done, 0 skipped" in capsys.readouterr().out
+
+
+def test_a_rewritten_scan_loses_the_preview_and_probabilities_of_the_labels_it_replaced(trained_checkpoint, scans, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _segment(trained_checkpoint, scans, output, "--preview", "--probabilities") == 0
+    assert (output / "previews" / "a.png").is_file() and (output / "probabilities" / "a.nii.gz").is_file()
+    assert _segment(trained_checkpoint, scans, output, "--overwrite", "--sw_overlap", "0.5") == 0
+    assert not (output / "previews" / "a.png").exists() and not (output / "probabilities" / "a.nii.gz").exists()
+    capsys.readouterr()
+    assert _segment(trained_checkpoint, scans, output, "--preview", "--sw_overlap", "0.5") == 0  # drawn again, of the new labels
+    assert "2 done, 0 skipped" in capsys.readouterr().out and (output / "previews" / "a.png").is_file()
