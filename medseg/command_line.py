@@ -26,7 +26,7 @@ class CommandParser(argparse.ArgumentParser):
     previous release's spellings still accepted, each with a one-line notice (``add_argument(..., old=...)``)."""
 
     def __init__(self, prog: str, description: str, epilog: str = "", **kwargs) -> None:
-        super().__init__(prog=prog, description=description, epilog=f"{epilog} {DEBUG_HELP}".lstrip(), allow_abbrev=False, **kwargs)
+        super().__init__(prog=prog, description=description, epilog=f"{epilog}\n{DEBUG_HELP}".lstrip(), allow_abbrev=False, **kwargs)
         self.old_spellings: dict[str, list[str]] = {}
 
     def add_argument(self, *names: str, old: Sequence[str] = (), **kwargs) -> argparse.Action:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from medseg.training.cli import OUTPUT_OPTIONS, OptionsOnlyCLI, build_cli
-from medseg.training.cross_validation import RETRAIN
+from medseg.errors import DEBUG_OPTION
+from medseg.training import command as train
+from medseg.training.cli import OptionsOnlyCLI, build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -85,9 +86,9 @@ def training_option_exists(option: str, parser_options: set[str]) -> bool:
 
 @pytest.fixture(scope="module")
 def training_options() -> set[str]:
-    """Return the options of ``python -m medseg.train``: LightningCLI's, ``--retrain`` (read before it by ``--data.fold all``)
-    and ``-o/--output`` (read before it too)."""
-    return {*build_cli([], OptionsOnlyCLI).parser._option_string_actions, RETRAIN, *OUTPUT_OPTIONS}
+    """Return the options of ``python -m medseg.train``: its own parser's (``-o``, ``--retrain``, ...), LightningCLI's
+    and ``--debug`` (every command's, read by ``run_command``)."""
+    return {*train.train_parser()._option_string_actions, *build_cli([], OptionsOnlyCLI).parser._option_string_actions, DEBUG_OPTION}
 
 
 def test_the_reference_documents_every_command():
