@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from medseg.command_line import current_spellings
+from medseg.command_line import OLD_SPELLINGS_REMOVED_IN, current_spellings
 from medseg.evaluation import command as evaluate
 from medseg.inference import command as infer
 from medseg.inference import postprocess_command as postprocess
@@ -94,12 +94,12 @@ def test_an_old_spelling_still_works_with_one_deprecation_notice(parse, others, 
     assert capsys.readouterr().err == ""
     assert parse([*others, *old]) == expected
     replacement = " ".join(new) if old == ["--no-gaussian"] else new[0].split("=")[0]  # a flag's replacement is an option and its value
-    assert capsys.readouterr().err == f"medseg: {old[0].split('=')[0]} is deprecated, use {replacement}\n"
+    assert capsys.readouterr().err == f"medseg: {old[0].split('=')[0]} is deprecated (removed in {OLD_SPELLINGS_REMOVED_IN}), use {replacement}\n"
 
 
 def test_an_old_spelling_used_twice_gets_one_notice(capsys):
     assert current_spellings(["--out", "a", "--out=b"], {"--out": ["--output"]}) == ["--output", "a", "--output=b"]
-    assert capsys.readouterr().err == "medseg: --out is deprecated, use --output\n"
+    assert capsys.readouterr().err == "medseg: --out is deprecated (removed in 0.3.0), use --output\n"
 
 
 def test_no_gaussian_blending_is_asked_for_as_training_spells_it():
