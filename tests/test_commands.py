@@ -51,9 +51,12 @@ def test_data_fold_all_asks_for_cross_validation_either_way_of_writing_it(fold):
     assert options.fold == train.ALL_FOLDS and options.retrain and training_args == ["--config", "c.yaml"]
 
 
-def test_one_fold_is_a_training_option(capsys):
+def test_one_fold_is_a_training_option():
     options, training_args = train.parse_args(["--data.fold", "1", "--config", "c.yaml"])
     assert options.fold == "1" and training_args == ["--config", "c.yaml", "--data.fold=1"]
+
+
+def test_retrain_without_all_folds_is_refused(capsys):
     code, _, err = run_main(train.main, ["--retrain"], capsys)
     assert code == 2 and "--retrain applies to --data.fold all only" in err
 
@@ -130,18 +133,18 @@ def test_help_all_is_lightningclis_full_help_with_every_config_key(capsys):
     assert code == 0 and "--data.root" in out and "--trainer.max_epochs" in out and "--ckpt_path" in out
 
 
-MISSPELT = {  # a command's options with one misspelt
-    "train": ["--data.rooot", "data"],
-    "infer": ["--checkpoint", "m.ckpt", "-i", "scans", "-o", "out", "--sw_overlapp", "0.5"],
-    "evaluate": ["--pred", "pred", "--gt", "gt", "--outptu", "scores.csv"],
-    "postprocess": ["--pred", "pred", "--gt", "gt", "--outptu", "decision.json"],
-    "plan": ["--data.rooot", "data"],
-    "memory": ["--capacity_gb", "8"],
+MISSPELT = {  # a command's required options, and a misspelling of one of its options
+    "train": ([], "--data.rooot"),
+    "infer": (["--checkpoint", "m.ckpt", "-i", "scans", "-o", "out"], "--sw_overlapp"),
+    "evaluate": (["--pred", "pred", "--gt", "gt"], "--outptu"),
+    "postprocess": (["--pred", "pred", "--gt", "gt"], "--outptu"),
+    "plan": ([], "--data.rooot"),
+    "memory": ([], "--capacity_gb"),
 }
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_misspelt_option_fails_with_exit_code_2_naming_it(command, capsys):
-    code, _, err = run_main(COMMANDS[command], MISSPELT[command], capsys)
-    misspelt = next(arg for arg in MISSPELT[command] if arg.startswith("--") and arg not in ("--checkpoint", "--pred", "--gt"))
+    required, misspelt = MISSPELT[command]
+    code, _, err = run_main(COMMANDS[command], [*required, misspelt, "1"], capsys)
     assert code == 2 and misspelt in err
