@@ -18,15 +18,19 @@ from collections.abc import Sequence
 
 from medseg.errors import DEBUG_HELP
 
-__all__ = ["CommandParser", "current_spellings"]
+__all__ = ["CommandParser", "OLD_SPELLINGS_REMOVED_IN", "current_spellings"]
+
+# The release that removes the old spellings (``old=``, ``rename``), which 0.1.0 replaced: they work through 0.2.x
+OLD_SPELLINGS_REMOVED_IN = "0.3.0"
 
 
 class CommandParser(argparse.ArgumentParser):
     """An argparse parser with medseg's conventions: no abbreviated options, ``--debug`` in the epilog, and the
-    previous release's spellings still accepted, each with a one-line notice (``add_argument(..., old=...)``)."""
+    previous release's spellings still accepted until ``OLD_SPELLINGS_REMOVED_IN``, each with a one-line notice
+    (``add_argument(..., old=...)``)."""
 
     def __init__(self, prog: str, description: str, epilog: str = "", **kwargs) -> None:
-        super().__init__(prog=prog, description=description, epilog=f"{epilog} {DEBUG_HELP}".lstrip(), allow_abbrev=False, **kwargs)
+        super().__init__(prog=prog, description=description, epilog=f"{epilog}\n{DEBUG_HELP}".lstrip(), allow_abbrev=False, **kwargs)
         self.old_spellings: dict[str, list[str]] = {}
 
     def add_argument(self, *names: str, old: Sequence[str] = (), **kwargs) -> argparse.Action:
@@ -47,7 +51,7 @@ class CommandParser(argparse.ArgumentParser):
 
 def current_spellings(args: Sequence[str], old_spellings: dict[str, list[str]]) -> list[str]:
     """Return ``args`` with every old spelling replaced by its current one, after one notice on stderr for each
-    old spelling used ("medseg: --out is deprecated, use --output")."""
+    old spelling used ("medseg: --out is deprecated (removed in 0.3.0), use --output")."""
     current: list[str] = []
     noticed: set[str] = set()
     for arg in args:
@@ -57,7 +61,7 @@ def current_spellings(args: Sequence[str], old_spellings: dict[str, list[str]]) 
             current.append(arg)
             continue
         if name not in noticed:
-            print(f"medseg: {name} is deprecated, use {' '.join(new)}", file=sys.stderr)
+            print(f"medseg: {name} is deprecated (removed in {OLD_SPELLINGS_REMOVED_IN}), use {' '.join(new)}", file=sys.stderr)
             noticed.add(name)
         current += [f"{new[0]}={value}", *new[1:]] if equals else new
     return current

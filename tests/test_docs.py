@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from medseg.training.cli import OUTPUT_OPTIONS, OptionsOnlyCLI, build_cli
-from medseg.training.cross_validation import RETRAIN
+from medseg.command_line import OLD_SPELLINGS_REMOVED_IN
+from medseg.errors import DEBUG_OPTION
+from medseg.training import command as train
+from medseg.training.cli import OptionsOnlyCLI, build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -63,8 +65,8 @@ class ParserBuilt(BaseException):
         self.parser = parser
 
 
-def argparse_options(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """Return the option strings of the parser ``module``'s main() builds, captured before it parses anything."""
+def built_parser(module: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """Return the parser ``module``'s main() builds, captured before it parses anything."""
 
     def capture(parser, *args, **kwargs):
         raise ParserBuilt(parser)
@@ -73,7 +75,12 @@ def argparse_options(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     with pytest.raises(ParserBuilt) as built:
         importlib.import_module(module).main([])
     monkeypatch.undo()
-    return set(built.value.parser._option_string_actions)
+    return built.value.parser
+
+
+def argparse_options(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Return the option strings of the parser ``module``'s main() builds."""
+    return set(built_parser(module, monkeypatch)._option_string_actions)
 
 
 def training_option_exists(option: str, parser_options: set[str]) -> bool:
@@ -85,9 +92,9 @@ def training_option_exists(option: str, parser_options: set[str]) -> bool:
 
 @pytest.fixture(scope="module")
 def training_options() -> set[str]:
-    """Return the options of ``python -m medseg.train``: LightningCLI's, ``--retrain`` (read before it by ``--data.fold all``)
-    and ``-o/--output`` (read before it too)."""
-    return {*build_cli([], OptionsOnlyCLI).parser._option_string_actions, RETRAIN, *OUTPUT_OPTIONS}
+    """Return the options of ``python -m medseg.train``: its own parser's (``-o``, ``--retrain``, ...), LightningCLI's
+    and ``--debug`` (every command's, read by ``run_command``)."""
+    return {*train.train_parser()._option_string_actions, *build_cli([], OptionsOnlyCLI).parser._option_string_actions, DEBUG_OPTION}
 
 
 def test_the_reference_documents_every_command():
@@ -123,3 +130,11 @@ def test_a_misspelt_option_is_caught(training_options: set[str], monkeypatch: py
     assert not training_option_exists("--data.rooot", training_options)
     assert not training_option_exists("--trainer.loger.class_path", training_options)
     assert "--sw_batchsize" not in argparse_options(ARGPARSE_COMMANDS["infer"], monkeypatch)
+
+
+def test_the_deprecation_table_lists_every_old_spelling_and_its_release(monkeypatch: pytest.MonkeyPatch):
+    section = COMMANDS_PAGE.read_text().partition("## Deprecated spellings")[2].partition("\n## ")[0]
+    rows = [[cell.strip().strip("`") for cell in line.split("|")[1:-1]] for line in section.splitlines() if line.startswith("| `")]
+    parsers = [built_parser(module, monkeypatch) for module in [*ARGPARSE_COMMANDS.values(), "medseg.training.command"]]
+    assert {row[0]: row[2] for row in rows} == {old: " ".join(new) for parser in parsers for old, new in parser.old_spellings.items()}
+    assert all(row[3] == OLD_SPELLINGS_REMOVED_IN for row in rows)

@@ -34,7 +34,7 @@ log = logging.getLogger("medseg.plan")
 def planning_parser(prog: str, description: str, output: str, output_help: str) -> CommandParser:
     """Return the parser plan and memory share: the memory budget, the GPU's size and the output folder; any other
     option is a training option, for ``parse_training_options`` to check."""
-    parser = CommandParser(prog, description, "Any other option is a training option (python -m medseg.train --help lists them).",
+    parser = CommandParser(prog, description, "Any other option is a training option (python -m medseg.train --help_all lists them).",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget_fraction", type=float, default=DEFAULT_BUDGET_FRACTION, old=["--budget-fraction"],
                         help="share of the GPU memory this process may use that a step's steady state may use")

@@ -58,8 +58,6 @@ from medseg.training.throughput import ThroughputMonitor
 
 log = logging.getLogger("medseg")
 
-ALL_FOLDS = "all"  # --data.fold all: cross-validation (medseg.training.cross_validation)
-
 
 class OneLineErrorParser(LightningArgumentParser):
     """Argument parser whose errors are one line (jsonargparse prints the whole usage otherwise)."""
@@ -297,27 +295,6 @@ def parse_training_options(args: list[str]) -> dict[str, Any]:
     overrides, defaults), for commands that need no Trainer. An unknown option or a bad value is refused as training
     refuses it: one line, exit code 2. Nothing is built: the parse takes about 0.1 s."""
     return build_cli(args, OptionsOnlyCLI).config.as_dict()
-
-
-# Every command's name for where it writes; training reads it before LightningCLI (``output_as_training_options``).
-OUTPUT_OPTIONS = ("-o", "--output")
-
-
-def output_as_training_options(args: list[str]) -> list[str]:
-    """Return ``args`` with ``-o/--output FOLDER``, every command's name for where it writes, as the two training
-    options it stands for: the trainer's folder (``--trainer.default_root_dir``: the batch plans) and the logger's
-    (``--trainer.logger.init_args.save_dir``: runs, checkpoints, metrics), in its place, so later options still win."""
-    expanded, rest = [], iter(args)
-    for arg in rest:
-        name, equals, folder = arg.partition("=")
-        if name not in OUTPUT_OPTIONS:
-            expanded.append(arg)
-            continue
-        folder = folder if equals else next(rest, "")
-        if not folder:
-            raise MedsegError(f"{name} needs a folder")
-        expanded += [f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}"]
-    return expanded
 
 
 def with_plan(args: list[str] | None) -> list[str] | None:

@@ -35,7 +35,7 @@ from medseg.evaluation.metrics import dice_per_class, mean_over_cases, read_labe
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, choose_postprocessing
 from medseg.inference.runner import flatten
 from medseg.tables import format_rows
-from medseg.training.cli import ALL_FOLDS, MedsegCLI, build_cli, with_plan
+from medseg.training.cli import MedsegCLI, build_cli, with_plan
 from medseg.training.final_validation import EVALUATION_FILE, VALIDATION_FOLDER
 
 log = logging.getLogger("medseg.cross_validation")
@@ -48,26 +48,6 @@ PLACEMENT_OPTIONS = (
     "ckpt_path", "data.fold", "data.cache", "data.cache_dir", "data.num_workers",
     "trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar",
 )
-
-
-def asks_for_all_folds(args: list[str]) -> bool:
-    """Return whether the command line says ``--data.fold all``."""
-    return any(a == f"--data.fold={ALL_FOLDS}" for a in args) or any(
-        a == "--data.fold" and b == ALL_FOLDS for a, b in zip(args, args[1:])
-    )
-
-
-def without_fold(args: list[str]) -> list[str]:
-    """Return ``args`` without its ``--data.fold`` option."""
-    kept, skip = [], False
-    for index, arg in enumerate(args):
-        if skip:
-            skip = False
-        elif arg == "--data.fold":
-            skip = index + 1 < len(args)
-        elif not arg.startswith("--data.fold="):
-            kept.append(arg)
-    return kept
 
 
 def fold_arguments(args: list[str], folder: Path, fold: int) -> list[str]:
@@ -162,14 +142,14 @@ def _mean_dice(dice: list[tuple[float, ...]], class_names: list[str]) -> dict[st
     return {**means, "mean": float(np.mean(list(means.values())))}
 
 
-def run_cross_validation(args: list[str]) -> dict:
-    """Train every fold as ``args`` say (``--data.fold all`` removed), then write and return the summary.
+def run_cross_validation(args: list[str], retrain: bool = False) -> dict:
+    """Train every fold as the training options ``args`` say (each fold sets ``--data.fold``), then write and return
+    the summary.
 
     A fold already trained with the same options is reused (resumed where it was interrupted); one trained with other
-    options is refused, or with ``--retrain`` moved aside and trained again."""
-    retrain = RETRAIN in args
+    options is refused, or with ``retrain`` (``--retrain``) moved aside and trained again."""
     # the dataset's plan, when it trains with one, is read once here: every fold trains with the same
-    args = with_plan([arg for arg in without_fold(args) if arg != RETRAIN])
+    args = with_plan(args)
     probe_args = [*args, "--data.fold=0"]
     probe = build_cli(probe_args)  # the configuration as every fold reads it, checked before any fold trains
     data, logger = probe.config["data"], probe.config["trainer"]["logger"]

@@ -18,14 +18,8 @@ from medseg.inference import command as infer
 from medseg.inference.postprocessing import Postprocessing
 from medseg.training.cli import build_cli
 from medseg.training.command import main
-from medseg.training.cross_validation import asked_options, asks_for_all_folds, without_fold
+from medseg.training.cross_validation import asked_options
 from tests.helpers.cli import run_main, tiny_train_args
-
-
-@pytest.mark.parametrize("args, expected", [(["--data.fold", "all"], True), (["--data.fold=all"], True), (["--data.fold=1"], False), (["all"], False)])
-def test_all_folds_are_asked_for_either_way_of_writing_the_option(args, expected):
-    assert asks_for_all_folds(args) is expected
-    assert without_fold(["--a=1", *args]) == (["--a=1"] if args[0].startswith("--data.fold") else ["--a=1", *args])
 
 
 def test_every_fold_of_a_run_too_short_to_validate_is_validated_summarised_and_inferred_and_a_rerun_trains_nothing_again(demo_root, tmp_path, capfd, caplog):
@@ -76,18 +70,19 @@ def _fold_done_with(folder, fold: int, options: dict) -> None:
 
 
 def _options(args: list[str]) -> dict:
-    """Return the options a fold of ``args`` records, as cross-validation reads them."""
-    probe_args = [*without_fold(args), "--data.fold=0"]
+    """Return the options a fold of ``args`` (training options, ``--data.fold all`` not among them) records, as
+    cross-validation reads them."""
+    probe_args = [*args, "--data.fold=0"]
     return asked_options(build_cli(probe_args), probe_args)
 
 
 def test_a_rerun_with_other_options_is_refused_naming_them_and_reuses_nothing(demo_root, tmp_path, capsys):
-    args = tiny_train_args(demo_root, tmp_path) + ["--data.num_folds=2", "--data.fold=all"]
+    args = tiny_train_args(demo_root, tmp_path) + ["--data.num_folds=2"]
     folder = tmp_path / "medseg_cv"
     earlier = {**_options(args), "trainer.max_epochs": 3}
     _fold_done_with(folder, 0, earlier)
     _fold_done_with(folder, 2, earlier)  # of an earlier run with more folds: an ensemble of the folder would read it too
-    code, _, err = run_main(main, args, capsys)
+    code, _, err = run_main(main, [*args, "--data.fold=all"], capsys)
     assert code == 1
     assert err.strip().splitlines()[-1] == (
         f"medseg: error: {folder} holds folds trained with other options (folds 0, 2: trainer.max_epochs 3 -> 2): rerun with --retrain to "
@@ -97,12 +92,12 @@ def test_a_rerun_with_other_options_is_refused_naming_them_and_reuses_nothing(de
 
 
 def test_retrain_moves_the_folds_trained_with_other_options_aside_and_trains_them_again(demo_root, tmp_path, capsys):
-    args = tiny_train_args(demo_root, tmp_path) + ["--data.num_folds=2", "--data.fold=all", "--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
+    args = tiny_train_args(demo_root, tmp_path) + ["--data.num_folds=2", "--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
     folder = tmp_path / "medseg_cv"
     now = _options(args)
     _fold_done_with(folder, 0, {**now, "trainer.max_epochs": 3})
     (folder / "summary.json").write_text("{}")  # made with the earlier fold 0: no longer describes the folder
-    code, _, err = run_main(main, [*args, "--retrain"], capsys)
+    code, _, err = run_main(main, [*args, "--data.fold", "all", "--retrain"], capsys)
     assert code == 1 and "fold 0 failed (exit code 1" in err.strip().splitlines()[-1]  # it trained again, and crashed on purpose
     [aside] = (tmp_path / "medseg_cv_replaced").iterdir()
     assert (aside / "fold_0" / "version_0" / "validation" / "evaluation.csv").read_text() == "case\n" and (aside / "summary.json").is_file()
