@@ -25,7 +25,7 @@ from medseg.option_values import DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_
 from medseg.tables import format_rows
 
 if TYPE_CHECKING:
-    from medseg.planning.dataset_plan import TrainingPlan
+    from medseg.planning.dataset_plan import DatasetPlan
     from medseg.planning.store import StoredPlan
 
 log = logging.getLogger("medseg.plan")
@@ -52,7 +52,7 @@ def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(args)
 
 
-def format_plan(plan: TrainingPlan) -> str:
+def format_plan(plan: DatasetPlan) -> str:
     """Return the precisions side by side as a text table, with the dataset-wide decisions on top."""
     rows = [
         {

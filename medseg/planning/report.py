@@ -11,37 +11,37 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medseg.atomic import atomic_target, write_text_atomic
-from medseg.planning.batch_search import BatchPlan
+from medseg.planning.batch_search import BatchSearchResult
 from medseg.tables import format_rows
 
 MiB = 2**20
 
 
-def comparison(plans: Sequence[BatchPlan]) -> list[dict[str, Any]]:
+def comparison(results: Sequence[BatchSearchResult]) -> list[dict[str, Any]]:
     """Return one row per precision: steady-state memory line, verified batch, its steady and first-step (cuDNN
     autotuning) peaks, throughput, the fake-tensor estimate against the measured steady state, and ratios to 32-true."""
-    reference = next((p for p in plans if p.precision == "32-true"), None)
+    reference = next((p for p in results if p.precision == "32-true"), None)
     rows = []
-    for plan in plans:
+    for result in results:
         row = {
-            "precision": plan.precision,
-            "fixed_mib": plan.fixed_bytes / MiB,
-            "per_sample_mib": plan.per_sample_bytes / MiB,
-            "batch_size": plan.batch_size,
-            "measured_peak_mib": plan.measured_peak_bytes / MiB,
-            "first_step_peak_mib": None if plan.first_step_peak_bytes is None else plan.first_step_peak_bytes / MiB,
-            "budget_mib": plan.budget_bytes / MiB,
-            "budget_used": plan.measured_peak_bytes / plan.budget_bytes,
-            "samples_per_second": plan.samples_per_second,
-            "estimated_peak_mib": None if plan.estimated_peak_bytes is None else plan.estimated_peak_bytes / MiB,
-            "estimate_error": None if plan.estimated_peak_bytes is None or plan.backend != "cuda" else plan.estimated_peak_bytes / plan.measured_peak_bytes - 1,
-            "plan_seconds": plan.plan_seconds,
+            "precision": result.precision,
+            "fixed_mib": result.fixed_bytes / MiB,
+            "per_sample_mib": result.per_sample_bytes / MiB,
+            "batch_size": result.batch_size,
+            "measured_peak_mib": result.measured_peak_bytes / MiB,
+            "first_step_peak_mib": None if result.first_step_peak_bytes is None else result.first_step_peak_bytes / MiB,
+            "budget_mib": result.budget_bytes / MiB,
+            "budget_used": result.measured_peak_bytes / result.budget_bytes,
+            "samples_per_second": result.samples_per_second,
+            "estimated_peak_mib": None if result.estimated_peak_bytes is None else result.estimated_peak_bytes / MiB,
+            "estimate_error": None if result.estimated_peak_bytes is None or result.backend != "cuda" else result.estimated_peak_bytes / result.measured_peak_bytes - 1,
+            "plan_seconds": result.plan_seconds,
             "per_sample_ratio_to_fp32": None,
             "fixed_ratio_to_fp32": None,
         }
         if reference is not None and reference.per_sample_bytes > 0 and reference.fixed_bytes > 0:
-            row["per_sample_ratio_to_fp32"] = plan.per_sample_bytes / reference.per_sample_bytes
-            row["fixed_ratio_to_fp32"] = plan.fixed_bytes / reference.fixed_bytes
+            row["per_sample_ratio_to_fp32"] = result.per_sample_bytes / reference.per_sample_bytes
+            row["fixed_ratio_to_fp32"] = result.fixed_bytes / reference.fixed_bytes
         rows.append(row)
     return rows
 
@@ -50,7 +50,7 @@ def _cell(value: Any, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def format_table(plans: Sequence[BatchPlan]) -> str:
+def format_table(results: Sequence[BatchSearchResult]) -> str:
     """Return the comparison as an aligned text table with the device and backend on top."""
     columns = [
         ("precision", "precision", 0), ("fixed MiB", "fixed_mib", 1), ("MiB/sample", "per_sample_mib", 2),
@@ -58,8 +58,8 @@ def format_table(plans: Sequence[BatchPlan]) -> str:
         ("samples/s", "samples_per_second", 1), ("estimate vs steady", "estimate_error", 3),
         ("per-sample vs fp32", "per_sample_ratio_to_fp32", 3), ("fixed vs fp32", "fixed_ratio_to_fp32", 3),
     ]
-    rows = [{title: _cell(row[key], digits) for title, key, digits in columns} for row in comparison(plans)]
-    first = plans[0]
+    rows = [{title: _cell(row[key], digits) for title, key, digits in columns} for row in comparison(results)]
+    first = results[0]
     header = (f"device: {first.device_name} ({first.backend}), budget {first.budget_bytes / MiB:.0f} MiB for the steady state"
               " (the steps after the first); the first step at a new shape also autotunes cuDNN, up to the cap")
     return f"{header}\n{format_rows(rows)}"
@@ -95,32 +95,32 @@ def plot_memory(
     return figure
 
 
-def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:
+def save_plot(results: Sequence[BatchSearchResult], path: Path) -> None:
     """Plot each precision's steady-state trial peaks against batch size, out-of-memory trials and the budget drawn in,
     and the first steps' peaks (cuDNN autotuning) as hollow markers beside them."""
-    peaks = {plan.precision: {t.batch_size: t.peak_bytes for t in plan.trials if t.fits} for plan in plans}
-    failed = {plan.precision: [t.batch_size for t in plan.trials if not t.fits] for plan in plans}
-    first = plans[0]
+    peaks = {result.precision: {t.batch_size: t.peak_bytes for t in result.trials if t.fits} for result in results}
+    failed = {result.precision: [t.batch_size for t in result.trials if not t.fits] for result in results}
+    first = results[0]
     title = f"Training step peak memory (steady state)\n{first.device_name} ({first.backend})"
     figure = plot_memory(peaks, first.budget_bytes, title, failed)
     axes = figure.axes[0]
-    for plan, line in zip(plans, axes.get_lines()):
-        first_steps = sorted((t.batch_size, t.first_step_peak_bytes) for t in plan.trials if t.fits and t.first_step_peak_bytes is not None)
+    for result, line in zip(results, axes.get_lines()):
+        first_steps = sorted((t.batch_size, t.first_step_peak_bytes) for t in result.trials if t.fits and t.first_step_peak_bytes is not None)
         if first_steps:
             axes.scatter([b for b, _ in first_steps], [p / MiB for _, p in first_steps], facecolors="none",
-                         edgecolors=line.get_color(), label=f"{plan.precision}: first step (autotuning)")
+                         edgecolors=line.get_color(), label=f"{result.precision}: first step (autotuning)")
     axes.legend()
     with atomic_target(path) as temp:
         figure.savefig(temp, dpi=120, format="png")
 
 
-def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, Path]:
-    """Write ``memory_report.json`` (plans and comparison) and ``memory_report.png`` into ``folder``; return both paths."""
+def save_report(results: Sequence[BatchSearchResult], folder: str | Path) -> tuple[Path, Path]:
+    """Write ``memory_report.json`` (each precision's batch search and their comparison) and ``memory_report.png`` into ``folder``; return both paths."""
     folder = Path(folder)
     json_path, png_path = folder / "memory_report.json", folder / "memory_report.png"
-    data = {"comparison": comparison(plans), "plans": [p.to_dict() for p in plans]}
+    data = {"comparison": comparison(results), "batch_searches": [r.to_dict() for r in results]}
     write_text_atomic(json_path, json.dumps(data, indent=2))
-    save_plot(plans, png_path)
+    save_plot(results, png_path)
     return json_path, png_path
 
 

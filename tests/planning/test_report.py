@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medseg.planning.batch_search import plan_batch_size
+from medseg.planning.batch_search import search_batch_size
 from medseg.planning.report import comparison, format_table, save_report
 from medseg.testing import Autotuning, SimulatedDevice
 from tests.helpers.stand_ins import MiB, linear_curve
@@ -16,7 +16,7 @@ def _plans():
     autotuning = Autotuning(driver_free_bytes=141 * 1024 * MiB)
     fp32 = SimulatedDevice(1000 * MiB, linear_curve(300 * MiB, 40 * MiB), name="gpu", autotuning=autotuning)
     mixed = SimulatedDevice(1000 * MiB, linear_curve(200 * MiB, 24 * MiB), name="gpu", autotuning=autotuning)
-    return [plan_batch_size(fp32.step_cost("32-true"), "32-true", 900 * MiB), plan_batch_size(mixed.step_cost("16-mixed"), "16-mixed", 900 * MiB)]
+    return [search_batch_size(fp32.step_cost("32-true"), "32-true", 900 * MiB), search_batch_size(mixed.step_cost("16-mixed"), "16-mixed", 900 * MiB)]
 
 
 def test_each_precision_shows_its_steady_state_line_batch_and_first_step_peak_against_fp32() -> None:
@@ -30,6 +30,6 @@ def test_each_precision_shows_its_steady_state_line_batch_and_first_step_peak_ag
 
 def test_the_report_files_hold_every_trial_s_two_peaks(tmp_path) -> None:
     json_path, png_path = save_report(_plans(), tmp_path)
-    trials = json.loads(json_path.read_text())["plans"][0]["trials"]
+    trials = json.loads(json_path.read_text())["batch_searches"][0]["trials"]
     assert all(t["first_step_peak_bytes"] > t["peak_bytes"] for t in trials)  # every trial autotuned a new size
     assert png_path.stat().st_size > 10_000
