@@ -18,7 +18,7 @@ import numpy as np
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
-from medseg.option_values import DEFAULT_BUDGET_FRACTION
+from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION
 from medseg.planning import rules
 from medseg.planning.batch_search import MemoryFit, search_batch_size
 from medseg.planning.budget import budget_bytes
@@ -165,7 +165,7 @@ def make_plan(
     capacity_bytes: int,
     step_costs: StepCosts,
     memory_source: str,
-    precisions: Sequence[str] = ("32-true", "16-mixed"),
+    precisions: Sequence[str] = COMPARED_PRECISIONS,
     budget_fraction: float = DEFAULT_BUDGET_FRACTION,
 ) -> DatasetPlan:
     """Return the training plan of a checked dataset for a GPU of ``capacity_bytes``.

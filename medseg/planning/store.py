@@ -14,7 +14,7 @@ from medseg.atomic import write_text_atomic
 from medseg.data.fingerprint import fingerprint_cache_path
 from medseg.data.formats import DatasetSpec
 from medseg.data.validation import validate_dataset
-from medseg.option_values import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB
+from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB
 from medseg.planning.budget import usable_cuda_bytes
 from medseg.planning.cache import PlanningCache, cache_key
 from medseg.planning.cuda_steps import cuda_recipe_step_cost
@@ -82,7 +82,7 @@ class StoredPlan:
 
 def plan_dataset(
     spec: DatasetSpec, cache_dir: str | Path, capacity_bytes: int, step_costs: StepCosts, memory_source: str,
-    precisions=("32-true", "16-mixed"), budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
+    precisions=COMPARED_PRECISIONS, budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
 ) -> StoredPlan:
     """Return the cached plan of this dataset (unchanged files) and GPU, or check the dataset, plan and cache it.
 
@@ -106,7 +106,7 @@ def plan_dataset(
 
 
 def plan_for_training(
-    spec: DatasetSpec, cache_dir: str | Path, capacity_gib: float | None = None, precisions=("32-true", "16-mixed"),
+    spec: DatasetSpec, cache_dir: str | Path, capacity_gib: float | None = None, precisions=COMPARED_PRECISIONS,
     budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
 ) -> StoredPlan:
     """Return the (cached) plan: for a GPU of ``capacity_gib`` with fake steps; without it, for this machine's CUDA GPU
