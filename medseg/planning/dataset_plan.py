@@ -33,7 +33,7 @@ StepCosts = Callable[[Recipe, str], StepCost]  # a candidate and a precision -> 
 @dataclass
 class PrecisionConfig:
     """What one precision gets: the largest patch with its UNet at batch 2 in budget, then the batch the batch search
-    verifies (``search_batch_size``, as training plans it), within what the dataset warrants.
+    verifies (``search_batch_size``, as training searches it), within what the dataset warrants.
 
     Attributes:
         precision: Lightning precision string.
@@ -81,7 +81,7 @@ class DatasetPlan:
 
     @property
     def chosen(self) -> PrecisionConfig:
-        """Return the plan the config trains with: mixed precision where planned (what a GPU runs), else the first."""
+        """Return the precision the training config trains with: mixed precision where planned (what a GPU runs), else the first."""
         return next((p for p in self.precisions if p.precision.endswith("-mixed")), self.precisions[0])
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precis
             patch = rules.smaller_patch(patch, median_shape)
 
 
-def plan_precision(
+def configure_precision(
     fingerprint: DatasetFingerprint, spacing, median_shape, dataset_voxels: float, precision: str, budget: int, step_costs: StepCosts
 ) -> PrecisionConfig:
     """Return one precision's patch, network and batch under ``budget``."""
@@ -186,12 +186,12 @@ def make_plan(
     dataset_voxels = float(np.prod(shapes, axis=1).sum())
     normalization, normalization_reason = rules.normalization(fingerprint)
     budget = budget_bytes(capacity_bytes, budget_fraction)
-    plans = [plan_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs) for p in precisions]
+    configs = [configure_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs) for p in precisions]
     plan = DatasetPlan(
         fingerprint.root, list(fingerprint.channel_names), list(fingerprint.class_names), list(spacing), spacing_reason,
         [round(float(v), 1) for v in median_shape], dataset_voxels, normalization, normalization_reason, capacity_bytes,
-        budget_fraction, memory_source, plans, time.perf_counter() - start,
+        budget_fraction, memory_source, configs, time.perf_counter() - start,
     )
-    for p in plans:
+    for p in configs:
         log.info("%s: patch %s, batch %d (%s), peak %.0f of %.0f MiB", p.precision, p.patch_size, p.batch_size, p.batch_reason, p.peak_bytes / 2**20, budget / 2**20)
     return plan
