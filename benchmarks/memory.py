@@ -35,12 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import add_output_option, markdown_rows, write_results
 from medseg.option_values import SIMULATED_CAPACITY_GIB
-from medseg.planning.batch_search import fit_memory, plan_batch_size
+from medseg.planning.batch_search import fit_memory, search_batch_size
 from medseg.planning.budget import budget_bytes
 from medseg.planning.cuda_steps import measure_cuda_step
 from medseg.planning.fake_tensor import fake_step, fake_tensor_step_cost
 from medseg.planning.oom import is_out_of_memory, release_memory
-from medseg.planning.on_device import plan_on_device
+from medseg.planning.on_device import search_on_device
 from medseg.planning.precision_comparison import COMPARISON_MAX_BATCH_SIZE
 from medseg.planning.step import TrainingSetup, run_training_step, training_setup
 from medseg.precision import PRECISIONS
@@ -70,7 +70,7 @@ def cpu_figures(module: SegmentationModule, precisions: list[str], capacity_gib:
         start = time.perf_counter()
         estimates = [cost(b) for b in (1, 2)]
         fit = fit_memory(estimates)
-        plan = plan_batch_size(cost, precision, budget_bytes(capacity, 0.9), max_batch_size=COMPARISON_MAX_BATCH_SIZE)
+        plan = search_batch_size(cost, precision, budget_bytes(capacity, 0.9), max_batch_size=COMPARISON_MAX_BATCH_SIZE)
         results[precision] = {
             "estimated_peak_mib": {m.batch_size: m.peak_bytes / MiB for m in estimates},
             "fixed_mib": fit.fixed_bytes / MiB,
@@ -158,7 +158,7 @@ def cuda_figures(module: SegmentationModule, settings: dict[str, Any], precision
     setup = training_setup(module.recipe, module.net)
     results: dict[str, Any] = {}
     for precision in precisions:
-        plan = plan_on_device(setup, precision, max_batch_size=COMPARISON_MAX_BATCH_SIZE)
+        plan = search_on_device(setup, precision, max_batch_size=COMPARISON_MAX_BATCH_SIZE)
         estimate = fake_step(module.recipe, plan.batch_size, precision)  # fake tensors: nothing on the GPU
         results[precision] = {
             "trials": [{"batch_size": t.batch_size, "peak_mib": None if t.peak_bytes is None else t.peak_bytes / MiB,

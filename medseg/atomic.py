@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, os_error_reason
 
 # ".<stem>.medseg-tmp-<16 hex digits><suffix>": the only files remove_stale_temporaries deletes
 TEMPORARY_MARK = ".medseg-tmp-"
@@ -94,14 +94,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_error(err: OSError, paths: Sequence[Path]) -> MedsegError:
-    """Return the one-line error for ``err`` raised while writing ``paths``: which files, why, what to do."""
-    if err.errno == errno.ENOSPC:
-        advice = "the disk is full: free space and rerun"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        advice = "the folder is not writable: choose another folder"
-    else:
-        advice = err.strerror or str(err)
-    return MedsegError(f"cannot write {', '.join(map(str, paths))}: {advice} (nothing there was changed)")
+    """Return the one-line error for ``err`` raised while writing ``paths``: which files, why and what to do, as every
+    failed file operation says it (``os_error_reason``), and that the targets are as they were."""
+    return MedsegError(f"cannot write {', '.join(map(str, paths))}: {os_error_reason(err)} (nothing there was changed)")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -15,15 +15,23 @@ class MedsegError(Exception):
     """A problem the user can fix (bad input, bad config); shown as one line, no traceback."""
 
 
+# what to do after a failed file operation, by errno: one wording for every command and every write
+_OS_ERROR_ADVICE = {
+    **dict.fromkeys((errno.EACCES, errno.EPERM, errno.EROFS), "choose a folder you can write to (or fix its permissions) and rerun"),
+    **dict.fromkeys((errno.ENOSPC, errno.EDQUOT), "free some disk space (or choose another disk) and rerun"),
+}
+
+
+def os_error_reason(err: OSError) -> str:
+    """Return what went wrong in a failed file operation and, where it is clear, what to do (no file name)."""
+    what = err.strerror or str(err)
+    advice = _OS_ERROR_ADVICE.get(err.errno)
+    return f"{what}: {advice}" if advice else what
+
+
 def describe_os_error(err: OSError) -> str:
     """Return a failed file operation as one line: the file, what went wrong and, where it is clear, what to do."""
-    where = f"{err.filename}: " if err.filename else ""
-    what = err.strerror or str(err)
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{where}{what}: choose a folder you can write to (or fix its permissions) and rerun"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{where}{what}: free some disk space (or choose another disk) and rerun"
-    return f"{where}{what}"
+    return f"{err.filename}: {os_error_reason(err)}" if err.filename else os_error_reason(err)
 
 
 def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 module loads neither torch nor MONAI, so that a command answers ``--help`` without them."""
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")  # Lightning's names (medseg.precision)
+COMPARED_PRECISIONS = ("32-true", "16-mixed")  # what plan and memory put side by side unless told: FP32 against AMP
 OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")  # of medseg.infer
 POSTPROCESSING_FILE = "postprocessing.json"  # medseg.postprocess's decision, beside the models it was chosen for
 

@@ -110,10 +110,14 @@ class FiniteVoxelsd(T.MapTransform):
         return data
 
 
-def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", label_key: str | None = "label") -> T.Compose:
+def preprocessing_transforms(
+    prep: Preprocessing, image_key: str = "image", label_key: str | None = "label", voxels_checked: bool = False
+) -> T.Compose:
     """Return the deterministic (cacheable, invertible) transforms from file paths to normalised tensors.
 
-    Images are read with nibabel; a list of paths (one per channel, nnU-Net style) is stacked as channels.
+    Images are read with nibabel; a list of paths (one per channel, nnU-Net style) is stacked as channels. Each
+    image's voxels are checked finite as it loads (``FiniteVoxelsd``), unless ``voxels_checked``: the dataset check
+    has read every file (now, or unchanged since), so that each volume is checked once.
     """
     keys = [image_key] + ([label_key] if label_key else [])
     modes = ["bilinear"] + (["nearest"] if label_key else [])
@@ -123,7 +127,7 @@ def preprocessing_transforms(prep: Preprocessing, image_key: str = "image", labe
         load,
         T.EnsureChannelFirstd(keys),
         T.EnsureTyped(keys, dtype=torch.float32, track_meta=True),
-        FiniteVoxelsd(image_key),
+        *([] if voxels_checked else [FiniteVoxelsd(image_key)]),
         T.Orientationd(keys, axcodes=prep.axcodes, labels=None),
     ]
     if prep.spacing is not None:

@@ -4,7 +4,7 @@ FP32 vs mixed precision).
 
 ``step`` (the trial step and the optimizer training uses), the step-cost backends ``cuda_steps`` (real CUDA steps),
 ``fake_tensor`` (a GPU that is not here) and ``medseg.testing.SimulatedDevice`` (tests), ``batch_search`` (fit, verify, bisect; the
-``BatchPlan`` record), ``budget``, ``cache``, ``on_device`` (a model's plan on one device), ``oom``,
+``BatchSearchResult`` record), ``budget``, ``cache``, ``on_device`` (a model's batch search on one device), ``oom``,
 ``precision_comparison`` and ``report`` (FP32 vs mixed precision); ``dataset_plan``, ``rules`` and ``store`` plan a
 configuration from a dataset. Names load on first use, so that the commands' ``--help`` answers without torch.
 """
@@ -12,10 +12,10 @@ configuration from a dataset. Names load on first use, so that the commands' ``-
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
-    "batch_search": ["BatchPlan", "plan_batch_size"],
-    "cache": ["PlanCache"],
-    "dataset_plan": ["PrecisionPlan", "TrainingPlan"],
-    "precision_comparison": ["estimated_plans", "measured_plans"],
+    "batch_search": ["BatchSearchResult", "search_batch_size"],
+    "cache": ["PlanningCache"],
+    "dataset_plan": ["PrecisionConfig", "DatasetPlan"],
+    "precision_comparison": ["estimated_batch_searches", "measured_batch_searches"],
     "report": ["format_table", "plot_memory", "save_report"],
     "store": ["StoredPlan", "plan_dataset", "plan_for_training"],
 })

@@ -53,8 +53,8 @@ def fit_memory(measurements: Sequence[StepMeasurement]) -> MemoryFit:
 
 
 @dataclass
-class BatchPlan:
-    """The verified batch size for one precision on one device, with the figures behind it.
+class BatchSearchResult:
+    """What a batch search found: the verified batch size for one precision on one device, with the figures behind it.
 
     Attributes:
         precision: Lightning precision string.
@@ -66,14 +66,14 @@ class BatchPlan:
         measured_peak_bytes: the trial's steady-state peak at ``batch_size`` (the steps after the first).
         first_step_peak_bytes: the trial's first-step peak at ``batch_size``, cuDNN autotuning included; it ran
             under the device's cap with autotuning on, as training's first step does (None where not measured).
-        estimated_peak_bytes: the fake-tensor estimate of a step at ``batch_size``, beside a measured plan (None: not made).
+        estimated_peak_bytes: the fake-tensor estimate of a step at ``batch_size``, beside a measured search (None: not made).
         samples_per_second: throughput of the trial at ``batch_size`` (None where no time was measured).
         trials: every trial step, in the order run.
         plan_seconds: wall time of planning.
         device_name: the device planned on (cache key).
         backend: "cuda", "simulated" or "cpu-estimator+simulated".
         train: False for forward-only (inference) planning.
-        cache_key: the plan cache key it is stored under ("" when not cached).
+        cache_key: the planning cache key it is stored under ("" when not cached).
         failed_batch_size: smallest size that ran out of memory in training after planning (a larger case,
             fragmentation); later runs stay below it.
     """
@@ -115,8 +115,8 @@ class BatchPlan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BatchPlan:
-        """Rebuild a plan from ``to_dict`` output."""
+    def from_dict(cls, data: dict[str, Any]) -> BatchSearchResult:
+        """Rebuild a result from ``to_dict`` output."""
         trials = [StepMeasurement(**t) for t in data["trials"]]
         return cls(**{**data, "trials": trials})
 
@@ -148,19 +148,19 @@ def predicted_size(trials: Sequence[StepMeasurement], budget_bytes: int, max_bat
     return candidate if candidate > good else None
 
 
-def plan_batch_size(
+def search_batch_size(
     step_cost: StepCost,
     precision: str,
     budget_bytes: int,
     fit_sizes: Sequence[int] = (1, 2, 4),
     max_batch_size: int = 1024,
     refits: int = 2,
-) -> BatchPlan:
+) -> BatchSearchResult:
     """Return the largest batch size whose trial fits in ``budget_bytes``, found by fit, verify and bisection.
 
     Args:
         step_cost: runs one trial at a batch size for ``precision`` (``medseg.planning.step.StepCost``).
-        precision: Lightning precision string, recorded in the plan.
+        precision: Lightning precision string, recorded in the result.
         budget_bytes: memory a step's steady state may use; a trial above it counts as failed even without an OOM.
         fit_sizes: small sizes measured first to fit the line (stops at the first that fails).
         max_batch_size: never plan above this (also the ceiling after an OOM recovery).
@@ -193,7 +193,7 @@ def plan_batch_size(
 
     fit = _fit_measured(trials) or MemoryFit(float(trials[0].peak_bytes or 0), 0.0)
     chosen = [t for t in trials if t.batch_size == good and fits_budget(t, budget_bytes)][-1]
-    plan = BatchPlan(
+    result = BatchSearchResult(
         precision=precision,
         batch_size=good,
         budget_bytes=budget_bytes,
@@ -208,10 +208,10 @@ def plan_batch_size(
     )
     log.info(
         "%s: batch size %d verified (peak %.0f MiB of %.0f MiB budget; fit %.0f MiB fixed + %.1f MiB/sample; %d trials)",
-        precision, good, plan.measured_peak_bytes / 2**20, budget_bytes / 2**20,
+        precision, good, result.measured_peak_bytes / 2**20, budget_bytes / 2**20,
         fit.fixed_bytes / 2**20, fit.per_sample_bytes / 2**20, len(trials),
     )
-    return plan
+    return result
 
 
 def _fit_measured(trials: Sequence[StepMeasurement]) -> MemoryFit | None:

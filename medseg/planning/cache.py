@@ -1,4 +1,5 @@
-"""The one plan cache: plain plan records stored as JSON by one key, a hash of everything that changes the plan."""
+"""The one planning cache: plain records (batch searches, dataset plans) stored as JSON by one key, a hash of
+everything that changes the result."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
 
 
-def plan_key(parts: Mapping[str, Any]) -> str:
-    """Return the cache key of a plan made from ``parts`` (plain data: model, patch, precision, device, budget, ...)."""
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """Return the cache key of a result made from ``parts`` (plain data: model, patch, precision, device, budget, ...)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class PlanCache:
-    """Plan records stored as JSON by key, so that a rerun with the same inputs does not plan again.
+class PlanningCache:
+    """Planning results stored as JSON by key, so that a rerun with the same inputs does not plan again.
 
-    Batch plans and dataset plans share it; DDP ranks share its file, so every write replaces it atomically.
+    Batch searches and dataset plans share it; DDP ranks share its file, so every write replaces it atomically.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -32,7 +33,7 @@ class PlanCache:
         try:
             return json.loads(self.path.read_text())
         except json.JSONDecodeError as err:
-            raise MedsegError(f"plan cache {self.path} is not valid JSON ({err}): delete it to re-plan") from None
+            raise MedsegError(f"planning cache {self.path} is not valid JSON ({err}): delete it to re-plan") from None
 
     def get(self, key: str) -> dict[str, Any] | None:
         """Return the record stored under ``key``, or None."""

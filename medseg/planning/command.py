@@ -21,21 +21,21 @@ from typing import TYPE_CHECKING
 from medseg.atomic import atomic_target, write_text_atomic
 from medseg.command_line import CommandParser
 from medseg.errors import run_command
-from medseg.option_values import DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
-from medseg.tables import format_rows
+from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
 
 if TYPE_CHECKING:
-    from medseg.planning.dataset_plan import TrainingPlan
     from medseg.planning.store import StoredPlan
 
 log = logging.getLogger("medseg.plan")
 
 
 def planning_parser(prog: str, description: str, output: str, output_help: str) -> CommandParser:
-    """Return the parser plan and memory share: the memory budget, the GPU's size and the output folder; any other
-    option is a training option, for ``parse_training_options`` to check."""
+    """Return the parser plan and memory share: the precisions, the memory budget, the GPU's size and the output
+    folder; any other option is a training option, for ``parse_training_options`` to check."""
     parser = CommandParser(prog, description, "Any other option is a training option (python -m medseg.train --help_all lists them).",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(COMPARED_PRECISIONS),
+                        help="precisions to put side by side")
     parser.add_argument("--budget_fraction", type=float, default=DEFAULT_BUDGET_FRACTION, old=["--budget-fraction"],
                         help="share of the GPU memory this process may use that a step's steady state may use")
     parser.add_argument("--capacity_gib", type=float, default=None, old=["--capacity-gib"],
@@ -48,26 +48,7 @@ def planning_parser(prog: str, description: str, output: str, output_help: str) 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
     parser = planning_parser("python -m medseg.plan", __doc__, "runs/plan", "folder for plan.json, plan.png and plan.yaml")
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["32-true", "16-mixed"])
     return parser.parse_known_args(args)
-
-
-def format_plan(plan: TrainingPlan) -> str:
-    """Return the precisions side by side as a text table, with the dataset-wide decisions on top."""
-    rows = [
-        {
-            "precision": p.precision, "patch": "x".join(map(str, p.patch_size)), "levels": len(p.network_kwargs["strides"]),
-            "batch": p.batch_size, "peak MiB": f"{p.peak_bytes / 2**20:.0f}", "budget MiB": f"{p.budget_bytes / 2**20:.0f}",
-            "samples/s": f"{p.samples_per_second[p.batch_size]:.1f}" if p.batch_size in p.samples_per_second else "n/a",
-        }
-        for p in plan.precisions
-    ]
-    header = [
-        f"dataset: {plan.dataset}", f"memory: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB",
-        f"spacing: {plan.spacing} mm ({plan.spacing_reason}); median shape there {plan.median_shape}",
-        f"normalization: {plan.normalization} ({plan.normalization_reason})",
-    ]
-    return "\n".join(header) + "\n" + format_rows(rows)
 
 
 def run(args: list[str] | None = None) -> StoredPlan:
@@ -75,7 +56,7 @@ def run(args: list[str] | None = None) -> StoredPlan:
     options, training_args = parse_args(args)
     # torch, MONAI and Lightning load here, not at the top, so that --help answers without them
     from medseg.planning.budget import check_budget_fraction
-    from medseg.planning.report import plot_precision_plans
+    from medseg.planning.report import format_plan, plot_plan
     from medseg.planning.store import plan_for_training
     from medseg.training.cli import parse_training_options
     from medseg.training.options import dataset_and_cache
@@ -88,10 +69,8 @@ def run(args: list[str] | None = None) -> StoredPlan:
     out = Path(options.output)
     write_text_atomic(out / "plan.json", json.dumps(plan.to_dict(), indent=2))
     write_text_atomic(out / "plan.yaml", stored.config_path.read_text())
-    curves = {p.precision: {"patch_size": p.patch_size, "batch_size": p.batch_size, "peak_bytes": p.peak_bytes, "samples_per_second": p.samples_per_second} for p in plan.precisions}
-    title = f"{Path(plan.dataset).name}: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB"
     with atomic_target(out / "plan.png") as temp:
-        plot_precision_plans(curves, plan.precisions[0].budget_bytes, title).savefig(temp, dpi=110, format="png")
+        plot_plan(plan).savefig(temp, dpi=110, format="png")
     made = "cached plan" if stored.cached else f"planned in {plan.plan_seconds:.1f} s"
     print(f"{made}; saved {out}/plan.json, plan.png and plan.yaml")
     return stored

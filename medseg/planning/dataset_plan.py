@@ -1,6 +1,6 @@
 """The dataset plan (a training configuration): spacing, normalisation, and per precision the patch, network and batch that fit the memory budget.
 
-Like nnU-Net's plans.json the result is plain data (``TrainingPlan.to_dict``), written as JSON and as a
+Like nnU-Net's plans.json the result is plain data (``DatasetPlan.to_dict``), written as JSON and as a
 training config. Unlike nnU-Net, every candidate's memory is measured (CUDA) or estimated on fake
 tensors, not read off a feature-map count.
 """
@@ -18,9 +18,9 @@ import numpy as np
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
-from medseg.option_values import DEFAULT_BUDGET_FRACTION
+from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION
 from medseg.planning import rules
-from medseg.planning.batch_search import MemoryFit, plan_batch_size
+from medseg.planning.batch_search import MemoryFit, search_batch_size
 from medseg.planning.budget import budget_bytes
 from medseg.planning.step import StepCost
 from medseg.recipe import Recipe
@@ -31,9 +31,9 @@ StepCosts = Callable[[Recipe, str], StepCost]  # a candidate and a precision -> 
 
 
 @dataclass
-class PrecisionPlan:
+class PrecisionConfig:
     """What one precision gets: the largest patch with its UNet at batch 2 in budget, then the batch the batch search
-    verifies (``plan_batch_size``, as training plans it), within what the dataset warrants.
+    verifies (``search_batch_size``, as training searches it), within what the dataset warrants.
 
     Attributes:
         precision: Lightning precision string.
@@ -61,7 +61,7 @@ class PrecisionPlan:
 
 
 @dataclass
-class TrainingPlan:
+class DatasetPlan:
     """A whole training configuration for one dataset and one GPU (real or simulated), with the reasons behind it."""
 
     dataset: str
@@ -76,20 +76,20 @@ class TrainingPlan:
     capacity_bytes: int
     budget_fraction: float
     memory_source: str
-    precisions: list[PrecisionPlan]
+    precisions: list[PrecisionConfig]
     plan_seconds: float = 0.0
 
     @property
-    def chosen(self) -> PrecisionPlan:
-        """Return the plan the config trains with: mixed precision where planned (what a GPU runs), else the first."""
+    def chosen(self) -> PrecisionConfig:
+        """Return the precision the training config trains with: mixed precision where planned (what a GPU runs), else the first."""
         return next((p for p in self.precisions if p.precision.endswith("-mixed")), self.precisions[0])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingPlan:
-        precisions = [PrecisionPlan(**{**p, "samples_per_second": {int(k): v for k, v in p["samples_per_second"].items()}}) for p in data["precisions"]]
+    def from_dict(cls, data: dict[str, Any]) -> DatasetPlan:
+        precisions = [PrecisionConfig(**{**p, "samples_per_second": {int(k): v for k, v in p["samples_per_second"].items()}}) for p in data["precisions"]]
         return cls(**{**data, "precisions": precisions})
 
 
@@ -127,14 +127,14 @@ def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precis
             patch = rules.smaller_patch(patch, median_shape)
 
 
-def plan_precision(
+def configure_precision(
     fingerprint: DatasetFingerprint, spacing, median_shape, dataset_voxels: float, precision: str, budget: int, step_costs: StepCosts
-) -> PrecisionPlan:
+) -> PrecisionConfig:
     """Return one precision's patch, network and batch under ``budget``."""
     recipe, tried = largest_patch(fingerprint, spacing, median_shape, precision, budget, step_costs)
     step_cost = step_costs(recipe, precision)
     limit = rules.dataset_batch_limit(recipe.patch_size, dataset_voxels)
-    search = plan_batch_size(step_cost, precision, budget, max_batch_size=limit)  # the training planner's search
+    search = search_batch_size(step_cost, precision, budget, max_batch_size=limit)  # the training planner's search
     batch = search.batch_size
     if batch == limit:
         reason = f"at most {rules.MAX_DATASET_SHARE:.0%} of the dataset's voxels per step"
@@ -154,7 +154,7 @@ def plan_precision(
         if knee < batch:
             batch, reason = knee, f"samples/s rises < {rules.THROUGHPUT_GAIN:.0%} per doubling beyond it"
     peak = search.measured_peak_bytes if batch == search.batch_size else fit.peak_bytes(batch)
-    return PrecisionPlan(
+    return PrecisionConfig(
         precision, list(recipe.patch_size), recipe.network_kwargs, batch, reason, peak, budget,
         fit.fixed_bytes, fit.per_sample_bytes, throughput, tried,
     )
@@ -165,9 +165,9 @@ def make_plan(
     capacity_bytes: int,
     step_costs: StepCosts,
     memory_source: str,
-    precisions: Sequence[str] = ("32-true", "16-mixed"),
+    precisions: Sequence[str] = COMPARED_PRECISIONS,
     budget_fraction: float = DEFAULT_BUDGET_FRACTION,
-) -> TrainingPlan:
+) -> DatasetPlan:
     """Return the training plan of a checked dataset for a GPU of ``capacity_bytes``.
 
     Args:
@@ -186,12 +186,12 @@ def make_plan(
     dataset_voxels = float(np.prod(shapes, axis=1).sum())
     normalization, normalization_reason = rules.normalization(fingerprint)
     budget = budget_bytes(capacity_bytes, budget_fraction)
-    plans = [plan_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs) for p in precisions]
-    plan = TrainingPlan(
+    configs = [configure_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs) for p in precisions]
+    plan = DatasetPlan(
         fingerprint.root, list(fingerprint.channel_names), list(fingerprint.class_names), list(spacing), spacing_reason,
         [round(float(v), 1) for v in median_shape], dataset_voxels, normalization, normalization_reason, capacity_bytes,
-        budget_fraction, memory_source, plans, time.perf_counter() - start,
+        budget_fraction, memory_source, configs, time.perf_counter() - start,
     )
-    for p in plans:
+    for p in configs:
         log.info("%s: patch %s, batch %d (%s), peak %.0f of %.0f MiB", p.precision, p.patch_size, p.batch_size, p.batch_reason, p.peak_bytes / 2**20, budget / 2**20)
     return plan

@@ -1,68 +1,98 @@
-"""The precision comparison: a text table, a JSON file and a plot of peak memory against batch size."""
+"""What planning shows: the precision comparison (a text table, a JSON file and a plot of peak memory against batch size)
+and the dataset plan (a text table and a figure), with the columns they share named alike."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from medseg.atomic import atomic_target, write_text_atomic
-from medseg.planning.batch_search import BatchPlan
+from medseg.planning.batch_search import BatchSearchResult
 from medseg.tables import format_rows
+
+if TYPE_CHECKING:
+    from medseg.planning.dataset_plan import DatasetPlan
 
 MiB = 2**20
 
 
-def comparison(plans: Sequence[BatchPlan]) -> list[dict[str, Any]]:
+def comparison(results: Sequence[BatchSearchResult]) -> list[dict[str, Any]]:
     """Return one row per precision: steady-state memory line, verified batch, its steady and first-step (cuDNN
     autotuning) peaks, throughput, the fake-tensor estimate against the measured steady state, and ratios to 32-true."""
-    reference = next((p for p in plans if p.precision == "32-true"), None)
+    reference = next((p for p in results if p.precision == "32-true"), None)
     rows = []
-    for plan in plans:
+    for result in results:
         row = {
-            "precision": plan.precision,
-            "fixed_mib": plan.fixed_bytes / MiB,
-            "per_sample_mib": plan.per_sample_bytes / MiB,
-            "batch_size": plan.batch_size,
-            "measured_peak_mib": plan.measured_peak_bytes / MiB,
-            "first_step_peak_mib": None if plan.first_step_peak_bytes is None else plan.first_step_peak_bytes / MiB,
-            "budget_mib": plan.budget_bytes / MiB,
-            "budget_used": plan.measured_peak_bytes / plan.budget_bytes,
-            "samples_per_second": plan.samples_per_second,
-            "estimated_peak_mib": None if plan.estimated_peak_bytes is None else plan.estimated_peak_bytes / MiB,
-            "estimate_error": None if plan.estimated_peak_bytes is None or plan.backend != "cuda" else plan.estimated_peak_bytes / plan.measured_peak_bytes - 1,
-            "plan_seconds": plan.plan_seconds,
+            "precision": result.precision,
+            "fixed_mib": result.fixed_bytes / MiB,
+            "per_sample_mib": result.per_sample_bytes / MiB,
+            "batch_size": result.batch_size,
+            "measured_peak_mib": result.measured_peak_bytes / MiB,
+            "first_step_peak_mib": None if result.first_step_peak_bytes is None else result.first_step_peak_bytes / MiB,
+            "budget_mib": result.budget_bytes / MiB,
+            "budget_used": result.measured_peak_bytes / result.budget_bytes,
+            "samples_per_second": result.samples_per_second,
+            "estimated_peak_mib": None if result.estimated_peak_bytes is None else result.estimated_peak_bytes / MiB,
+            "estimate_error": None if result.estimated_peak_bytes is None or result.backend != "cuda" else result.estimated_peak_bytes / result.measured_peak_bytes - 1,
+            "plan_seconds": result.plan_seconds,
             "per_sample_ratio_to_fp32": None,
             "fixed_ratio_to_fp32": None,
         }
         if reference is not None and reference.per_sample_bytes > 0 and reference.fixed_bytes > 0:
-            row["per_sample_ratio_to_fp32"] = plan.per_sample_bytes / reference.per_sample_bytes
-            row["fixed_ratio_to_fp32"] = plan.fixed_bytes / reference.fixed_bytes
+            row["per_sample_ratio_to_fp32"] = result.per_sample_bytes / reference.per_sample_bytes
+            row["fixed_ratio_to_fp32"] = result.fixed_bytes / reference.fixed_bytes
         rows.append(row)
     return rows
+
+
+def _shared_cells(precision: str, batch_size: int, peak_bytes: float, budget_bytes: int, samples_per_second: float | None) -> dict[str, str]:
+    """Return the columns the plan and the precision comparison both show, named and rounded alike."""
+    return {
+        "precision": precision, "batch": str(batch_size), "steady peak MiB": f"{peak_bytes / MiB:.0f}",
+        "budget MiB": f"{budget_bytes / MiB:.0f}", "samples/s": _cell(samples_per_second, 1),
+    }
 
 
 def _cell(value: Any, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def format_table(plans: Sequence[BatchPlan]) -> str:
+def format_table(results: Sequence[BatchSearchResult]) -> str:
     """Return the comparison as an aligned text table with the device and backend on top."""
     columns = [
-        ("precision", "precision", 0), ("fixed MiB", "fixed_mib", 1), ("MiB/sample", "per_sample_mib", 2),
-        ("batch", "batch_size", 0), ("steady peak MiB", "measured_peak_mib", 1), ("first-step peak MiB", "first_step_peak_mib", 1),
-        ("samples/s", "samples_per_second", 1), ("estimate vs steady", "estimate_error", 3),
-        ("per-sample vs fp32", "per_sample_ratio_to_fp32", 3), ("fixed vs fp32", "fixed_ratio_to_fp32", 3),
+        ("fixed MiB", "fixed_mib", 1), ("MiB/sample", "per_sample_mib", 2), ("first-step peak MiB", "first_step_peak_mib", 0),
+        ("estimate vs steady", "estimate_error", 3), ("per-sample vs fp32", "per_sample_ratio_to_fp32", 3),
+        ("fixed vs fp32", "fixed_ratio_to_fp32", 3),
     ]
-    rows = [{title: _cell(row[key], digits) for title, key, digits in columns} for row in comparison(plans)]
-    first = plans[0]
-    header = (f"device: {first.device_name} ({first.backend}), budget {first.budget_bytes / MiB:.0f} MiB for the steady state"
-              " (the steps after the first); the first step at a new shape also autotunes cuDNN, up to the cap")
+    rows = [
+        _shared_cells(result.precision, result.batch_size, result.measured_peak_bytes, result.budget_bytes, result.samples_per_second)
+        | {title: _cell(row[key], digits) for title, key, digits in columns}
+        for result, row in zip(results, comparison(results))
+    ]
+    first = results[0]
+    header = (f"device: {first.device_name} ({first.backend}); steady peak: the steps after the first, within the budget;"
+              " the first step at a new shape also autotunes cuDNN, up to the cap")
     return f"{header}\n{format_rows(rows)}"
+
+
+def format_plan(plan: DatasetPlan) -> str:
+    """Return the plan's precisions side by side as a text table, with the dataset-wide decisions on top."""
+    rows = [
+        _shared_cells(c.precision, c.batch_size, c.peak_bytes, c.budget_bytes, c.samples_per_second.get(c.batch_size))
+        | {"patch": "x".join(map(str, c.patch_size)), "levels": str(len(c.network_kwargs["strides"]))}
+        for c in plan.precisions
+    ]
+    header = [
+        f"dataset: {plan.dataset}", f"memory: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB",
+        f"spacing: {plan.spacing} mm ({plan.spacing_reason}); median shape there {plan.median_shape}",
+        f"normalization: {plan.normalization} ({plan.normalization_reason})",
+    ]
+    return "\n".join(header) + "\n" + format_rows(rows)
 
 
 def plot_memory(
@@ -95,60 +125,56 @@ def plot_memory(
     return figure
 
 
-def save_plot(plans: Sequence[BatchPlan], path: Path) -> None:
+def save_plot(results: Sequence[BatchSearchResult], path: Path) -> None:
     """Plot each precision's steady-state trial peaks against batch size, out-of-memory trials and the budget drawn in,
     and the first steps' peaks (cuDNN autotuning) as hollow markers beside them."""
-    peaks = {plan.precision: {t.batch_size: t.peak_bytes for t in plan.trials if t.fits} for plan in plans}
-    failed = {plan.precision: [t.batch_size for t in plan.trials if not t.fits] for plan in plans}
-    first = plans[0]
+    peaks = {result.precision: {t.batch_size: t.peak_bytes for t in result.trials if t.fits} for result in results}
+    failed = {result.precision: [t.batch_size for t in result.trials if not t.fits] for result in results}
+    first = results[0]
     title = f"Training step peak memory (steady state)\n{first.device_name} ({first.backend})"
     figure = plot_memory(peaks, first.budget_bytes, title, failed)
     axes = figure.axes[0]
-    for plan, line in zip(plans, axes.get_lines()):
-        first_steps = sorted((t.batch_size, t.first_step_peak_bytes) for t in plan.trials if t.fits and t.first_step_peak_bytes is not None)
+    for result, line in zip(results, axes.get_lines()):
+        first_steps = sorted((t.batch_size, t.first_step_peak_bytes) for t in result.trials if t.fits and t.first_step_peak_bytes is not None)
         if first_steps:
             axes.scatter([b for b, _ in first_steps], [p / MiB for _, p in first_steps], facecolors="none",
-                         edgecolors=line.get_color(), label=f"{plan.precision}: first step (autotuning)")
+                         edgecolors=line.get_color(), label=f"{result.precision}: first step (autotuning)")
     axes.legend()
     with atomic_target(path) as temp:
         figure.savefig(temp, dpi=120, format="png")
 
 
-def save_report(plans: Sequence[BatchPlan], folder: str | Path) -> tuple[Path, Path]:
-    """Write ``memory_report.json`` (plans and comparison) and ``memory_report.png`` into ``folder``; return both paths."""
+def save_report(results: Sequence[BatchSearchResult], folder: str | Path) -> tuple[Path, Path]:
+    """Write ``memory_report.json`` (each precision's batch search and their comparison) and ``memory_report.png`` into ``folder``; return both paths."""
     folder = Path(folder)
     json_path, png_path = folder / "memory_report.json", folder / "memory_report.png"
-    data = {"comparison": comparison(plans), "plans": [p.to_dict() for p in plans]}
+    data = {"comparison": comparison(results), "batch_searches": [r.to_dict() for r in results]}
     write_text_atomic(json_path, json.dumps(data, indent=2))
-    save_plot(plans, png_path)
+    save_plot(results, png_path)
     return json_path, png_path
 
 
-def plot_precision_plans(plans: Mapping[str, Mapping[str, Any]], budget_bytes: float, title: str) -> Figure:
-    """Return, per precision, the planned patch (voxels) and the step's peak against the budget, and samples/s where timed.
-
-    Args:
-        plans: precision -> {"patch_size": [x, y, z], "batch_size": b, "peak_bytes": p, "samples_per_second": {b: s}}.
-        budget_bytes: memory a step may use (a dashed line).
-        title: figure title (dataset and GPU).
-    """
-    figure = Figure(figsize=(11, 4), layout="constrained")
-    patch_axes, peak_axes, speed_axes = figure.subplots(1, 3)
-    names = list(plans)
-    patch_axes.bar(names, [np.prod(plans[n]["patch_size"]) / 1e6 for n in names])
+def plot_plan(plan: DatasetPlan) -> Figure:
+    """Return, per precision, the planned patch (voxels) and the step's peak against the budget, and samples/s where a
+    GPU timed the steps; fake-tensor plans time nothing, so their figure leaves that panel out instead of drawing it empty."""
+    configs = plan.precisions
+    timed = [c for c in configs if c.samples_per_second]
+    figure = Figure(figsize=(11 if timed else 7.5, 4), layout="constrained")
+    patch_axes, peak_axes, *speed_axes = figure.subplots(1, 3 if timed else 2)
+    names = [c.precision for c in configs]
+    patch_axes.bar(names, [np.prod(c.patch_size) / 1e6 for c in configs])
     patch_axes.set(title="patch", ylabel="voxels per patch (millions)")
-    for name, bar in zip(names, peak_axes.bar(names, [plans[n]["peak_bytes"] / MiB for n in names])):
-        peak_axes.annotate(f"batch {plans[name]['batch_size']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
-    peak_axes.axhline(budget_bytes / MiB, color="black", linestyle="--", label=f"budget {budget_bytes / MiB:.0f} MiB")
+    for config, bar in zip(configs, peak_axes.bar(names, [c.peak_bytes / MiB for c in configs])):
+        peak_axes.annotate(f"batch {config.batch_size}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    budget = configs[0].budget_bytes
+    peak_axes.axhline(budget / MiB, color="black", linestyle="--", label=f"budget {budget / MiB:.0f} MiB")
     peak_axes.set(title="peak memory at the planned batch", ylabel="MiB")
     peak_axes.legend()
-    for name in names:
-        curve = plans[name]["samples_per_second"]
-        if curve:
-            sizes = sorted(curve, key=int)
-            speed_axes.plot([int(b) for b in sizes], [curve[b] for b in sizes], marker="o", label=name)
-    speed_axes.set(title="throughput (measured on a GPU only)", xlabel="batch size", ylabel="samples/s")
-    if any(plans[n]["samples_per_second"] for n in names):
-        speed_axes.legend()
-    figure.suptitle(title)
+    for axes in speed_axes:
+        for config in timed:
+            sizes = sorted(config.samples_per_second)
+            axes.plot(sizes, [config.samples_per_second[b] for b in sizes], marker="o", label=config.precision)
+        axes.set(title="throughput", xlabel="batch size", ylabel="samples/s")
+        axes.legend()
+    figure.suptitle(f"{Path(plan.dataset).name}: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB")
     return figure

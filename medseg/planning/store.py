@@ -14,17 +14,17 @@ from medseg.atomic import write_text_atomic
 from medseg.data.fingerprint import fingerprint_cache_path
 from medseg.data.formats import DatasetSpec
 from medseg.data.validation import validate_dataset
-from medseg.option_values import DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB
+from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION, SIMULATED_CAPACITY_GIB
 from medseg.planning.budget import usable_cuda_bytes
-from medseg.planning.cache import PlanCache, plan_key
+from medseg.planning.cache import PlanningCache, cache_key
 from medseg.planning.cuda_steps import cuda_recipe_step_cost
-from medseg.planning.dataset_plan import StepCosts, TrainingPlan, make_plan
+from medseg.planning.dataset_plan import StepCosts, DatasetPlan, make_plan
 from medseg.planning.fake_tensor import fake_tensor_step_cost
 
 MiB = 2**20
 
 
-def training_config(plan: TrainingPlan) -> dict[str, Any]:
+def training_config(plan: DatasetPlan) -> dict[str, Any]:
     """Return the ``python -m medseg.train`` settings of the plan's chosen precision that differ from training's defaults."""
     chosen = plan.chosen
     return {
@@ -49,7 +49,7 @@ class _ConfigDumper(yaml.SafeDumper):
 _ConfigDumper.add_representer(list, lambda dumper, values: dumper.represent_sequence("tag:yaml.org,2002:seq", values, flow_style=True))
 
 
-def config_yaml(plan: TrainingPlan) -> str:
+def config_yaml(plan: DatasetPlan) -> str:
     """Return a ``python -m medseg.train --config`` file of ``training_config``, headed by why each value is what it is."""
     chosen = plan.chosen
     others = "; ".join(f"{p.precision}: patch {p.patch_size}, batch {p.batch_size}" for p in plan.precisions if p is not chosen)
@@ -75,14 +75,14 @@ def config_yaml(plan: TrainingPlan) -> str:
 class StoredPlan:
     """A plan with where it lies: its training config, and whether it came from the cache."""
 
-    plan: TrainingPlan
+    plan: DatasetPlan
     config_path: Path
     cached: bool
 
 
 def plan_dataset(
     spec: DatasetSpec, cache_dir: str | Path, capacity_bytes: int, step_costs: StepCosts, memory_source: str,
-    precisions=("32-true", "16-mixed"), budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
+    precisions=COMPARED_PRECISIONS, budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
 ) -> StoredPlan:
     """Return the cached plan of this dataset (unchanged files) and GPU, or check the dataset, plan and cache it.
 
@@ -90,15 +90,15 @@ def plan_dataset(
     """
     fingerprint = validate_dataset(spec, show_progress, cache_path=fingerprint_cache_path(cache_dir, spec.root))
     # a GPU's usable memory varies by a few MiB between starts: tenths of a GiB still find the plan
-    key = plan_key({
+    key = cache_key({
         "dataset": str(spec.root), "fingerprint": fingerprint.to_dict(), "capacity_gib": round(capacity_bytes / 2**30, 1),
         "precisions": list(precisions), "budget_fraction": budget_fraction, "memory_source": memory_source,
     })
     folder = Path(cache_dir) / "plans"
-    cache, config_path = PlanCache(folder / "plans.json"), folder / f"{spec.root.name}-{key}.yaml"
+    cache, config_path = PlanningCache(folder / "plans.json"), folder / f"{spec.root.name}-{key}.yaml"
     record = cache.get(key)
     if record is not None and config_path.is_file():
-        return StoredPlan(TrainingPlan.from_dict(record), config_path, cached=True)
+        return StoredPlan(DatasetPlan.from_dict(record), config_path, cached=True)
     plan = make_plan(fingerprint, capacity_bytes, step_costs, memory_source, precisions, budget_fraction)
     cache.put(key, plan.to_dict())
     write_text_atomic(config_path, config_yaml(plan))
@@ -106,7 +106,7 @@ def plan_dataset(
 
 
 def plan_for_training(
-    spec: DatasetSpec, cache_dir: str | Path, capacity_gib: float | None = None, precisions=("32-true", "16-mixed"),
+    spec: DatasetSpec, cache_dir: str | Path, capacity_gib: float | None = None, precisions=COMPARED_PRECISIONS,
     budget_fraction: float = DEFAULT_BUDGET_FRACTION, show_progress: bool = True,
 ) -> StoredPlan:
     """Return the (cached) plan: for a GPU of ``capacity_gib`` with fake steps; without it, for this machine's CUDA GPU

@@ -19,10 +19,10 @@ from torch import nn
 from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
 from medseg.option_values import DEFAULT_BUDGET_FRACTION
-from medseg.planning.batch_search import BatchPlan
+from medseg.planning.batch_search import BatchSearchResult
 from medseg.planning.budget import check_budget_fraction
-from medseg.planning.cache import PlanCache
-from medseg.planning.on_device import plan_on_device, record_out_of_memory
+from medseg.planning.cache import PlanningCache
+from medseg.planning.on_device import search_on_device, record_out_of_memory
 from medseg.planning.step import training_setup
 
 if TYPE_CHECKING:  # a stand-in GPU for tests and CPU demos, never imported by the library
@@ -40,7 +40,7 @@ def accumulation_for(batch_size: int, effective_batch_size: int, world_size: int
     return min(batch_size, math.ceil(effective_batch_size / (world_size * accumulate))), accumulate
 
 
-class BatchSizePlanner(lightning.Callback):
+class BatchSearchCallback(lightning.Callback):
     """Sets the data module's batch size to the largest verified one (and accumulation) before training starts.
 
     Args:
@@ -48,7 +48,7 @@ class BatchSizePlanner(lightning.Callback):
         effective_batch_size: samples per optimizer step across all ranks, made up by gradient accumulation
             when the memory-limited batch is smaller; None trains at the planned batch without accumulation.
         max_batch_size: never plan above this (an OOM recovery lowers it).
-        cache_path: JSON file of plans keyed by model, patch, precision, GPU and budget, relative to the trainer's
+        cache_path: JSON file of batch searches keyed by model, patch, precision, GPU and budget, relative to the trainer's
             ``default_root_dir``; None re-plans every run.
         size_sliding_window: also plan forward-only windows and record the size in the module's recipe.
         simulated_device: plan against this stand-in GPU instead of CUDA (tests, CPU demos).
@@ -75,13 +75,13 @@ class BatchSizePlanner(lightning.Callback):
         self.effective_batch_size = effective_batch_size
         self.max_batch_size = max_batch_size
         self.cache_path = cache_path
-        self.cache: PlanCache | None = None
+        self.cache: PlanningCache | None = None
         self.size_sliding_window = size_sliding_window
         self.simulated_device = simulated_device
         self.enabled = enabled
         self.max_window_batch_size = max_window_batch_size
-        self.plan: BatchPlan | None = None
-        self.window_plan: BatchPlan | None = None
+        self.search: BatchSearchResult | None = None
+        self.window_search: BatchSearchResult | None = None
 
     def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
         """Plan on this rank's device, take the minimum over ranks, and set batch size, accumulation and window batch.
@@ -97,7 +97,7 @@ class BatchSizePlanner(lightning.Callback):
         precision = str(trainer.precision)
         batch_size = datamodule.batch_size
         # next to the runs, not in whatever folder training was started from
-        self.cache = PlanCache(Path(trainer.default_root_dir) / self.cache_path) if self.cache_path else None
+        self.cache = PlanningCache(Path(trainer.default_root_dir) / self.cache_path) if self.cache_path else None
         if not self.enabled:
             log.info("batch planner: disabled, keeping the configured batch size %d", batch_size)
         elif self.simulated_device is None and trainer.strategy.root_device.type != "cuda":
@@ -118,8 +118,8 @@ class BatchSizePlanner(lightning.Callback):
         )
         # log_dir is a collective (a broadcast from rank 0): every rank reads it, or rank 0 waits forever
         log_dir = trainer.log_dir
-        if self.plan is not None and trainer.is_global_zero and log_dir:
-            write_text_atomic(Path(log_dir) / "batch_plan.json", json.dumps(self.plan.to_dict(), indent=2))
+        if self.search is not None and trainer.is_global_zero and log_dir:
+            write_text_atomic(Path(log_dir) / "batch_plan.json", json.dumps(self.search.to_dict(), indent=2))
 
     def _plan_on_every_rank(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, precision: str) -> tuple[int, int]:
         """Return (training batch, window batch or 0): the smallest any rank planned.
@@ -143,25 +143,25 @@ class BatchSizePlanner(lightning.Callback):
     def _plan(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, precision: str) -> tuple[int, int]:
         """Return (training batch, window batch or 0) planned on this rank's device."""
         setup = training_setup(pl_module.recipe, pl_module.net)
-        plan_here = partial(plan_on_device, setup, precision, self.budget_fraction, cache=self.cache, simulated_device=self.simulated_device)
+        search_here = partial(search_on_device, setup, precision, self.budget_fraction, cache=self.cache, simulated_device=self.simulated_device)
         # each rank runs its own number of trials: SyncBatchNorm's collectives in them would never match up
         with local_batch_norm(pl_module.net):
-            self.plan = plan_here(train=True, max_batch_size=self.max_batch_size)
+            self.search = search_here(train=True, max_batch_size=self.max_batch_size)
             if not self.size_sliding_window:
-                return self.plan.usable_batch_size(self.max_batch_size), 0
+                return self.search.usable_batch_size(self.max_batch_size), 0
             # validation windows run beside what training holds by then and the trials do not: gradients and
             # AdamW's two moments (the volume stays on the CPU, where the windows are stitched)
             held = 3 * sum(p.numel() * p.element_size() for p in pl_module.net.parameters())
-            self.window_plan = plan_here(train=False, max_batch_size=self.max_window_batch_size, reserved_bytes=held)
-        return self.plan.usable_batch_size(self.max_batch_size), self.window_plan.usable_batch_size(self.max_window_batch_size)
+            self.window_search = search_here(train=False, max_batch_size=self.max_window_batch_size, reserved_bytes=held)
+        return self.search.usable_batch_size(self.max_batch_size), self.window_search.usable_batch_size(self.max_window_batch_size)
 
     def record_out_of_memory(self, batch_size: int, validation: bool = False) -> Path | None:
-        """Record in the plan cache that training (or validation windows) ran out of memory at ``batch_size``,
-        so later runs plan below it; return the cache file (None: no cache, nothing recorded)."""
-        plan = self.window_plan if validation else self.plan
-        if plan is None or self.cache is None or not plan.cache_key:
+        """Record in the planning cache that training (or validation windows) ran out of memory at ``batch_size``,
+        so later runs search below it; return the cache file (None: no cache, nothing recorded)."""
+        search = self.window_search if validation else self.search
+        if search is None or self.cache is None or not search.cache_key:
             return None
-        record_out_of_memory(self.cache, plan, batch_size)
+        record_out_of_memory(self.cache, search, batch_size)
         return self.cache.path
 
 

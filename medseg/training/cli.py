@@ -45,7 +45,7 @@ from medseg.inference.checkpoint import read_weights_only
 from medseg.option_values import BATCH_PLAN_CACHE
 from medseg.planning.store import plan_for_training
 from medseg.precision import resolve_precision
-from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.batch_planner import BatchSearchCallback
 from medseg.training.checkpoint_io import AtomicCheckpointIO
 from medseg.training.csv_logger import AppendingCSVLogger
 from medseg.training.datamodule import SegmentationDataModule
@@ -73,7 +73,7 @@ class MedsegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
-        parser.add_lightning_class_args(BatchSizePlanner, "batch_planner")
+        parser.add_lightning_class_args(BatchSearchCallback, "batch_planner")
         parser.add_lightning_class_args(SpeedSettings, "speed")
         parser.set_defaults(
             {

@@ -184,16 +184,17 @@ class SegmentationDataModule(L.LightningDataModule):
             self.fingerprint = validate_dataset(self.spec, cache_path=fingerprint_cache_path(self.cache_dir, self.spec.root))
         if self.storage is None:
             self.storage = self._choose_storage()
+        checked = self.fingerprint is not None  # the dataset check read every voxel: loading need not check them again
         # each dataset gets transforms of its own: MONAI's reader keeps the last file it read, which would change the
         # disk cache's hash of transforms another dataset had used before
         if stage in ("fit", None) and not hasattr(self, "train_dataset"):
-            prep = preprocessing_transforms(self.preprocessing)
+            prep = preprocessing_transforms(self.preprocessing, voxels_checked=checked)
             augment = training_transforms(self.patch_size, self.positive_fraction, self.augmentation)
             to_gpu = [ToDeviced(["image", "label"], self._device)] if self._augments_on_gpu else []
             cached = self._dataset(self.train_cases, Compose([*prep.transforms, *to_gpu, *augment.transforms]))
             self.train_dataset = SeededSamples(cached, self.sampling_seed)
         if stage in ("fit", "validate", None) and not hasattr(self, "val_dataset"):
-            self.val_dataset = self._dataset(self.val_cases, preprocessing_transforms(self.preprocessing))
+            self.val_dataset = self._dataset(self.val_cases, preprocessing_transforms(self.preprocessing, voxels_checked=checked))
 
     def _choose_storage(self) -> VolumeStorage:
         """Return where this run keeps its preprocessed volumes (``cache``), logged in one line with the numbers."""

@@ -15,7 +15,7 @@ from lightning.pytorch.trainer.states import RunningStage
 
 from medseg.errors import MedsegError
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
-from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.batch_planner import BatchSearchCallback
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def fit_with_oom_recovery(
     resumes from the newest last-checkpoint (or ``ckpt_path``). Before the first last-checkpoint, and without
     ``ckpt_path``, it starts again from a checkpoint saved before the first step: the weights, optimizer and
     epoch and step counters training started with. An OOM in validation (or its sanity check) halves the
-    model's window batch instead. A ``BatchSizePlanner`` in that trainer is capped at the smaller sizes, and
+    model's window batch instead. A ``BatchSearchCallback`` in that trainer is capped at the smaller sizes, and
     records the failed size in its plan cache. So that no finished epoch is lost, the trainer needs a checkpoint
     of the newest state saved after every training epoch (``newest_checkpoint``), as medseg's ``last_checkpoint``
     is: ``ModelCheckpoint(filename="last", enable_version_counter=False, save_on_train_epoch_end=True)``. One
@@ -111,7 +111,7 @@ def _fit_until_done(
     cap: int | None = None
     while True:
         trainer = make_trainer()
-        planner = next((c for c in trainer.callbacks if isinstance(c, BatchSizePlanner)), None)
+        planner = next((c for c in trainer.callbacks if isinstance(c, BatchSearchCallback)), None)
         if points not in trainer.callbacks:
             trainer.callbacks.append(points)
         if planner is not None and cap is not None:
@@ -133,7 +133,7 @@ def _fit_until_done(
         else:
             failed = datamodule.batch_size
             if batch_sizes is None:
-                batch_sizes = planner.plan.verified_batch_sizes if planner is not None and planner.plan is not None else []
+                batch_sizes = planner.search.verified_batch_sizes if planner is not None and planner.search is not None else []
             smaller = next_smaller(failed, batch_sizes)
         recorded = planner.record_out_of_memory(failed, in_validation) if planner is not None else None
         if trainer.world_size > 1:

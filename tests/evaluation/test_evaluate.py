@@ -133,7 +133,7 @@ def test_a_read_only_output_is_one_line_naming_the_file(folders, tmp_path, monke
     read_only(monkeypatch, tmp_path / "scores")
     assert main(["--pred", str(folders[0]), "--gt", str(folders[1]), "--output", str(tmp_path / "scores" / "evaluation.csv")]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"medseg: error: cannot write {tmp_path / 'scores' / 'evaluation.csv'}: the folder is not writable: choose another folder (nothing there was changed)"
+        f"medseg: error: cannot write {tmp_path / 'scores' / 'evaluation.csv'}: Read-only file system: choose a folder you can write to (or fix its permissions) and rerun (nothing there was changed)"
     )
 
 

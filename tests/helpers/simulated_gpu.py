@@ -6,7 +6,7 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import Callback
 
 from medseg.testing import SimulatedDevice
-from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.batch_planner import BatchSearchCallback
 
 MiB = 2**20
 
@@ -31,7 +31,7 @@ class SimulatedGpus(Callback):
         return SimulatedDevice(int(capacity_mib * MiB), lambda batch_size: (10 + 15 * batch_size) * MiB, name="simulated GPU")
 
     def setup(self, trainer, pl_module, stage) -> None:
-        for planner in (c for c in trainer.callbacks if isinstance(c, BatchSizePlanner)):
+        for planner in (c for c in trainer.callbacks if isinstance(c, BatchSearchCallback)):
             planner.simulated_device = self._device(self.capacity_mib[trainer.global_rank])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

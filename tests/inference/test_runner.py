@@ -92,7 +92,7 @@ def test_a_failed_write_leaves_neither_a_partial_output_nor_a_temporary_file(ran
     monkeypatch.setattr(nifti.nib, "save", disk_full)
     summary = segment_scans(random_checkpoint, scans, tmp_path / "out", InferenceOptions(sw_batch_size=2))
     assert [name for name, _ in summary.failed] == ["a", "b"]
-    assert summary.failed[0][1] == f"cannot write {tmp_path / 'out' / 'a.nii.gz'}: the disk is full: free space and rerun (nothing there was changed)"
+    assert summary.failed[0][1] == f"cannot write {tmp_path / 'out' / 'a.nii.gz'}: No space left on device: free some disk space (or choose another disk) and rerun (nothing there was changed)"
     assert list((tmp_path / "out").iterdir()) == []  # not even recipe.json: nothing was made
 
 
@@ -107,7 +107,7 @@ def test_a_full_disk_is_one_line_per_scan_and_a_failing_exit(random_checkpoint, 
 def test_a_read_only_output_folder_is_one_line(random_checkpoint, scans, tmp_path, monkeypatch, capsys):
     faults.read_only(monkeypatch, tmp_path / "out")
     assert _run(random_checkpoint, scans, tmp_path / "out") == 1
-    assert capsys.readouterr().err.strip() == f"medseg: error: cannot write {tmp_path / 'out'}: the folder is not writable: choose another folder (nothing there was changed)"
+    assert capsys.readouterr().err.strip() == f"medseg: error: cannot write {tmp_path / 'out'}: Read-only file system: choose a folder you can write to (or fix its permissions) and rerun (nothing there was changed)"
 
 
 def test_outputs_get_the_mode_the_umask_gives(random_checkpoint, scans, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from medseg.planning.cuda_steps import measure_cuda_step
 from medseg.planning.fake_tensor import fake_step
-from medseg.planning.on_device import plan_on_device
+from medseg.planning.on_device import search_on_device
 from medseg.planning.step import TrainingSetup, training_setup
 from medseg.recipe import Recipe
 from tests.helpers.stand_ins import MiB
@@ -34,7 +34,7 @@ def test_cuda_planning_stays_within_a_process_memory_cap(tiny_setup: TrainingSet
     cap = (torch.cuda.memory_reserved() + 1024 * MiB) / total
     torch.cuda.set_per_process_memory_fraction(cap)
     try:
-        plan = plan_on_device(tiny_setup, "16-mixed", budget_fraction=0.9, max_batch_size=4096)
+        plan = search_on_device(tiny_setup, "16-mixed", budget_fraction=0.9, max_batch_size=4096)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert plan.budget_bytes <= 0.9 * cap * total
@@ -45,7 +45,7 @@ def test_cuda_planning_stays_within_a_process_memory_cap(tiny_setup: TrainingSet
 @pytest.mark.cuda
 def test_planning_on_cuda_returns_a_measured_size_within_the_budget(tiny_setup: TrainingSetup) -> None:
     tiny_setup.net.cuda()
-    plan = plan_on_device(tiny_setup, "16-mixed", budget_fraction=0.05, max_batch_size=256)
+    plan = search_on_device(tiny_setup, "16-mixed", budget_fraction=0.05, max_batch_size=256)
     assert plan.backend == "cuda" and plan.batch_size in plan.verified_batch_sizes
     assert plan.measured_peak_bytes <= plan.budget_bytes
     assert plan.samples_per_second is not None and plan.samples_per_second > 0

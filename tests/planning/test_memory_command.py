@@ -35,7 +35,7 @@ def test_memory_command_names_a_missing_config_in_one_line(tmp_path: Path, capsy
 
 def test_memory_command_takes_the_training_options_and_the_dataset_classes(demo_root: Path, tmp_path: Path, monkeypatch) -> None:
     seen = {}
-    monkeypatch.setattr("medseg.planning.precision_comparison.estimated_plans", lambda recipe, *args: seen.setdefault("recipe", recipe) and [])
+    monkeypatch.setattr("medseg.planning.precision_comparison.estimated_batch_searches", lambda recipe, *args: seen.setdefault("recipe", recipe) and [])
     monkeypatch.setattr("medseg.planning.report.format_table", lambda plans: "")
     monkeypatch.setattr("medseg.planning.report.save_report", lambda plans, out: (out, out))
     run([f"--data.root={demo_root}", "--data.patch_size=[32, 32, 16]", f"--model.network_kwargs={json.dumps(TINY_UNET)}", "--capacity_gib", "80",
@@ -47,7 +47,7 @@ def test_memory_command_takes_the_training_options_and_the_dataset_classes(demo_
 
 def test_memory_command_plans_for_the_capacity_given_on_a_gpu_machine_too(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # with --capacity_gib the GPU at hand is not measured
-    monkeypatch.setattr("medseg.planning.precision_comparison.measured_plans", lambda *args: pytest.fail("measured this machine's GPU"))
+    monkeypatch.setattr("medseg.planning.precision_comparison.measured_batch_searches", lambda *args: pytest.fail("measured this machine's GPU"))
     config = tmp_path / "config.yaml"
     config.write_text(f"model:\n  network: UNet\n  network_kwargs: {json.dumps(TINY_UNET)}\ndata:\n  patch_size: [16, 16, 16]\n")
     [plan] = run(["--config", str(config), "--trainer.accelerator=cpu", "--precisions", "32-true", "--capacity_gib", "0.25", "--output", str(tmp_path / "out")])

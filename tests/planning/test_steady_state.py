@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from medseg.planning.batch_search import plan_batch_size
+from medseg.planning.batch_search import search_batch_size
 from medseg.testing import Autotuning, SimulatedDevice
 from tests.helpers.stand_ins import MiB, linear_curve
 
@@ -38,7 +38,7 @@ def test_the_first_step_at_a_new_batch_size_takes_the_free_memory_halved_until_i
 
 
 def test_the_planner_chooses_the_steady_state_batch_not_the_one_autotuning_inflates() -> None:
-    plan = plan_batch_size(capped_gpu().step_cost("32-true"), "32-true", budget_bytes=900 * MiB)
+    plan = search_batch_size(capped_gpu().step_cost("32-true"), "32-true", budget_bytes=900 * MiB)
     assert plan.batch_size == 15
     assert plan.measured_peak_bytes == STEADY(15) == 900 * MiB
     assert plan.per_sample_bytes == pytest.approx(40 * MiB) and plan.fixed_bytes == pytest.approx(300 * MiB)
@@ -46,14 +46,14 @@ def test_the_planner_chooses_the_steady_state_batch_not_the_one_autotuning_infla
 
 
 def test_training_200_steps_at_the_planned_batch_never_runs_out_of_memory() -> None:
-    plan = plan_batch_size(capped_gpu().step_cost("32-true"), "32-true", budget_bytes=900 * MiB)
+    plan = search_batch_size(capped_gpu().step_cost("32-true"), "32-true", budget_bytes=900 * MiB)
     assert trains(plan.batch_size, 200)
 
 
 def test_a_batch_whose_autotuning_finds_no_workspace_under_the_cap_is_not_planned() -> None:
     # an engine needs 150 MiB of workspace: at 15 the 100 MiB left under the cap are too few for the first step
     autotuning = Autotuning(driver_free_bytes=141 * 1024 * MiB, min_workspace_bytes=150 * MiB)
-    plan = plan_batch_size(capped_gpu(autotuning).step_cost("32-true"), "32-true", budget_bytes=900 * MiB)
+    plan = search_batch_size(capped_gpu(autotuning).step_cost("32-true"), "32-true", budget_bytes=900 * MiB)
     assert not trains(15, 1, autotuning)
     assert plan.batch_size == max(b for b in range(1, 16) if trains(b, 1, autotuning))
     assert trains(plan.batch_size, 200, autotuning)

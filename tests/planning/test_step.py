@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import torch
 
-from medseg.planning.batch_search import plan_batch_size
+from medseg.planning.batch_search import search_batch_size
 from medseg.testing import SimulatedDevice
 from medseg.planning.step import TrainingSetup, run_training_step
 from tests.helpers.stand_ins import MiB, linear_curve
@@ -87,6 +87,6 @@ def test_an_fp16_trial_counts_the_optimizer_state_even_when_training_scale_would
 
 def test_planning_with_real_steps_finds_the_size_the_capacity_allows(tiny_setup: TrainingSetup) -> None:
     device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 20 * MiB))
-    plan = plan_batch_size(device.step_cost("32-true", tiny_setup), "32-true", budget_bytes=100 * MiB)
+    plan = search_batch_size(device.step_cost("32-true", tiny_setup), "32-true", budget_bytes=100 * MiB)
     assert plan.batch_size == 4
     assert tiny_setup.net.training

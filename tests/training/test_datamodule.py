@@ -260,3 +260,42 @@ def test_batches_mix_cases_preprocessed_before_and_now(demo_root, tmp_path, monk
     assert len(spacing_calls) == 3
     batches = list(dm.train_dataloader())
     assert [batch["image"].shape for batch in batches] == [(8, 1, 32, 32, 16)] * len(batches)
+
+
+@pytest.mark.parametrize("check_dataset", [True, False], ids=["checked", "unchecked"])
+def test_each_image_is_checked_for_nan_voxels_once(demo_root, tmp_path, monkeypatch, check_dataset):
+    from collections import Counter
+
+    from medseg.io import nifti
+
+    checked, check = Counter(), nifti.check_finite
+
+    def counted(voxels, name):
+        checked[str(name)] += 1
+        check(voxels, name)
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # the dataset check in this process, where the count is
+    monkeypatch.setattr("medseg.io.nifti.check_finite", counted)
+    monkeypatch.setattr("medseg.data.transforms.check_finite", counted)
+    dm = SegmentationDataModule(str(demo_root), patch_size=(32, 32, 16), num_folds=3, num_workers=0, cache="memory",
+                                cache_dir=str(tmp_path), check_dataset=check_dataset)
+    dm.setup("fit")
+    images = [str(path) for case in dm.spec.cases for path in case.images]
+    assert [checked[image] for image in images] == [1] * len(images)
+
+
+def test_a_scan_with_nan_voxels_is_refused_by_name_before_training(demo_root, tmp_path):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    root = shutil.copytree(demo_root, tmp_path / "nan-data")
+    path = sorted((root / "imagesTr").glob("*.nii.gz"))[-1]
+    image = nib.load(path)
+    values = image.get_fdata().astype(np.float32)
+    values[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(values, image.affine), path)
+    dm = SegmentationDataModule(str(root), patch_size=(32, 32, 16), num_folds=3, num_workers=0, cache="memory", cache_dir=str(tmp_path))
+    with pytest.raises(MedsegError, match=rf"^{path}: 1 voxel\(s\) are NaN or infinite"):
+        dm.setup("fit")

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medseg.testing import SimulatedDevice, SimulatedOOMCallback
-from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.batch_planner import BatchSearchCallback
 from medseg.training.module import polynomial_decay, rng_states, set_rng_states
 from medseg.training.recovery import fit_with_oom_recovery
 from tests.helpers.stand_ins import MiB, RandomPatches, linear_curve
@@ -40,7 +40,7 @@ def test_schedule_spans_the_steps_of_the_planned_batch_size(tiny_module, make_tr
     device = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))  # plans 5: 2 steps per epoch, not 8
     schedule = ScheduleLength()
     data = RandomPatches(batch_size=1, num_samples=10)
-    make_trainer(max_epochs=2, callbacks=[BatchSizePlanner(simulated_device=device, size_sliding_window=False), schedule]).fit(tiny_module, datamodule=data)
+    make_trainer(max_epochs=2, callbacks=[BatchSearchCallback(simulated_device=device, size_sliding_window=False), schedule]).fit(tiny_module, datamodule=data)
     assert data.batch_size == 5
     assert schedule.seen == [(4, 4)]
 

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from medseg.errors import MedsegError
 from medseg.testing import SimulatedDevice, SimulatedOOMCallback
 from medseg.training.recovery import fit_with_oom_recovery, next_smaller
-from medseg.training.batch_planner import BatchSizePlanner
+from medseg.training.batch_planner import BatchSearchCallback
 from tests.helpers.stand_ins import MiB, RandomPatches, WithValidation, linear_curve
 
 
@@ -73,10 +73,10 @@ def test_recovery_caps_the_planner_of_the_new_trainer(tiny_module, make_trainer)
     planned = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB))  # plans 5
     fragmented = SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 20 * MiB))  # 5 fails mid-training
     data = RandomPatches(batch_size=1, num_samples=10)
-    planners: list[BatchSizePlanner] = []
+    planners: list[BatchSearchCallback] = []
 
     def trainer() -> L.Trainer:
-        planners.append(BatchSizePlanner(size_sliding_window=False, simulated_device=planned))
+        planners.append(BatchSearchCallback(size_sliding_window=False, simulated_device=planned))
         return make_trainer(max_epochs=2, callbacks=[planners[-1], every_epoch(), SimulatedOOMCallback(fragmented, from_step=2)])
 
     fit_with_oom_recovery(trainer, tiny_module, data)
@@ -126,11 +126,11 @@ def test_oom_records_the_failed_batch_size_so_the_next_run_plans_below_it(tiny_m
     cache = tmp_path / "plans.json"
 
     def trainer() -> L.Trainer:
-        planner = BatchSizePlanner(cache_path=cache, size_sliding_window=False, simulated_device=planned)
+        planner = BatchSearchCallback(cache_path=cache, size_sliding_window=False, simulated_device=planned)
         return make_trainer(max_epochs=1, callbacks=[planner, every_epoch(), SimulatedOOMCallback(fragmented, from_step=1)])
 
     fit_with_oom_recovery(trainer, tiny_module, RandomPatches(batch_size=1, num_samples=10))
-    relaunched = BatchSizePlanner(cache_path=cache, size_sliding_window=False, simulated_device=planned)
+    relaunched = BatchSearchCallback(cache_path=cache, size_sliding_window=False, simulated_device=planned)
     data = RandomPatches(batch_size=1, num_samples=10)
     make_trainer(max_steps=1, callbacks=[relaunched]).fit(tiny_module, datamodule=data)
     assert data.batch_size == 4
