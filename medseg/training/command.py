@@ -12,7 +12,7 @@ Examples:
 from __future__ import annotations
 
 from medseg.errors import run_command
-from medseg.training.cli import TrainResult, output_as_training_options, run
+from medseg.training.cli import TrainResult, current_training_spellings, output_as_training_options, run
 from medseg.training.cross_validation import asks_for_all_folds, run_cross_validation
 
 __all__ = ["TrainResult", "main", "run"]
@@ -20,7 +20,7 @@ __all__ = ["TrainResult", "main", "run"]
 
 def train(args: list[str]) -> None:
     """Train as ``args`` say: one fold, or every fold and the cross-validation summary (``--data.fold all``)."""
-    args = output_as_training_options(args)
+    args = current_training_spellings(output_as_training_options(args))  # folds read the current spellings: no notice each
     if asks_for_all_folds(args):
         run_cross_validation(args)
     else:
