@@ -198,7 +198,7 @@ def main() -> None:
         folder.mkdir()
         for scan in scans:
             (folder / scan.name).symlink_to(scan)
-        same = InferenceOptions(overlap=0.25, device=args.device)
+        same = InferenceOptions(window={"overlap": 0.25}, device=args.device)
         defaults, defaults_fp32 = InferenceOptions(device=args.device), InferenceOptions(device=args.device, precision="32-true")
         end_to_end = {
             "tutorial": lambda: tutorial_run(weights, scans, tmp / "tutorial", args.device),
@@ -227,7 +227,7 @@ def main() -> None:
             "medseg-same-overlap-channels-first": lambda: channels_first.probabilities(image),
         }
         if on_gpu:
-            fp32 = Predictor(load_trained_model(checkpoint), InferenceOptions(overlap=0.25, device=args.device, precision="32-true"))
+            fp32 = Predictor(load_trained_model(checkpoint), InferenceOptions(window={"overlap": 0.25}, device=args.device, precision="32-true"))
             windows["tutorial-stitched-on-cpu"] = lambda: torch.no_grad()(sliding_window_inference)(image, PATCH, 4, network, sw_device=args.device, device="cpu")
             windows["medseg-fp32-same-overlap"] = lambda: fp32.probabilities(image)
         timings: dict[str, dict[str, list[float]]] = {"end_to_end": {k: [] for k in end_to_end}, "window_stage": {k: [] for k in windows}}

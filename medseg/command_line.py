@@ -1,11 +1,11 @@
 """The parser of every argparse command (``CommandParser``), and the naming rule the commands share.
 
-The rule: long options are spelled with underscores, as training's options (``--model.sw_overlap``), nnU-Net's and
-TotalSegmentator's are, and an option that sets a training setting is named after it (``medseg.infer --sw_overlap``
-is ``medseg.train --model.sw_overlap``). What a command writes is ``-o/--output``, the scans it reads ``-i/--input``
-and the model it reads ``--checkpoint``; training resumes with ``--ckpt_path``, Lightning's own name, and its
-``--checkpoint.*`` options configure the best-checkpoint callback. evaluate and postprocess read two folders, so they
-keep nnU-Net's ``--pred`` and ``--gt`` rather than one ``-i``.
+The rule: long options are spelled with underscores, as training's options (``--model.window.overlap``), nnU-Net's
+and TotalSegmentator's are, and an option that sets a training setting is named after its key less ``model.``
+(``medseg.infer --window.overlap`` is ``medseg.train --model.window.overlap``). What a command writes is
+``-o/--output``, the scans it reads ``-i/--input`` and the model it reads ``--checkpoint``; training resumes with
+``--ckpt_path``, Lightning's own name, and its ``--checkpoint.*`` options configure the best-checkpoint callback.
+evaluate and postprocess read two folders, so they keep nnU-Net's ``--pred`` and ``--gt`` rather than one ``-i``.
 
 Importing this module loads neither torch nor MONAI, so that ``--help`` answers without them.
 """

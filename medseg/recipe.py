@@ -2,7 +2,8 @@
 
 Inference, evaluation, the memory planner and the notebooks read it and decide none of it again
 (nnU-Net's plans.json, nanoGPT's ``model_args``). It holds plain data only, so checkpoints load
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)``. The settings records training is configured with live here too, each the one
+home of its defaults: ``Window`` (also in the recipe) and ``OptimizerSettings`` (training's and the planner's trial steps').
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
 from medseg.precision import check_precision
+
+__all__ = ["RECIPE_VERSION", "OptimizerSettings", "Recipe", "Window"]
 
 RECIPE_VERSION = 2
 
@@ -37,6 +40,19 @@ class Window:
             raise MedsegError(f"window overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise MedsegError(f"window batch size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW's settings, the one home of their defaults: training steps with them and the planner's trials too.
+
+    Attributes:
+        learning_rate: the starting rate (training decays it polynomially to zero).
+        weight_decay: AdamW's decoupled weight decay.
+    """
+
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-5
 
 
 @dataclass(frozen=True)

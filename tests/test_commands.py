@@ -75,11 +75,18 @@ def test_short_and_long_names_mean_the_same_option():
 INFER = (infer.parse_args, ["--checkpoint", "m.ckpt", "--input", "scans", "--output", "out"])
 PLAN = (lambda args: plan.parse_args(args)[0], [])
 MEMORY = (lambda args: memory.parse_args(args)[0], [])
+TRAIN = (parse_training_options, [])
 OLD_SPELLINGS = [  # (command, its other options, the old spelling, the same in the current one)
     (*INFER, ["--output-format", "both"], ["--output_format", "both"]),
-    (*INFER, ["--overlap", "0.5"], ["--sw_overlap", "0.5"]),
-    (*INFER, ["--sw-batch-size=2"], ["--sw_batch_size=2"]),
-    (*INFER, ["--no-gaussian"], ["--sw_gaussian", "false"]),
+    (*INFER, ["--overlap", "0.5"], ["--window.overlap", "0.5"]),
+    (*INFER, ["--sw_overlap", "0.5"], ["--window.overlap", "0.5"]),
+    (*INFER, ["--sw-batch-size=2"], ["--window.batch_size=2"]),
+    (*INFER, ["--sw_batch_size=2"], ["--window.batch_size=2"]),
+    (*INFER, ["--sw_gaussian", "false"], ["--window.gaussian", "false"]),
+    (*INFER, ["--no-gaussian"], ["--window.gaussian", "false"]),
+    (*TRAIN, ["--model.sw_overlap", "0.5"], ["--model.window.overlap", "0.5"]),
+    (*TRAIN, ["--model.sw_batch_size=2"], ["--model.window.batch_size=2"]),
+    (*TRAIN, ["--model.learning_rate", "0.01"], ["--model.optimizer.learning_rate", "0.01"]),
     (*INFER, ["--no-postprocessing"], ["--no_postprocessing"]),
     (*PLAN, ["--out", "plans"], ["--output", "plans"]),
     (*PLAN, ["--budget-fraction", "0.5"], ["--budget_fraction", "0.5"]),
@@ -105,9 +112,12 @@ def test_an_old_spelling_used_twice_gets_one_notice(capsys):
     assert capsys.readouterr().err == "medseg: --out is deprecated (removed in 0.3.0), use --output\n"
 
 
-def test_no_gaussian_blending_is_asked_for_as_training_spells_it():
-    args = infer.parse_args([*INFER[1], "--sw_gaussian", "false"])
-    assert args.sw_gaussian == "false" and infer.parse_args(INFER[1]).sw_gaussian is None
+def test_inference_names_the_window_settings_as_training_does_less_model():
+    window = ["--window.overlap", "0.5", "--window.gaussian", "false", "--window.batch_size", "2"]
+    args = infer.parse_args([*INFER[1], *window])
+    trained = parse_training_options([arg.replace("--window.", "--model.window.") for arg in window])["model"]["window"]
+    assert trained == {"overlap": args.overlap, "gaussian": args.gaussian == "true", "batch_size": args.batch_size} == {"overlap": 0.5, "gaussian": False, "batch_size": 2}
+    assert (infer.parse_args(INFER[1]).gaussian, infer.parse_args(INFER[1]).overlap) == (None, None)  # None: the recipe's
 
 
 def test_training_help_says_data_fold_takes_all(capsys):
@@ -148,3 +158,14 @@ def test_a_misspelt_option_fails_with_exit_code_2_naming_it(command, capsys):
     required, misspelt = MISSPELT[command]
     code, _, err = run_main(COMMANDS[command], [*required, misspelt, "1"], capsys)
     assert code == 2 and misspelt in err
+
+
+def test_a_config_of_the_previous_release_still_reads_with_one_notice_per_old_key(tmp_path, capsys):
+    config = tmp_path / "config.yaml"  # a run's saved config.yaml, or a plan, of the previous release
+    config.write_text("model:\n  sw_overlap: 0.5\n  learning_rate: 0.01\n  window:\n    gaussian: false\n")
+    model = parse_training_options(["--config", str(config)])["model"]
+    assert model["window"] == {"overlap": 0.5, "gaussian": False, "batch_size": 4} and model["optimizer"]["learning_rate"] == 0.01
+    assert capsys.readouterr().err.splitlines() == [
+        "medseg: model.sw_overlap is deprecated (removed in 0.3.0), use model.window.overlap",
+        "medseg: model.learning_rate is deprecated (removed in 0.3.0), use model.optimizer.learning_rate",
+    ]

@@ -13,7 +13,7 @@ import pytest
 from medseg.command_line import OLD_SPELLINGS_REMOVED_IN
 from medseg.errors import DEBUG_OPTION
 from medseg.training import command as train
-from medseg.training.cli import OptionsOnlyCLI, build_cli
+from medseg.training.cli import OLD_MODEL_KEYS, OptionsOnlyCLI, build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -136,5 +136,6 @@ def test_the_deprecation_table_lists_every_old_spelling_and_its_release(monkeypa
     section = COMMANDS_PAGE.read_text().partition("## Deprecated spellings")[2].partition("\n## ")[0]
     rows = [[cell.strip().strip("`") for cell in line.split("|")[1:-1]] for line in section.splitlines() if line.startswith("| `")]
     parsers = [built_parser(module, monkeypatch) for module in [*ARGPARSE_COMMANDS.values(), "medseg.training.command"]]
-    assert {row[0]: row[2] for row in rows} == {old: " ".join(new) for parser in parsers for old, new in parser.old_spellings.items()}
+    training = {f"--model.{old}": f"--model.{new}" for old, new in OLD_MODEL_KEYS.items()}  # on the command line and in configs
+    assert {row[0]: row[2] for row in rows} == {old: " ".join(new) for parser in parsers for old, new in parser.old_spellings.items()} | training
     assert all(row[3] == OLD_SPELLINGS_REMOVED_IN for row in rows)

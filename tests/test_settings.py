@@ -13,22 +13,14 @@ import pytest
 import yaml
 
 from medseg.data.transforms import Preprocessing
-from medseg.planning.step import OptimizerSettings, training_setup
-from medseg.recipe import Recipe, Window
+from medseg.planning.step import training_setup
+from medseg.recipe import OptimizerSettings, Recipe, Window
 from medseg.training.command import main
 from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.module import SegmentationModule
 from tests.helpers.cli import REPO, run_main
 from tests.helpers.stand_ins import TINY_UNET
 
-# the training options that are a record's fields under another name
-MODULE_OPTIONS = {
-    "sw_overlap": "Window.overlap",
-    "sw_gaussian": "Window.gaussian",
-    "sw_batch_size": "Window.batch_size",
-    "learning_rate": "OptimizerSettings.learning_rate",
-    "weight_decay": "OptimizerSettings.weight_decay",
-}
 DATA_OPTIONS = {name: f"Preprocessing.{name}" for name in ("spacing", "ct_window", "ct_mean", "ct_std", "crop_foreground")}
 RECORDS = {"Window": Window, "OptimizerSettings": OptimizerSettings, "Preprocessing": Preprocessing}
 
@@ -44,12 +36,20 @@ def _record_default(reference: str):
     return next(f.default for f in fields(RECORDS[record]) if f.name == name)
 
 
-@pytest.mark.parametrize(("function", "options"), [(SegmentationModule.__init__, MODULE_OPTIONS), (SegmentationDataModule.__init__, DATA_OPTIONS)])
-def test_training_options_take_their_defaults_from_the_records(function, options):
-    written = _written_defaults(function)
-    assert {name: written[name] for name in options} == options  # a literal here would be a second copy of the default
-    signature = inspect.signature(function)
-    assert {name: signature.parameters[name].default for name in options} == {name: _record_default(ref) for name, ref in options.items()}
+def test_data_options_take_their_defaults_from_the_records():
+    written = _written_defaults(SegmentationDataModule.__init__)
+    assert {name: written[name] for name in DATA_OPTIONS} == DATA_OPTIONS  # a literal here would be a second copy of the default
+    signature = inspect.signature(SegmentationDataModule.__init__)
+    assert {name: signature.parameters[name].default for name in DATA_OPTIONS} == {name: _record_default(ref) for name, ref in DATA_OPTIONS.items()}
+
+
+def test_the_module_takes_the_window_and_optimizer_records_with_their_defaults():
+    written = _written_defaults(SegmentationModule.__init__)
+    assert (written["window"], written["optimizer"]) == ("Window()", "OptimizerSettings()")  # not a copy of a default
+    module = SegmentationModule(network_kwargs=TINY_UNET, window=Window(overlap=0.5), optimizer=OptimizerSettings(learning_rate=0.01))
+    assert module.recipe.window == Window(overlap=0.5) and module.optimizer_settings.learning_rate == 0.01
+    rebuilt = SegmentationModule(**module.hparams)  # as a module rebuilt from a checkpoint's hyper-parameters (plain data)
+    assert (rebuilt.recipe.window, rebuilt.optimizer_settings) == (module.recipe.window, module.optimizer_settings)
 
 
 def test_trial_steps_step_with_the_optimizer_training_builds():
@@ -59,7 +59,6 @@ def test_trial_steps_step_with_the_optimizer_training_builds():
     module = SegmentationModule(network_kwargs=TINY_UNET, out_channels=2)
     assert module.optimizer_settings == OptimizerSettings()
     assert (group["lr"], group["weight_decay"]) == (OptimizerSettings.learning_rate, OptimizerSettings.weight_decay)
-    assert SegmentationModule(learning_rate=0.01, network_kwargs=TINY_UNET).optimizer_settings.learning_rate == 0.01
 
 
 def _leaves(mapping: dict, prefix: tuple[str, ...] = ()):

@@ -24,13 +24,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="nifti", old=["--output-format"],
                         help="nifti: <case>.nii.gz; dicom-seg: <case>.seg.dcm referencing the DICOM series (DICOM inputs only); "
                              "both (NIfTI scans get their NIfTI only) (default: nifti)")
-    parser.add_argument("--sw_overlap", type=float, default=None, old=["--overlap"],
+    # training's model.window.* less "model.", the recipe's window settings; None keeps the recipe's
+    parser.add_argument("--window.overlap", dest="overlap", type=float, default=None, old=["--sw_overlap", "--overlap"],
                         help="window overlap in [0, 1) (default: the checkpoint's recipe, as validation used)")
-    parser.add_argument("--sw_gaussian", choices=("true", "false"), default=None,
+    parser.add_argument("--window.gaussian", dest="gaussian", choices=("true", "false"), default=None, old=["--sw_gaussian"],
                         help="false: blend windows with equal weights instead of a Gaussian (default: the recipe's blending)")
-    parser.rename("--no-gaussian", "--sw_gaussian", "false")
+    parser.rename("--no-gaussian", "--window.gaussian", "false")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips of each window (8x slower)")
-    parser.add_argument("--sw_batch_size", type=int, default=None, old=["--sw-batch-size"],
+    parser.add_argument("--window.batch_size", dest="batch_size", type=int, default=None, old=["--sw_batch_size", "--sw-batch-size"],
                         help="windows per forward pass (default: the recipe's, planned for the GPU during training; halved on out-of-memory)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the precision training ran at, where this device supports it (bf16 on a CPU only with native bf16)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
@@ -56,10 +57,9 @@ def segment(argv: Sequence[str]) -> int:
     from medseg.inference.predictor import InferenceOptions
     from medseg.inference.runner import segment_scans
 
+    window = {"overlap": args.overlap, "gaussian": None if args.gaussian is None else args.gaussian == "true", "batch_size": args.batch_size}
     options = InferenceOptions(
-        overlap=args.sw_overlap,
-        gaussian=None if args.sw_gaussian is None else args.sw_gaussian == "true",
-        sw_batch_size=args.sw_batch_size,
+        window={name: value for name, value in window.items() if value is not None},
         precision=args.precision,
         tta=args.tta,
         device=args.device,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from medseg.io.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, sav
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
 from medseg.planning.step import cudnn_autotuning
 from medseg.precision import autocast, check_precision, inference_precision
+from medseg.recipe import Window
 
 FLIP_AXES = [dims for n in (1, 2, 3) for dims in itertools.combinations((2, 3, 4), n)]
 # An ensemble's weights may take this share of the GPU memory free when inference starts; beyond it the models
@@ -37,8 +38,8 @@ class InferenceOptions:
     """How to run sliding-window inference; None everywhere means "as the checkpoint's recipe says".
 
     Attributes:
-        overlap, gaussian, sw_batch_size: the recipe's window settings to override (``medseg.recipe.Window``'s
-            ``overlap``, ``gaussian`` and ``batch_size``; the recipe's batch is the one training planned or used).
+        window: the recipe's window settings to override, by ``medseg.recipe.Window``'s names (``{"overlap": 0.5}``;
+            the recipe's ``batch_size`` is the one training planned or used).
         precision: "32-true", "16-mixed" or "bf16-mixed"; None runs the trained precision where the device
             supports it (``medseg.precision.inference_precision``).
         tta: also predict on the 7 flipped copies of each window and average (8x slower).
@@ -46,9 +47,7 @@ class InferenceOptions:
         probabilities: also return per-class probabilities on the scan's grid.
     """
 
-    overlap: float | None = None
-    gaussian: bool | None = None
-    sw_batch_size: int | None = None
+    window: dict[str, Any] = field(default_factory=dict)
     precision: str | None = None
     tta: bool = False
     device: str | None = None
@@ -57,11 +56,10 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         if self.precision is not None:
             check_precision(self.precision)
-
-    def window_changes(self) -> dict[str, Any]:
-        """Return the window settings these options override (the recipe validates them)."""
-        changes = {"overlap": self.overlap, "gaussian": self.gaussian, "batch_size": self.sw_batch_size}
-        return {key: value for key, value in changes.items() if value is not None}
+        unknown = sorted(set(self.window) - {setting.name for setting in fields(Window)})
+        if unknown:
+            raise MedsegError(f"unknown window settings {unknown}: a window has {[setting.name for setting in fields(Window)]}")
+        replace(Window(), **self.window)  # a bad value is refused now, not at the first scan
 
     def resolved_device(self) -> torch.device:
         """Return the device to run windows on, refusing a GPU that is not there."""
@@ -140,7 +138,7 @@ class Predictor:
         self.postprocessing = postprocessing
         self.device = self.options.resolved_device()
         first = self.models[0].recipe
-        self.recipe = first.with_changes(window=self.options.window_changes())
+        self.recipe = first.with_changes(window=dict(self.options.window))
         self.precision = self.options.precision or inference_precision(first.precision, self.device.type)
         self.resident = self.device.type != "cuda" or ensemble_stays_on_device(
             [weight_bytes(member.network) for member in self.models], torch.cuda.mem_get_info(self.device)[0]

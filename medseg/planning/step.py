@@ -19,22 +19,9 @@ from medseg.planning.oom import is_out_of_memory, release_memory
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import network_for
 from medseg.precision import autocast
-from medseg.recipe import Recipe
+from medseg.recipe import OptimizerSettings, Recipe
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-
-
-@dataclass(frozen=True)
-class OptimizerSettings:
-    """AdamW's settings, the one home of their defaults: training steps with them and the planner's trials too.
-
-    Attributes:
-        learning_rate: the starting rate (training decays it polynomially to zero).
-        weight_decay: AdamW's decoupled weight decay.
-    """
-
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-5
 
 
 def training_optimizer(parameters: Iterable[nn.Parameter], settings: OptimizerSettings = OptimizerSettings()) -> torch.optim.AdamW:

@@ -50,12 +50,15 @@ class BatchSearchCallback(lightning.Callback):
         max_batch_size: never plan above this (an OOM recovery lowers it).
         cache_path: JSON file of batch searches keyed by model, patch, precision, GPU and budget, relative to the trainer's
             ``default_root_dir``; None re-plans every run.
-        size_sliding_window: also plan forward-only windows and record the size in the module's recipe.
+        size_sliding_window: also plan forward-only windows (``window_batch_size``: the recipe's, settled at fit start).
         simulated_device: plan against this stand-in GPU instead of CUDA (tests, CPU demos).
         enabled: False keeps the configured batch size (a config that fixes it); accumulation still applies.
-        max_window_batch_size: never plan validation windows above this (an OOM in validation lowers it).
+        max_window_batch_size: never plan validation windows above this.
 
     Without CUDA and without a simulated device the configured batch size is kept as well.
+
+    What it decides is plain values that the module's recipe is settled from at fit start: the data module's
+    ``batch_size``, the trainer's ``accumulate_grad_batches`` and ``window_batch_size`` (None: not planned).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class BatchSearchCallback(lightning.Callback):
         self.max_window_batch_size = max_window_batch_size
         self.search: BatchSearchResult | None = None
         self.window_search: BatchSearchResult | None = None
+        self.window_batch_size: int | None = None
 
     def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
         """Plan on this rank's device, take the minimum over ranks, and set batch size, accumulation and window batch.
@@ -96,6 +100,7 @@ class BatchSearchCallback(lightning.Callback):
             raise MedsegError("the batch planner needs trainer.fit(model, datamodule=...) to set the batch size")
         precision = str(trainer.precision)
         batch_size = datamodule.batch_size
+        self.window_batch_size = None
         # next to the runs, not in whatever folder training was started from
         self.cache = PlanningCache(Path(trainer.default_root_dir) / self.cache_path) if self.cache_path else None
         if not self.enabled:
@@ -105,8 +110,7 @@ class BatchSearchCallback(lightning.Callback):
         else:
             pl_module.to(trainer.strategy.root_device)  # where the strategy puts it next; trials run there
             batch_size, window_batch_size = self._plan_on_every_rank(trainer, pl_module, precision)
-            if window_batch_size:
-                pl_module.recipe = pl_module.recipe.with_changes(window={"batch_size": window_batch_size})
+            self.window_batch_size = window_batch_size or None
         accumulate = trainer.accumulate_grad_batches
         if self.effective_batch_size is not None:
             batch_size, accumulate = accumulation_for(batch_size, self.effective_batch_size, trainer.world_size)
@@ -163,6 +167,11 @@ class BatchSearchCallback(lightning.Callback):
             return None
         record_out_of_memory(self.cache, search, batch_size)
         return self.cache.path
+
+
+def planner_of(trainer: lightning.Trainer) -> BatchSearchCallback | None:
+    """Return the trainer's batch planner, or None where it has none."""
+    return next((c for c in trainer.callbacks if isinstance(c, BatchSearchCallback)), None)
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from jsonargparse import Namespace
@@ -38,6 +39,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import CheckpointIO
 
+from medseg.command_line import OLD_SPELLINGS_REMOVED_IN, current_spellings
 from medseg.data.demo import cache_folder
 from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
@@ -58,6 +60,40 @@ from medseg.training.throughput import ThroughputMonitor
 
 log = logging.getLogger("medseg")
 
+# the model keys of the previous release, by their current ones: still read for one release, with a notice
+OLD_MODEL_KEYS = {
+    "sw_overlap": "window.overlap",
+    "sw_gaussian": "window.gaussian",
+    "sw_batch_size": "window.batch_size",
+    "learning_rate": "optimizer.learning_rate",
+    "weight_decay": "optimizer.weight_decay",
+}
+
+
+def current_training_spellings(args: list[str] | None) -> list[str]:
+    """Return ``args`` (default: the command line) with the previous release's model options (``--model.sw_overlap``)
+    spelled as now (``--model.window.overlap``), after a one-line notice for each (``current_spellings``)."""
+    old = {f"--model.{key}": [f"--model.{current}"] for key, current in OLD_MODEL_KEYS.items()}
+    return current_spellings(sys.argv[1:] if args is None else args, old)
+
+
+def current_config_keys(content: str) -> str:
+    """Return a YAML config (a ``--config`` file: a run's config.yaml, a plan) with the previous release's model keys
+    (``model.sw_overlap``) under their current names (``model.window.overlap``), after a one-line notice for each."""
+    try:
+        config = yaml.safe_load(content)
+    except yaml.YAMLError:
+        return content  # jsonargparse says what is wrong with it
+    model = config.get("model") if isinstance(config, dict) else None
+    old = [key for key in OLD_MODEL_KEYS if isinstance(model, dict) and key in model]
+    for key in old:
+        print(f"medseg: model.{key} is deprecated (removed in {OLD_SPELLINGS_REMOVED_IN}), use model.{OLD_MODEL_KEYS[key]}", file=sys.stderr)
+        record, name = OLD_MODEL_KEYS[key].split(".")
+        if not isinstance(model.get(record), dict):
+            model[record] = {}
+        model[record][name] = model.pop(key)
+    return yaml.safe_dump(config, sort_keys=False) if old else content
+
 
 class OneLineErrorParser(LightningArgumentParser):
     """Argument parser whose errors are one line (jsonargparse prints the whole usage otherwise)."""
@@ -65,6 +101,10 @@ class OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         print(f"medseg: error: {' '.join(str(message).split())} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+    def parse_string(self, content: str, *args, **kwargs) -> Namespace:
+        """Parse a config file's text (every ``--config`` comes here) with the previous release's keys read as now."""
+        return super().parse_string(current_config_keys(content), *args, **kwargs)
 
 
 class MedsegCLI(LightningCLI):
@@ -180,8 +220,10 @@ def resume_checkpoint(trainer_config, ckpt_path: str | None) -> tuple[str | None
 
     ``last`` is the newest last.ckpt of the configured logger's runs (None, a fresh run, where there is none). A
     checkpoint inside one of those run folders makes this run log into that folder: Lightning's checkpoint callbacks
-    restore their best score and path only there. The checkpoint is read once here, weights-only, so that a missing,
+    restore their best score and path only there. The checkpoint is read here, weights-only, so that a missing,
     truncated or unsafe file is one line before training starts; a URL is refused (nothing is downloaded while training).
+    Lightning reads it again inside ``fit``, but only after the batch planner's trials (minutes on a GPU) and with its
+    own errors; this read costs about 0.13 s for a 96 MB checkpoint (2-core EPYC, page cache), so it stays.
     """
     if ckpt_path is None:
         return None, None
@@ -281,7 +323,7 @@ def build_cli(args: list[str] | None = None, cli_class: type[MedsegCLI] = Medseg
             SegmentationModule,
             SegmentationDataModule,
             run=False,
-            args=args,
+            args=current_training_spellings(args),
             parser_class=OneLineErrorParser,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
@@ -313,6 +355,7 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     known, _ = parser.parse_known_args(argv)
     if known.config or known.patch_size or not known.root:
         return args
+    argv = current_training_spellings(argv)  # one notice for an old spelling, not one per parse
     parse_training_options(argv)  # a mistyped option is refused before planning, not after
     stored = plan_for_training(read_dataset(known.root), cache_folder(known.cache_dir))
     chosen = stored.plan.chosen

@@ -80,6 +80,9 @@ def train(args: list[str]) -> None:
     """Train as ``args`` say: one fold, or every fold and the cross-validation summary (``--data.fold all``)."""
     options, training_args = parse_args(args)
     # torch, Lightning and MONAI load here, not at the top, so that --help answers without them
+    from medseg.training.cli import current_training_spellings
+
+    training_args = current_training_spellings(training_args)  # folds read the current spellings: no notice each
     if options.help_all:
         from medseg.training.cli import parse_training_options
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -18,8 +19,9 @@ from medseg.errors import MedsegError
 from medseg.model.inferer import window_inferer
 from medseg.model.loss import segmentation_loss
 from medseg.model.networks import DEFAULT_NETWORK_KWARGS, network_for, network_kwargs_or_default
-from medseg.planning.step import OptimizerSettings, training_optimizer
-from medseg.recipe import Recipe, Window
+from medseg.planning.step import training_optimizer
+from medseg.recipe import OptimizerSettings, Recipe, Window
+from medseg.training.batch_planner import planner_of
 from medseg.training.nonfinite import NonfiniteLossCounter, nonfinite_gradients
 from medseg.training.running_loss import RunningLoss
 
@@ -31,9 +33,10 @@ __all__ = ["DEFAULT_NETWORK_KWARGS", "SegmentationModule"]  # the benchmarks rea
 class SegmentationModule(L.LightningModule):
     """3D segmentation network plus loss, metric and optimiser; every checkpoint carries its recipe.
 
-    ``recipe`` is what training decided: built from these arguments, then given the precision that runs
-    (at fit start) and the planned window batch (by the batch planner). Validation reads it, and it is
-    written into every checkpoint as ``checkpoint["medseg"]`` for inference to read.
+    ``recipe`` is what training decided. Until a fit starts it is the configured one (``configured_recipe``, from these
+    arguments); each fit settles it once, at its start (``on_fit_start``), and nothing changes it afterwards. Validation
+    reads it, and it is written into every checkpoint as ``checkpoint["medseg"]`` for inference to read; the saved
+    hyper-parameters stay as configured.
 
     Args:
         network: MONAI network name ("UNet", "DynUNet", "SegResNet").
@@ -42,9 +45,9 @@ class SegmentationModule(L.LightningModule):
         class_names, channel_names: names by label value / channel index (linked from the data module).
         preprocessing: ``Preprocessing.to_dict()`` of the data module, so inference needs no config.
         patch_size: training patch, also the sliding-window size for validation and inference.
-        learning_rate, weight_decay: ``OptimizerSettings`` (defaults there); the rate decays polynomially (power 0.9) to zero.
-        sw_batch_size, sw_overlap, sw_gaussian: ``Window``'s batch_size, overlap and gaussian (defaults there): windows
-            per forward pass, window overlap and Gaussian blending, for validation and (through the recipe) inference.
+        window: sliding windows for validation and (through the recipe) inference: overlap, Gaussian blending and windows
+            per forward pass (on a GPU the batch planner's size replaces the last).
+        optimizer: AdamW's learning rate and weight decay; the rate decays polynomially (power 0.9) to zero.
         max_nonfinite_steps: stop training when the loss is NaN/Inf this many steps in a row (single
             non-finite steps are skipped, as the fp16 gradient scaler does for overflowing gradients).
     """
@@ -59,14 +62,14 @@ class SegmentationModule(L.LightningModule):
         channel_names: list[str] | None = None,
         preprocessing: dict[str, Any] | None = None,
         patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE,
-        learning_rate: float = OptimizerSettings.learning_rate,
-        weight_decay: float = OptimizerSettings.weight_decay,
-        sw_batch_size: int = Window.batch_size,
-        sw_overlap: float = Window.overlap,
-        sw_gaussian: bool = Window.gaussian,
+        window: Window = Window(),
+        optimizer: OptimizerSettings = OptimizerSettings(),
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
+        # a module rebuilt from its saved hyper-parameters gets the records as the plain data they are saved as
+        window = window if isinstance(window, Window) else Window(**window)
+        optimizer = optimizer if isinstance(optimizer, OptimizerSettings) else OptimizerSettings(**optimizer)
         network_kwargs = network_kwargs_or_default(network, network_kwargs)
         class_names = list(class_names or [f"class_{i}" for i in range(out_channels)])
         channel_names = list(channel_names or [f"channel_{i}" for i in range(in_channels)])
@@ -80,26 +83,26 @@ class SegmentationModule(L.LightningModule):
                 "channel_names": channel_names,
                 "preprocessing": dict(preprocessing or {}),
                 "patch_size": list(patch_size),
-                "learning_rate": learning_rate,
-                "weight_decay": weight_decay,
-                "sw_batch_size": sw_batch_size,
-                "sw_overlap": sw_overlap,
-                "sw_gaussian": sw_gaussian,
+                "window": asdict(window),  # plain data: checkpoints load weights-only
+                "optimizer": asdict(optimizer),
                 "max_nonfinite_steps": max_nonfinite_steps,
             }
         )
         if len(class_names) != out_channels or len(channel_names) != in_channels:
             raise MedsegError(f"{len(class_names)} class names for {out_channels} classes, or {len(channel_names)} channel names for {in_channels} channels")
-        self.recipe = Recipe(
+        self.configured_recipe = Recipe(
             network=network,
             network_kwargs=network_kwargs,
             channel_names=tuple(channel_names),
             class_names=tuple(class_names),
             patch_size=tuple(int(v) for v in patch_size),
             preprocessing=Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing(),
-            window=Window(overlap=sw_overlap, gaussian=sw_gaussian, batch_size=sw_batch_size),
+            window=window,
         )
-        self.optimizer_settings = OptimizerSettings(learning_rate, weight_decay)
+        self.recipe = self.configured_recipe
+        self.optimizer_settings = optimizer
+        # windows per forward pass stay at or below this: OOM recovery's smaller size after a validation OOM
+        self.max_window_batch_size: int | None = None
         self.net = network_for(self.recipe)
         self.loss_fn = segmentation_loss()
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
@@ -107,13 +110,19 @@ class SegmentationModule(L.LightningModule):
         self.running_loss = RunningLoss(every=1)  # at fit start: every trainer.log_every_n_steps
 
     def on_fit_start(self) -> None:
-        """Record what this fit runs, decided before it: the precision (the CLI resolved "16-mixed" for this machine),
-        the batch and accumulation (the batch planner's, in its ``setup``)."""
-        datamodule = self.trainer.datamodule
-        self.recipe = self.recipe.with_changes(
+        """Settle the recipe, the one place it is made: the configured one plus what was decided before this fit. That is
+        the precision that runs (the CLI resolved "16-mixed" for this machine), the batch, accumulation and window batch
+        (the batch planner's, in its ``setup``), and OOM recovery's smaller window batch. A recovery refits, and each fit
+        settles again from the configured recipe."""
+        planner = planner_of(self.trainer)
+        window_batch = (planner.window_batch_size if planner is not None else None) or self.configured_recipe.window.batch_size
+        if self.max_window_batch_size is not None:
+            window_batch = min(window_batch, self.max_window_batch_size)
+        self.recipe = self.configured_recipe.with_changes(
             precision=str(self.trainer.precision),
-            batch_size=getattr(datamodule, "batch_size", None),
+            batch_size=getattr(self.trainer.datamodule, "batch_size", None),
             accumulate_grad_batches=self.trainer.accumulate_grad_batches,
+            window={"batch_size": window_batch},
         )
         self.running_loss = RunningLoss(every=max(1, self.trainer.log_every_n_steps))
 
@@ -191,11 +200,8 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``; the hyper-parameters' window
-        batch is the recipe's, so a module rebuilt from them cannot disagree with it."""
+        """Store the recipe as plain data, readable with ``torch.load(weights_only=True)``: what inference reads."""
         checkpoint["medseg"] = self.recipe.to_dict()
-        if "hyper_parameters" in checkpoint:
-            checkpoint["hyper_parameters"]["sw_batch_size"] = self.recipe.window.batch_size
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from lightning.pytorch.trainer.states import RunningStage
 
 from medseg.errors import MedsegError
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
-from medseg.training.batch_planner import BatchSearchCallback
+from medseg.training.batch_planner import planner_of
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def fit_with_oom_recovery(
     resumes from the newest last-checkpoint (or ``ckpt_path``). Before the first last-checkpoint, and without
     ``ckpt_path``, it starts again from a checkpoint saved before the first step: the weights, optimizer and
     epoch and step counters training started with. An OOM in validation (or its sanity check) halves the
-    model's window batch instead. A ``BatchSearchCallback`` in that trainer is capped at the smaller sizes, and
+    window batch instead: the model's ``max_window_batch_size``, which the recipe of the next fit (and so its
+    checkpoints) is settled below. A ``BatchSearchCallback`` in that trainer is capped at the smaller batch, and
     records the failed size in its plan cache. So that no finished epoch is lost, the trainer needs a checkpoint
     of the newest state saved after every training epoch (``newest_checkpoint``), as medseg's ``last_checkpoint``
     is: ``ModelCheckpoint(filename="last", enable_version_counter=False, save_on_train_epoch_end=True)``. One
@@ -111,7 +112,7 @@ def _fit_until_done(
     cap: int | None = None
     while True:
         trainer = make_trainer()
-        planner = next((c for c in trainer.callbacks if isinstance(c, BatchSearchCallback)), None)
+        planner = planner_of(trainer)
         if points not in trainer.callbacks:
             trainer.callbacks.append(points)
         if planner is not None and cap is not None:
@@ -139,9 +140,7 @@ def _fit_until_done(
         if trainer.world_size > 1:
             end_every_rank(trainer, f"out of memory at {what} {failed} on rank {trainer.global_rank} (epoch {epoch}, step {step})", smaller, recorded)
         if in_validation:
-            model.recipe = model.recipe.with_changes(window={"batch_size": smaller})
-            if planner is not None:
-                planner.max_window_batch_size = smaller
+            model.max_window_batch_size = smaller
         else:
             cap = datamodule.batch_size = smaller
         ckpt_path = newest_checkpoint(trainer) or ckpt_path or points.start_checkpoint

@@ -59,7 +59,7 @@ def segmented(trained_checkpoint, study, tmp_path_factory: pytest.TempPathFactor
     DICOM-SEG needs a series, and skips the series already done)."""
     output = tmp_path_factory.mktemp("labels")
     before = _digest(study["root"])
-    run = ["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(output), "--sw_batch_size", "2"]
+    run = ["--checkpoint", str(trained_checkpoint), "--input", str(study["root"]), "--output", str(output), "--window.batch_size", "2"]
     codes = {fmt: main([*run, "--output_format", fmt]) for fmt in ("both", "nifti")}
     return {"output": output, "codes": codes, "inputs_unchanged": _digest(study["root"]) == before}
 
@@ -135,7 +135,7 @@ def test_a_series_without_slice_thickness_and_frame_of_reference_gets_its_nifti_
     frames = []
     for output in (tmp_path / "first", tmp_path / "second"):
         code = main(["--checkpoint", str(trained_checkpoint), "--input", str(tmp_path / "study"), "--output", str(output),
-                     "--sw_batch_size", "2", "--output_format", "both"])
+                     "--window.batch_size", "2", "--output_format", "both"])
         assert code == 0
         labels = np.asarray(nib.load(output / f"{case.name}.nii.gz").dataobj)
         np.testing.assert_array_equal(labels, _labels())

@@ -24,7 +24,7 @@ from tests.helpers.stand_ins import MiB
 
 from .conftest import SPACING_MM, TINY_UNET, medseg_meta, phantom_hu, phantom_labels, save_checkpoint, save_scan
 
-FP32_CPU = InferenceOptions(precision="32-true", device="cpu", sw_batch_size=2)
+FP32_CPU = InferenceOptions(precision="32-true", device="cpu", window={"batch_size": 2})
 
 
 def _member(folder: Path, seed: int, **recipe) -> Path:
@@ -153,7 +153,7 @@ def test_the_weight_bytes_of_a_network_count_its_parameters_and_buffers():
 
 @pytest.mark.cuda
 def test_models_that_do_not_fit_visit_the_gpu_in_turn_and_predict_the_same(members, monkeypatch):
-    options = InferenceOptions(precision="32-true", device="cuda", sw_batch_size=2)
+    options = InferenceOptions(precision="32-true", device="cuda", window={"batch_size": 2})
     resident = Predictor([load_trained_model(path) for path in members], options)
     expected, _ = resident.probabilities(_image())
     monkeypatch.setattr(predictor_module, "ENSEMBLE_WEIGHTS_SHARE", 0.0)

@@ -78,7 +78,7 @@ def test_bad_scans_are_refused_with_one_line_naming_the_file_while_the_others_ar
     scans = tmp_path / "scans"
     scans.mkdir()
     expected = _bad_scans(scans)
-    run = ["--checkpoint", str(random_checkpoint), "--input", str(scans), "--output", str(tmp_path / "out"), "--sw_batch_size", "2"]
+    run = ["--checkpoint", str(random_checkpoint), "--input", str(scans), "--output", str(tmp_path / "out"), "--window.batch_size", "2"]
     assert main(run) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"1 done, 0 skipped, {len(expected)} failed"
@@ -145,10 +145,10 @@ class RunsOutOfMemoryAboveOneWindow(torch.nn.Module):
 
 
 def test_out_of_memory_halves_the_window_batch_and_retries_the_scan(trained_checkpoint, phantom_scan):
-    expected, _ = predict_volume(trained_checkpoint, phantom_scan, InferenceOptions(sw_batch_size=1))
+    expected, _ = predict_volume(trained_checkpoint, phantom_scan, InferenceOptions(window={"batch_size": 1}))
     model = load_trained_model(trained_checkpoint)
     object.__setattr__(model, "network", RunsOutOfMemoryAboveOneWindow(model.network))
-    prediction = Predictor(model, InferenceOptions(sw_batch_size=4)).predict(Case("phantom", (phantom_scan,)))
+    prediction = Predictor(model, InferenceOptions(window={"batch_size": 4})).predict(Case("phantom", (phantom_scan,)))
     np.testing.assert_array_equal(prediction.labels, expected)
     assert "batch 1" in prediction.route and "out of memory, retried with window batch 2" in prediction.route
 
@@ -156,7 +156,7 @@ def test_out_of_memory_halves_the_window_batch_and_retries_the_scan(trained_chec
 def test_a_scan_that_ran_out_of_memory_does_not_lower_the_window_batch_of_the_next_scan(random_checkpoint):
     model = load_trained_model(random_checkpoint)
     object.__setattr__(model, "network", RunsOutOfMemoryAboveOneWindow(model.network))
-    predictor = Predictor(model, InferenceOptions(sw_batch_size=4, device="cpu"))
+    predictor = Predictor(model, InferenceOptions(window={"batch_size": 4}, device="cpu"))
     routes = [predictor.probabilities(_image(seed))[1] for seed in (0, 1)]
     assert routes[0] == routes[1]  # the second scan started again from 4, not from the first scan's 1
     assert routes[1].endswith("out of memory, retried with window batch 2; out of memory, retried with window batch 1")
@@ -173,3 +173,10 @@ def test_windows_turn_cudnn_autotuning_on_for_a_gpu_only_and_restore_it(enabled,
     with cudnn_autotuning(enabled):
         assert torch.backends.cudnn.benchmark == enabled
     assert not torch.backends.cudnn.benchmark  # a library call leaves the process's setting as it was
+
+
+def test_inference_options_refuse_a_window_setting_at_once():
+    with pytest.raises(MedsegError, match=r"unknown window settings \['sw_batch_size'\]"):
+        InferenceOptions(window={"sw_batch_size": 2})
+    with pytest.raises(MedsegError, match="window overlap must be in"):
+        InferenceOptions(window={"overlap": 1.0})

@@ -46,7 +46,7 @@ def scans(tmp_path: Path) -> Path:
 
 
 def _run(checkpoint: Path, source: Path, output: Path, *extra: str) -> int:
-    return main(["--checkpoint", str(checkpoint), "--input", str(source), "--output", str(output), "--sw_batch_size", "2", *extra])
+    return main(["--checkpoint", str(checkpoint), "--input", str(source), "--output", str(output), "--window.batch_size", "2", *extra])
 
 
 def test_existing_outputs_are_skipped_and_left_alone(random_checkpoint, scans, tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_a_failed_write_leaves_neither_a_partial_output_nor_a_temporary_file(ran
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(nifti.nib, "save", disk_full)
-    summary = segment_scans(random_checkpoint, scans, tmp_path / "out", InferenceOptions(sw_batch_size=2))
+    summary = segment_scans(random_checkpoint, scans, tmp_path / "out", InferenceOptions(window={"batch_size": 2}))
     assert [name for name, _ in summary.failed] == ["a", "b"]
     assert summary.failed[0][1] == f"cannot write {tmp_path / 'out' / 'a.nii.gz'}: No space left on device: free some disk space (or choose another disk) and rerun (nothing there was changed)"
     assert list((tmp_path / "out").iterdir()) == []  # not even recipe.json: nothing was made
@@ -152,7 +152,7 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_differs(random_check
     assert _run(random_checkpoint, scans, output) == 0
     before = _digest(output)
     capsys.readouterr()
-    assert _run(random_checkpoint, scans, output, "--sw_overlap", "0.5", "--tta") == 1
+    assert _run(random_checkpoint, scans, output, "--window.overlap", "0.5", "--tta") == 1
     assert capsys.readouterr().err.strip() == (
         f"medseg: error: {output} holds outputs made with other settings (tta: False there, True now; window.overlap: 0.25 there, 0.5 now): "
         "run with those, use another --output folder, or --overwrite to redo every scan"
@@ -166,7 +166,7 @@ def test_overwrite_with_other_settings_redoes_every_scan_and_records_them(random
     assert _run(random_checkpoint, scans, output) == 0
     assert json.loads((output / "recipe.json").read_text())["cases"] == ["a", "b"]
     capsys.readouterr()
-    assert _run(random_checkpoint, scans, output, "--sw_overlap", "0.5", "--overwrite") == 0
+    assert _run(random_checkpoint, scans, output, "--window.overlap", "0.5", "--overwrite") == 0
     assert capsys.readouterr().out.startswith("2 done, 0 skipped")
     record = json.loads((output / "recipe.json").read_text())
     assert record["window"]["overlap"] == 0.5 and record["cases"] == ["a", "b"]
@@ -176,10 +176,10 @@ def test_overwrite_with_other_settings_redoes_every_scan_and_records_them(random
 def test_an_output_the_record_does_not_list_is_redone(random_checkpoint, scans, tmp_path, capsys):
     output = tmp_path / "out"
     assert _run(random_checkpoint, scans, output) == 0
-    assert _run(random_checkpoint, scans / "a.nii.gz", output, "--sw_overlap", "0.5", "--overwrite") == 0  # b.nii.gz: still the old settings'
+    assert _run(random_checkpoint, scans / "a.nii.gz", output, "--window.overlap", "0.5", "--overwrite") == 0  # b.nii.gz: still the old settings'
     assert json.loads((output / "recipe.json").read_text())["cases"] == ["a"]
     capsys.readouterr()
-    assert _run(random_checkpoint, scans, output, "--sw_overlap", "0.5") == 0
+    assert _run(random_checkpoint, scans, output, "--window.overlap", "0.5") == 0
     assert capsys.readouterr().out.startswith("1 done, 1 skipped")
     assert json.loads((output / "recipe.json").read_text())["cases"] == ["a", "b"]
 
@@ -253,7 +253,7 @@ def test_multichannel_scans_are_read_from_channel_files_or_a_4d_file(tmp_path):
         save_scan(split / f"case_000{channel}.nii.gz", hu, AFFINE)
     save_scan(stacked / "case.nii.gz", np.stack([hu, hu], axis=-1), AFFINE)
     for source in (split, stacked):
-        summary = segment_scans(checkpoint, source, tmp_path / f"out_{source.name}", InferenceOptions(sw_batch_size=2))
+        summary = segment_scans(checkpoint, source, tmp_path / f"out_{source.name}", InferenceOptions(window={"batch_size": 2}))
         assert summary.done == ["case"] and not summary.failed
         assert nib.load(tmp_path / f"out_{source.name}" / "case.nii.gz").shape == (24, 22, 20)
 

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from medseg.errors import MedsegError
+from medseg.recipe import Window
 from medseg.testing import Autotuning, SimulatedDevice, SimulatedOOMCallback
 from medseg.training.batch_planner import BatchSearchCallback, accumulation_for
 from medseg.training.module import SegmentationModule
@@ -181,4 +182,4 @@ def test_the_checkpoint_records_the_planned_batch_and_window_batch_once(tiny_mod
     checkpoint = torch.load(tmp_path / "planned.ckpt", weights_only=True)
     recipe = checkpoint["medseg"]
     assert (recipe["batch_size"], recipe["accumulate_grad_batches"], recipe["window"]["batch_size"]) == (4, 3, 5)
-    assert checkpoint["hyper_parameters"]["sw_batch_size"] == 5  # the module rebuilt from them windows as planned
+    assert checkpoint["hyper_parameters"]["window"]["batch_size"] == Window.batch_size  # left as configured

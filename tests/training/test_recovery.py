@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import asdict
 import pickle
 import weakref
 import logging
@@ -15,7 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medseg.errors import MedsegError
 from medseg.testing import SimulatedDevice, SimulatedOOMCallback
-from medseg.training.recovery import fit_with_oom_recovery, next_smaller
+from medseg.recipe import Window
+from medseg.training.recovery import fit_with_oom_recovery, newest_checkpoint, next_smaller
 from medseg.training.batch_planner import BatchSearchCallback
 from tests.helpers.stand_ins import MiB, RandomPatches, WithValidation, linear_curve
 
@@ -96,7 +98,7 @@ class WindowsRunOutOfMemoryAbove(L.Callback):
 
 
 def test_oom_in_validation_lowers_the_window_batch_not_the_training_batch(tiny_module, make_trainer) -> None:
-    tiny_module.recipe = tiny_module.recipe.with_changes(window={"batch_size": 4})
+    assert tiny_module.recipe.window.batch_size == 4  # as configured (Window's default)
     data = WithValidation(batch_size=4, num_samples=8)
 
     def trainer() -> L.Trainer:
@@ -105,6 +107,18 @@ def test_oom_in_validation_lowers_the_window_batch_not_the_training_batch(tiny_m
     fit_with_oom_recovery(trainer, tiny_module, data)
     assert tiny_module.recipe.window.batch_size == 1
     assert data.batch_size == 4
+
+
+def test_a_validation_oom_reaches_the_recipe_of_the_next_fit_and_its_checkpoint(tiny_module, make_trainer) -> None:
+    # each new trainer's planner plans 5 windows again; the recipe stays below the size that ran out of memory
+    def trainer() -> L.Trainer:
+        planner = BatchSearchCallback(simulated_device=SimulatedDevice(100 * MiB, linear_curve(10 * MiB, 15 * MiB)))
+        return make_trainer(limit_val_batches=1, num_sanity_val_steps=1, callbacks=[planner, every_epoch(), WindowsRunOutOfMemoryAbove(2)])
+
+    final = fit_with_oom_recovery(trainer, tiny_module, WithValidation(batch_size=4, num_samples=8))
+    saved = torch.load(newest_checkpoint(final), weights_only=True)
+    assert saved["medseg"]["window"]["batch_size"] == 2  # what inference reads: half the 5 that failed
+    assert saved["hyper_parameters"]["window"] == asdict(Window())  # left as configured
 
 
 def test_oom_before_the_first_checkpoint_starts_again_from_the_initial_state(tiny_module, make_trainer) -> None:
