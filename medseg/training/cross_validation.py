@@ -35,7 +35,7 @@ from medseg.evaluation.metrics import dice_per_class, mean_over_cases, read_labe
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, choose_postprocessing
 from medseg.inference.runner import flatten
 from medseg.tables import format_rows
-from medseg.training.cli import MedsegCLI, build_cli, with_plan
+from medseg.training.cli import OLD_MODEL_KEYS, MedsegCLI, build_cli, with_plan
 from medseg.training.final_validation import EVALUATION_FILE, VALIDATION_FOLDER
 
 log = logging.getLogger("medseg.cross_validation")
@@ -89,6 +89,9 @@ def folds_with_other_options(folder: Path, options: dict) -> dict[int, str]:
                 recorded = json.loads(record.read_text())
             except json.JSONDecodeError as err:
                 raise MedsegError(f"{record}: not valid JSON ({err}); move {run} away to train the fold again") from None
+            # a fold of the previous release recorded the model keys it still read (model.sw_overlap): under today's names
+            recorded = {f"model.{OLD_MODEL_KEYS[name[6:]]}" if name[6:] in OLD_MODEL_KEYS and name.startswith("model.") else name: value
+                        for name, value in recorded.items()}
             changed = changed_options(recorded, options)
             if changed:
                 differ[fold] = changed

@@ -18,7 +18,7 @@ from medseg.inference import command as infer
 from medseg.inference.postprocessing import Postprocessing
 from medseg.training.cli import build_cli
 from medseg.training.command import main
-from medseg.training.cross_validation import asked_options
+from medseg.training.cross_validation import asked_options, folds_with_other_options
 from tests.helpers.cli import run_main, tiny_train_args
 
 
@@ -89,6 +89,14 @@ def test_a_rerun_with_other_options_is_refused_naming_them_and_reuses_nothing(de
         f"train them again (their runs are moved to {tmp_path / 'medseg_cv_replaced'}), or choose another --trainer.logger.init_args.name"
     )
     assert json.loads((folder / "fold_0" / "fold_options.json").read_text()) == earlier and not (folder / "fold_1").exists()
+
+
+def test_a_fold_of_the_previous_release_compares_its_model_keys_under_their_current_names(demo_root, tmp_path):
+    options = _options(tiny_train_args(demo_root, tmp_path))
+    renamed = {"model.window.overlap": "model.sw_overlap", "model.optimizer.learning_rate": "model.learning_rate"}
+    recorded = {renamed.get(name, name): value for name, value in options.items()}
+    _fold_done_with(tmp_path / "cv", 0, {**recorded, "model.sw_overlap": 0.5})
+    assert folds_with_other_options(tmp_path / "cv", options) == {0: "model.window.overlap 0.5 -> 0.25"}
 
 
 def test_retrain_moves_the_folds_trained_with_other_options_aside_and_trains_them_again(demo_root, tmp_path, capsys):
