@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -53,6 +53,7 @@ from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.final_validation import FinalValidation, validate_on_scan_grids
 from medseg.training.module import SegmentationModule
 from medseg.training.progress import ProgressBar
+from medseg.training.progress_plot import ProgressPlot
 from medseg.training.recovery import fit_with_oom_recovery
 from medseg.training.speed import SpeedSettings
 from medseg.training.throughput import ThroughputMonitor
@@ -130,6 +131,8 @@ class MedsegCLI(LightningCLI):
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        if config.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            kwargs["callbacks"] = [*kwargs.get("callbacks", callbacks), LearningRateMonitor("epoch")]  # lr-AdamW: progress.png's panel
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
@@ -292,7 +295,7 @@ def build_cli(args: list[str] | None = None, cli_class: type[MedsegCLI] = Medseg
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": __doc__, "allow_abbrev": False},
-            trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
+            trainer_defaults={"callbacks": [ThroughputMonitor(), ProgressPlot()]},  # patches/s, data wait, progress.png, in every run
         )
 
 
