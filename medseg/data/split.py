@@ -83,7 +83,9 @@ def _check(path: Path, folds: list[dict[str, list[str]]], cases: tuple[Case, ...
         if not fold["train"]:
             raise MedsegError(f"{path}: fold {index} has no training cases")
     if len(folds) != num_folds:
-        raise MedsegError(f"{path} has {len(folds)} folds but --data.num_folds is {num_folds}: set --data.num_folds {len(folds)} to use it, or move it away to split again")
+        raise MedsegError(
+            f"{path} has {len(folds)} folds but --data.num_folds is {num_folds}: set --data.num_folds {len(folds)} to use it, or move it away to split again"
+        )
 
 
 def dataset_folds(cases: tuple[Case, ...], num_folds: int, seed: int, split_file: Path | None) -> list[Fold]:
@@ -96,7 +98,8 @@ def dataset_folds(cases: tuple[Case, ...], num_folds: int, seed: int, split_file
         folds = read_split_file(split_file)
         _check(split_file, folds, cases, num_folds)
         log.info(f"cross-validation split read from {split_file} ({len(folds)} folds)")
-        return [([c for c in cases if c.name in fold["train"]], [c for c in cases if c.name in fold["val"]]) for fold in folds]
+        chosen = [(set(fold["train"]), set(fold["val"])) for fold in folds]
+        return [([c for c in cases if c.name in train], [c for c in cases if c.name in val]) for train, val in chosen]
     made = [split_cases(cases, num_folds, fold, seed) for fold in range(num_folds)]
     if split_file is not None:
         write_text_atomic(split_file, json.dumps([{"train": _names(train), "val": _names(val)} for train, val in made], indent=2))
