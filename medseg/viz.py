@@ -209,20 +209,27 @@ def read_metrics(metrics_csv: str | Path) -> dict[str, tuple[list[int], list[flo
     return series
 
 
+EPOCH_SECONDS = "epoch_seconds"  # each epoch's wall time, training and its validation (medseg.training.progress_plot)
+LEARNING_RATE_PREFIX = "lr-"  # Lightning's LearningRateMonitor: lr-<optimizer>
+
+
 def plot_training_curves(metrics_csv: str | Path, class_names: Sequence[str] | None = None) -> Figure:
-    """Return training losses (left) and validation Dice per class and mean (right) against the training step.
+    """Return a run's progress as nnU-Net's progress.png shows it, against the training step: losses (training, and
+    validation where logged), validation Dice per class and mean, learning rate, and epoch duration.
 
     Args:
         metrics_csv: the ``metrics.csv`` that training's CSVLogger writes into the run folder.
         class_names: names by label value, background first; given, the Dice curves take the classes'
             overlay colours and order, otherwise every logged ``val_dice_<class>`` is drawn in name order.
+
+    A panel whose values the file lacks (a run from before they were logged) says so instead of a curve.
     """
     series = read_metrics(metrics_csv)
-    figure = Figure(figsize=(11, 4), layout="constrained")
-    loss_axes, dice_axes = figure.subplots(1, 2)
-    for name in ("train_loss_step", "train_loss_epoch"):
+    figure = Figure(figsize=(11, 7), layout="constrained")
+    (loss_axes, dice_axes), (rate_axes, time_axes) = figure.subplots(2, 2, sharex=True)
+    for name in ("train_loss_step", "train_loss_epoch", "val_loss"):
         if name in series:
-            marker = "o" if name.endswith("epoch") else ""
+            marker = "" if name.endswith("step") else "o"
             loss_axes.plot(*series[name], marker=marker, label=name)
     if class_names is None:
         colours = {name.removeprefix("val_dice_"): None for name in sorted(series) if name.startswith("val_dice_")}
@@ -233,11 +240,19 @@ def plot_training_curves(metrics_csv: str | Path, class_names: Sequence[str] | N
             dice_axes.plot(*series[f"val_dice_{name}"], marker="o", color=colour, label=f"dice {name}")
     if "val_mean_dice" in series:
         dice_axes.plot(*series["val_mean_dice"], marker="o", color="black", linewidth=2.5, label="mean dice")
-    loss_axes.set(title="Training loss", xlabel="training step", ylabel="Dice + cross-entropy")
-    dice_axes.set(title="Validation Dice (whole volumes on the training grid)", xlabel="training step", ylabel="Dice", ylim=(0, 1))
-    for axes in (loss_axes, dice_axes):
+    for name in sorted(name for name in series if name.startswith(LEARNING_RATE_PREFIX)):
+        rate_axes.plot(*series[name], label=name.removeprefix(LEARNING_RATE_PREFIX))
+    if EPOCH_SECONDS in series:
+        time_axes.plot(*series[EPOCH_SECONDS], marker="o", color="black", label=EPOCH_SECONDS)
+    loss_axes.set(title="Loss", ylabel="Dice + cross-entropy")
+    dice_axes.set(title="Validation Dice (whole volumes on the training grid)", ylabel="Dice", ylim=(0, 1))
+    rate_axes.set(title="Learning rate", xlabel="training step", ylabel="learning rate")
+    time_axes.set(title="Epoch duration (training and its validation)", xlabel="training step", ylabel="seconds")
+    for axes in (loss_axes, dice_axes, rate_axes, time_axes):
         if axes.lines:
             axes.legend()
+        else:
+            axes.text(0.5, 0.5, "not in metrics.csv", transform=axes.transAxes, ha="center", va="center", color="grey")
     return figure
 
 

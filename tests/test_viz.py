@@ -137,16 +137,18 @@ def test_class_histograms_have_one_curve_per_class_present():
 
 def test_training_curves_plot_losses_and_dice_per_class_against_step(tmp_path):
     (tmp_path / "metrics.csv").write_text(METRICS_CSV)
-    loss_axes, dice_axes = viz.plot_training_curves(tmp_path / "metrics.csv").axes
+    loss_axes, dice_axes, rate_axes, time_axes = viz.plot_training_curves(tmp_path / "metrics.csv").axes
     assert [line.get_label() for line in loss_axes.lines] == ["train_loss_step", "train_loss_epoch"]
     assert list(loss_axes.lines[0].get_xdata()) == [0, 1, 2, 3]
     assert [line.get_label() for line in dice_axes.lines] == ["dice lesion", "dice organ", "mean dice"]
     assert list(dice_axes.lines[2].get_ydata()) == [0.17, 0.20]
+    # a run from before the learning rate and epoch duration were logged: their panels say so
+    assert not rate_axes.lines and [t.get_text() for t in rate_axes.texts] == ["not in metrics.csv"] and not time_axes.lines
 
 
 def test_training_curves_take_the_class_colours_and_order_when_given_class_names(tmp_path):
     (tmp_path / "metrics.csv").write_text(METRICS_CSV)
-    _, dice_axes = viz.plot_training_curves(tmp_path / "metrics.csv", CLASSES).axes
+    _, dice_axes, _, _ = viz.plot_training_curves(tmp_path / "metrics.csv", CLASSES).axes
     assert [line.get_label() for line in dice_axes.lines] == ["dice organ", "dice lesion", "mean dice"]
     assert [to_rgba(line.get_color()) for line in dice_axes.lines[:2]] == [to_rgba(viz.class_colour(1)), to_rgba(viz.class_colour(2))]
 

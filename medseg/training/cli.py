@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -42,6 +42,7 @@ from lightning.pytorch.plugins import CheckpointIO
 from medseg.command_line import OLD_SPELLINGS_REMOVED_IN, current_spellings
 from medseg.data.demo import cache_folder
 from medseg.data.formats import read_dataset
+from medseg.data.split import split_file_for
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import read_weights_only
 from medseg.option_values import BATCH_PLAN_CACHE
@@ -54,6 +55,7 @@ from medseg.training.datamodule import SegmentationDataModule
 from medseg.training.final_validation import FinalValidation, validate_on_scan_grids
 from medseg.training.module import SegmentationModule
 from medseg.training.progress import ProgressBar
+from medseg.training.progress_plot import ProgressPlot
 from medseg.training.recovery import fit_with_oom_recovery
 from medseg.training.speed import SpeedSettings
 from medseg.training.throughput import ThroughputMonitor
@@ -167,6 +169,8 @@ class MedsegCLI(LightningCLI):
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        if config.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            kwargs["callbacks"] = [*kwargs.get("callbacks", callbacks), LearningRateMonitor("epoch")]  # lr-AdamW: progress.png's panel
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
@@ -183,6 +187,9 @@ class MedsegCLI(LightningCLI):
         if isinstance(logger, Namespace) and logger.get("class_path") in LIGHTNING_CSV_LOGGERS:
             logger["class_path"] = f"{AppendingCSVLogger.__module__}.{AppendingCSVLogger.__name__}"  # same arguments
         self.config["ckpt_path"], run_folder = resume_checkpoint(trainer, self.config["ckpt_path"])
+        if self.config["data"]["split_file"] is None:  # the split read back by every run of this logger (medseg.data.split)
+            split_file = split_file_for(self.config["data"]["root"], logger_runs(trainer))
+            self.config["data"]["split_file"] = str(split_file) if split_file else None
         if run_folder is not None and (run_folder / CONFIG_FILE).exists():
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": resume_config_name(run_folder)}
 
@@ -328,7 +335,7 @@ def build_cli(args: list[str] | None = None, cli_class: type[MedsegCLI] = Medseg
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": __doc__, "allow_abbrev": False},
-            trainer_defaults={"callbacks": [ThroughputMonitor()]},  # patches/s and data wait each epoch, in every run
+            trainer_defaults={"callbacks": [ThroughputMonitor(), ProgressPlot()]},  # patches/s, data wait, progress.png, in every run
         )
 
 

@@ -3,6 +3,8 @@ grids, summarise the cross-validation, and choose postprocessing on the pooled p
 
 Layout of the cross-validation folder (``<logger save_dir>/<logger name>_cv``)::
 
+    splits_final.json              the folds' split (nnU-Net's format): the dataset root's splits_final.json, else
+                                   made from data.split_seed; written before the first fold, read back by every rerun
     fold_K/fold_options.json       the options the fold trains with (written before it starts)
     fold_K/version_0/...           its training run (checkpoints, config.yaml, metrics.csv)
     fold_K/version_0/validation/   its final validation: the validation cases' label maps on the scans' grids and
@@ -29,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from medseg.atomic import write_text_atomic
-from medseg.data.split import split_cases
+from medseg.data.split import SPLIT_FILE, dataset_folds, read_split_file, split_file_for
 from medseg.errors import MedsegError
 from medseg.evaluation.metrics import dice_per_class, mean_over_cases, read_label_pair
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, choose_postprocessing
 from medseg.inference.runner import flatten
 from medseg.tables import format_rows
-from medseg.training.cli import OLD_MODEL_KEYS, MedsegCLI, build_cli, with_plan
+from medseg.training.cli import OLD_MODEL_KEYS, MedsegCLI, build_cli, parse_training_options, with_plan
 from medseg.training.final_validation import EVALUATION_FILE, VALIDATION_FOLDER
 
 log = logging.getLogger("medseg.cross_validation")
@@ -44,8 +46,9 @@ RETRAIN = "--retrain"
 OPTIONS_FILE = "fold_options.json"
 SUMMARY_FILE = "summary.json"
 # Options that place a fold's run or pace it without changing what it learns: a rerun may change them and still resume.
+# (data.split_file is always the cross-validation folder's splits_final.json, which a rerun reads back: ``keep_split``.)
 PLACEMENT_OPTIONS = (
-    "ckpt_path", "data.fold", "data.cache", "data.cache_dir", "data.num_workers",
+    "ckpt_path", "data.fold", "data.split_file", "data.cache", "data.cache_dir", "data.num_workers",
     "trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar",
 )
 
@@ -145,21 +148,41 @@ def _mean_dice(dice: list[tuple[float, ...]], class_names: list[str]) -> dict[st
     return {**means, "mean": float(np.mean(list(means.values())))}
 
 
+def keep_split(folder: Path, source: Path | None) -> Path:
+    """Return the cross-validation folder's split file, its folds' one split: when it has none yet, the split file
+    given (``--data.split_file``, else the dataset root's splits_final.json) is copied there; else the seeded split is
+    written there when the first fold starts. A given split that differs from the folder's is refused."""
+    kept = folder / SPLIT_FILE
+    if source is None:
+        return kept
+    if not source.is_file():
+        raise MedsegError(f"{source}: split file not found")
+    if not kept.is_file():
+        write_text_atomic(kept, json.dumps(read_split_file(source), indent=2))
+    elif read_split_file(kept) != read_split_file(source):
+        raise MedsegError(f"{source} differs from {kept}, the split this folder's folds train with: move {folder} away to cross-validate with it")
+    return kept
+
+
 def run_cross_validation(args: list[str], retrain: bool = False) -> dict:
     """Train every fold as the training options ``args`` say (each fold sets ``--data.fold``), then write and return
     the summary.
 
     A fold already trained with the same options is reused (resumed where it was interrupted); one trained with other
-    options is refused, or with ``retrain`` (``--retrain``) moved aside and trained again."""
+    options is refused, or with ``retrain`` (``--retrain``) moved aside and trained again. Every fold reads its split
+    from the folder's splits_final.json (``keep_split``)."""
     # the dataset's plan, when it trains with one, is read once here: every fold trains with the same
     args = with_plan(args)
-    probe_args = [*args, "--data.fold=0"]
-    probe = build_cli(probe_args)  # the configuration as every fold reads it, checked before any fold trains
-    data, logger = probe.config["data"], probe.config["trainer"]["logger"]
-    if not logger or "save_dir" not in logger.get("init_args", {}):
+    asked = parse_training_options([*args, "--data.fold=0"])
+    data, logger = asked["data"], asked["trainer"]["logger"]
+    if not isinstance(logger, dict) or "save_dir" not in logger.get("init_args", {}):
         raise MedsegError("--data.fold all needs a logger with save_dir and name (the default CSVLogger) to place the folds")
     folder = Path(logger["init_args"]["save_dir"]) / f"{logger['init_args'].get('name') or 'medseg'}_cv"
-    cases, class_names = probe.datamodule.spec.cases, list(probe.datamodule.class_names)
+    source = Path(data["split_file"]) if data["split_file"] else split_file_for(data["root"], None)
+    args = [*args, f"--data.split_file={keep_split(folder, source)}"]
+    probe_args = [*args, "--data.fold=0"]
+    probe = build_cli(probe_args)  # the configuration as every fold reads it, checked before any fold trains (the split written)
+    cases, class_names, split_file = probe.datamodule.spec.cases, list(probe.datamodule.class_names), probe.datamodule.split_file
     num_folds, split_seed = int(data["num_folds"]), int(data["split_seed"])
     options = asked_options(probe, probe_args)
     del probe
@@ -169,8 +192,7 @@ def run_cross_validation(args: list[str], retrain: bool = False) -> dict:
     if differ:
         log.info(f"{_folds(list(differ))} trained with other options: moved to {set_aside(folder, list(differ))}, to train again")
     folds = []
-    for fold in range(num_folds):
-        _, val_cases = split_cases(cases, num_folds, fold, split_seed)
+    for fold, (_, val_cases) in enumerate(dataset_folds(cases, num_folds, split_seed, split_file)):
         validation = fold_validation(folder, fold)
         if validation:
             log.info(f"fold {fold}: done before with these options ({validation}), not trained again")

@@ -1,9 +1,10 @@
-"""LightningDataModule: dataset reading and checking, a seeded fold split, cached preprocessing, patch sampling."""
+"""LightningDataModule: dataset reading and checking, the fold split (``medseg.data.split``), cached preprocessing, patch sampling."""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -17,7 +18,7 @@ from medseg.data.demo import cache_folder, ensure_demo_dataset
 from medseg.data.fingerprint import DatasetFingerprint, fingerprint_cache_path
 from medseg.data.formats import Case, DatasetSpec, read_dataset
 from medseg.data.sampling import DEFAULT_PATCH_SIZE, EpochSampler, SeededSamples
-from medseg.data.split import split_cases
+from medseg.data.split import fold_cases, record_split
 from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
 from medseg.data.validation import validate_dataset
 from medseg.data.volume_cache import (
@@ -64,10 +65,13 @@ class SegmentationDataModule(L.LightningDataModule):
         iterations_per_epoch: training steps per epoch (cases drawn with replacement); None = one pass over cases.
             Which cases and augmentations an epoch gets depends only on the seed (``seed_everything``) and
             the epoch, so a resumed run trains on exactly what an uninterrupted one would.
-        num_folds: folds of the deterministic cross-validation split.
+        num_folds: folds of the cross-validation split (a split file must have as many).
         fold: the validation fold, 0 to num_folds - 1, or all: train every fold, then the cross-validation summary
             (``medseg.training.cross_validation``, which reads it before this class does).
-        split_seed: seed of the cross-validation split.
+        split_seed: seed of the split into folds, when there is no split file yet.
+        split_file: the split as nnU-Net's splits_final.json (``medseg.data.split``): read when it exists, else made
+            from split_seed and written there. None: the split made in memory; the training command sets it to the
+            dataset root's splits_final.json when there is one, else to one beside the logger's run folders.
         cache: where preprocessed volumes are kept (``medseg.data.volume_cache``). "auto": preprocessed once into
             cache_dir (keyed by each case's files and the preprocessing: a second start preprocesses nothing), then held
             in memory when the dataset takes at most half of the memory available, else read from disk per patch;
@@ -100,6 +104,7 @@ class SegmentationDataModule(L.LightningDataModule):
         num_folds: int = 5,
         fold: int = 0,
         split_seed: int = 0,
+        split_file: str | None = None,
         cache: str = "auto",
         cache_dir: str | None = None,
         num_workers: int | Literal["auto"] = 2,
@@ -132,7 +137,14 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         self.positive_fraction = positive_fraction
         self.iterations_per_epoch = iterations_per_epoch
-        self.train_cases, self.val_cases = split_cases(self.spec.cases, num_folds, fold, split_seed)
+        self.fold = fold
+        self.split_file = Path(split_file) if split_file else None
+        if self.split_file and not self.split_file.exists() and self.split_file.resolve().is_relative_to(self.spec.root.resolve()):
+            raise MedsegError(
+                f"{self.split_file} does not exist, and medseg writes nothing into the dataset folder {self.spec.root}: "
+                "give an existing split file, or one outside it"
+            )
+        self.train_cases, self.val_cases = fold_cases(self.spec.cases, num_folds, fold, split_seed, self.split_file)
         self.cache = cache
         self.storage: VolumeStorage | None = None  # decided at setup, from the dataset's size and the memory available
         self.num_workers = num_workers
@@ -180,6 +192,10 @@ class SegmentationDataModule(L.LightningDataModule):
             self.num_workers = workers_for(self._device.type, cores, ranks)
             log.info("data loading: %d worker processes (num_workers auto: %d cores, %d ranks on this machine, %s)",
                      self.num_workers, cores, ranks, self._device.type)
+        if self.trainer is not None and self.trainer.logger is not None and stage in ("fit", None):
+            run_folder = Path(self.trainer.log_dir)  # a broadcast: read on every rank
+            if self.trainer.is_global_zero:
+                record_split(run_folder, self.split_file, self.fold, self.train_cases, self.val_cases)
         if self.check_dataset and self.fingerprint is None:
             self.fingerprint = validate_dataset(self.spec, cache_path=fingerprint_cache_path(self.cache_dir, self.spec.root))
         if self.storage is None:

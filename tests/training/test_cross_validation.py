@@ -13,12 +13,13 @@ import pytest
 
 from medseg.data.formats import read_dataset
 from medseg.data.split import split_cases
+from medseg.errors import MedsegError
 from medseg.evaluation import evaluate
 from medseg.inference import command as infer
 from medseg.inference.postprocessing import Postprocessing
 from medseg.training.cli import build_cli
 from medseg.training.command import main
-from medseg.training.cross_validation import asked_options, folds_with_other_options
+from medseg.training.cross_validation import asked_options, folds_with_other_options, keep_split
 from tests.helpers.cli import run_main, tiny_train_args
 
 
@@ -42,6 +43,8 @@ def test_every_fold_of_a_run_too_short_to_validate_is_validated_summarised_and_i
         assert f"  organ   {organ:.4f}" in out  # what the fold's run printed
         assert (predictions / "evaluation.csv").is_file()
     assert out.count("Validation Dice of the last weights (no validation ran during training") == 2
+    written = json.loads((folder / "splits_final.json").read_text())  # the folds' split, which a rerun reads back
+    assert [fold["val"] for fold in written] == [[case.name for case in split_cases(cases, 2, fold, 0)[1]] for fold in (0, 1)]
     pooled = [summary["folds"][f]["dice"]["lesion"] * summary["folds"][f]["cases"] for f in (0, 1)]
     assert summary["pooled"]["cases"] == len(cases) and summary["pooled"]["dice"]["lesion"] == pytest.approx(sum(pooled) / len(cases))
     assert Postprocessing.read(folder / "postprocessing.json").class_names == ("background", "organ", "lesion")
@@ -124,3 +127,16 @@ def test_a_fold_that_fails_is_one_line_and_the_finished_folds_are_kept(demo_root
         f"medseg: error: fold 1 failed (exit code 1; its messages are above); the other folds' runs in {folder} are kept: rerun the same command to resume"
     )
     assert (done / "evaluation.csv").read_text() == "case\n" and not (folder / "summary.json").exists()
+
+
+def test_a_given_split_file_is_copied_into_the_cross_validation_folder_and_a_different_one_later_is_refused(tmp_path):
+    folder, given = tmp_path / "medseg_cv", tmp_path / "splits_final.json"
+    folds = [{"train": ["a"], "val": ["b"]}, {"train": ["b"], "val": ["a"]}]
+    given.write_text(json.dumps(folds))
+    assert keep_split(folder, given) == folder / "splits_final.json" and json.loads((folder / "splits_final.json").read_text()) == folds
+    assert keep_split(folder, None) == folder / "splits_final.json"  # no split given: the folder's, read back
+    given.write_text(json.dumps(folds[::-1]))
+    with pytest.raises(MedsegError) as refused:
+        keep_split(folder, given)
+    assert str(refused.value) == f"{given} differs from {folder / 'splits_final.json'}, the split this folder's folds train with: move {folder} away to cross-validate with it"
+    assert json.loads((folder / "splits_final.json").read_text()) == folds
