@@ -48,7 +48,7 @@ def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 def _trained_runs(demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """Train the tiny demo run once per CPU resolution of 16-mixed, on first use, for every test that reads one; at
     the scans' own spacing (no resampling), so that what inference writes scores exactly what validation did."""
-    from medseg.training import command as train
+    from medseg import training as train
     from tests.helpers.cli import tiny_train_args
 
     runs = {}

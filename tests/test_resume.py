@@ -38,7 +38,7 @@ REPRODUCIBLE = ["--trainer.max_epochs=3", "--trainer.deterministic=true", "--tra
 
 def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path, caplog):
     args = tiny_train_args(demo_root, tmp_path / "straight") + REPRODUCIBLE
-    straight = train.run(args)
+    straight = cli.run(args)
 
     crashing = tiny_train_args(demo_root, tmp_path / "crashed") + REPRODUCIBLE
     killed = _train_subprocess(crashing + ["--trainer.callbacks+=crash.KillAtStep", "--trainer.callbacks.step=5"])
@@ -47,7 +47,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path, c
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3  # end of epoch 0
 
     with caplog.at_level(logging.INFO, logger="medseg"):
-        train.run(crashing + ["--ckpt_path=last"])
+        cli.run(crashing + ["--ckpt_path=last"])
     assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in caplog.text
     assert not (tmp_path / "crashed" / "medseg" / "version_1").exists()  # continued in the same run folder
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -59,7 +59,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(demo_root, tmp_path, c
 
 def test_resume_last_without_previous_run_starts_fresh(demo_root, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="medseg"):
-        result = train.run(tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--ckpt_path=last"])
+        result = cli.run(tiny_train_args(demo_root, tmp_path) + ["--trainer.max_epochs=1", "--ckpt_path=last"])
     assert "no last.ckpt under" in caplog.text and result.last_checkpoint.is_file()
 
 
@@ -113,7 +113,7 @@ def test_a_scan_with_nan_voxels_is_refused_by_name_even_without_the_dataset_chec
 def test_disk_full_during_training_is_a_clear_error(demo_root, tmp_path):
     args = tiny_train_args(demo_root, tmp_path) + ["--trainer.callbacks+=tests.helpers.crash.DiskFullAtEpochEnd"]
     with pytest.raises(MedsegError, match=r"^disk full while writing .*; earlier checkpoints are intact"):
-        train.run(args)
+        cli.run(args)
 
 
 def _rows(metrics: Path) -> list[dict[str, str]]:
@@ -129,11 +129,11 @@ def _best_state(checkpoint: Path) -> dict:
 
 def test_resume_appends_to_the_runs_metrics_and_keeps_its_config(demo_root, tmp_path):
     args = tiny_train_args(demo_root, tmp_path)
-    first = train.run(args)
+    first = cli.run(args)
     config = (first.log_dir / "config.yaml").read_text()
     before = _rows(first.log_dir / "metrics.csv")
 
-    resumed = train.run(args + ["--trainer.max_epochs=3", "--ckpt_path=last"])
+    resumed = cli.run(args + ["--trainer.max_epochs=3", "--ckpt_path=last"])
     assert resumed.log_dir == first.log_dir
     after = _rows(first.log_dir / "metrics.csv")
     assert after[: len(before)] == before and len(after) > len(before)
@@ -144,12 +144,12 @@ def test_resume_appends_to_the_runs_metrics_and_keeps_its_config(demo_root, tmp_
 
 def test_resume_from_an_explicit_checkpoint_continues_its_run_and_its_best_score(demo_root, tmp_path):
     args = tiny_train_args(demo_root, tmp_path)
-    first = train.run(args)
+    first = cli.run(args)
     best_before = _best_state(first.last_checkpoint)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = train.run(args + ["--trainer.max_epochs=3", f"--ckpt_path={first.last_checkpoint}"])
+        resumed = cli.run(args + ["--trainer.max_epochs=3", f"--ckpt_path={first.last_checkpoint}"])
     assert not [w for w in caught if "won't be reloaded" in str(w.message)]  # Lightning's warning where it forgets the best score
     assert resumed.log_dir == first.log_dir and not (tmp_path / "medseg" / "version_1").exists()
     validated = [row for row in _rows(first.log_dir / "metrics.csv") if row.get("val_mean_dice")]

@@ -115,7 +115,7 @@ def test_the_training_command_writes_checkpoints_through_it(demo_root, tmp_path)
 
 
 def test_a_full_disk_in_training_says_earlier_checkpoints_are_intact_and_they_are(demo_root, tmp_path, staged_elsewhere, monkeypatch):
-    from medseg.training import command as train
+    from medseg import training as train
 
     renames_across_folders_fail(monkeypatch)
     args = tiny_train_args(demo_root, tmp_path) + ["--trainer.callbacks+=tests.helpers.crash.DiskFullInSecondEpoch"]

@@ -14,7 +14,7 @@ from medseg.data.split import split_cases
 from medseg.evaluation import evaluate
 from medseg.inference import command as infer
 from medseg.io.nifti import same_grid
-from medseg.training import command as train
+from medseg import training as train
 from tests.helpers.cli import tiny_train_args
 
 # The same checkpoint, windows and scoring code as medseg.infer + medseg.evaluate: equal up to float rounding.
