@@ -8,6 +8,7 @@ scores there, so the two differ only by resampling. Reads the run's config.yaml 
 from __future__ import annotations
 
 import argparse
+import json
 import csv
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import yaml
 
 from medseg.data.demo import cache_folder, ensure_demo_dataset
 from medseg.data.formats import read_dataset
-from medseg.data.split import split_cases
+from medseg.data.split import RUN_SPLIT_FILE
 
 
 def last_validation(metrics_csv: Path) -> dict[str, float]:
@@ -36,7 +37,8 @@ def main() -> None:
     data = config["data"]
     root = data["root"] or ensure_demo_dataset(cache_folder(data.get("cache_dir")))
     spec = read_dataset(root)
-    _, validation = split_cases(spec.cases, data["num_folds"], data["fold"], data["split_seed"])
+    val_names = json.loads((args.run / RUN_SPLIT_FILE).read_text())["val"]  # the fold the run trained on
+    validation = [case for case in spec.cases if case.name in val_names]
     [best] = sorted((args.run / "checkpoints").glob("best-*.ckpt"))
     with tempfile.TemporaryDirectory(prefix="medseg-val-") as work:
         scans, predictions = Path(work) / "scans", Path(work) / "predictions"
