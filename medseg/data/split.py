@@ -6,6 +6,7 @@ A split file is nnU-Net's format: a list with one entry per fold, each ``{"train
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,7 +17,7 @@ from medseg.atomic import write_text_atomic
 from medseg.data.formats import Case
 from medseg.errors import MedsegError
 
-__all__ = ["SPLIT_FILE", "RUN_SPLIT_FILE", "split_cases", "split_file_for", "read_split_file", "dataset_folds", "fold_cases", "record_split"]
+__all__ = ["SPLIT_FILE", "RUN_SPLIT_FILE", "split_cases", "root_split_file", "split_file_for", "read_split_file", "dataset_folds", "fold_cases", "record_split"]
 
 SPLIT_FILE = "splits_final.json"  # nnU-Net's name: in a dataset root it is the user's split, and medseg only reads it
 RUN_SPLIT_FILE = "split.json"  # in each run folder: the fold it trained on
@@ -37,16 +38,26 @@ def split_cases(cases: tuple[Case, ...], num_folds: int, fold: int, seed: int) -
     return [c for i, c in enumerate(cases) if i not in held_out], [c for i, c in enumerate(cases) if i in held_out]
 
 
-def split_file_for(root: str | Path | None, folder: Path | None) -> Path | None:
-    """Return the split file a run uses: the dataset root's ``splits_final.json`` when it has one (a user's or nnU-Net's),
-    else ``folder/splits_final.json`` (the folder of the logger's runs, or the cross-validation folder), which the first
-    run writes and later runs read back; None without a folder (the seeded split, kept in memory)."""
-    if root is not None:
-        root = Path(root)
-        in_root = (root.parent if root.is_file() else root) / SPLIT_FILE  # a root may be given as its dataset.json
-        if in_root.is_file():
-            return in_root
-    return folder / SPLIT_FILE if folder is not None else None
+def root_split_file(root: str | Path | None) -> Path | None:
+    """Return the dataset root's ``splits_final.json`` when it has one (a user's or nnU-Net's), else None."""
+    if root is None:
+        return None
+    root = Path(root)
+    in_root = (root.parent if root.is_file() else root) / SPLIT_FILE  # a root may be given as its dataset.json
+    return in_root if in_root.is_file() else None
+
+
+def split_file_for(root: str | Path, cache_dir: str | Path, num_folds: int, seed: int) -> Path:
+    """Return the split file a run uses: the dataset root's (``root_split_file``), else medseg's own for this dataset,
+    fold count and seed, in the cache folder (nnU-Net keeps its own beside the preprocessed dataset), which the first
+    run writes and later runs read back."""
+    in_root = root_split_file(root)
+    if in_root is not None:
+        return in_root
+    folder = Path(root).resolve()
+    folder = folder.parent if folder.is_file() else folder
+    dataset = f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+    return Path(cache_dir) / "splits" / dataset / f"{num_folds}folds-seed{seed}" / SPLIT_FILE
 
 
 def _names(cases: list[Case]) -> list[str]:

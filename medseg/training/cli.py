@@ -42,7 +42,6 @@ from lightning.pytorch.plugins import CheckpointIO
 from medseg.command_line import OLD_SPELLINGS_REMOVED_IN, current_spellings
 from medseg.data.demo import cache_folder
 from medseg.data.formats import read_dataset
-from medseg.data.split import split_file_for
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import read_weights_only
 from medseg.option_values import BATCH_PLAN_CACHE
@@ -187,9 +186,6 @@ class MedsegCLI(LightningCLI):
         if isinstance(logger, Namespace) and logger.get("class_path") in LIGHTNING_CSV_LOGGERS:
             logger["class_path"] = f"{AppendingCSVLogger.__module__}.{AppendingCSVLogger.__name__}"  # same arguments
         self.config["ckpt_path"], run_folder = resume_checkpoint(trainer, self.config["ckpt_path"])
-        if self.config["data"]["split_file"] is None:  # the split read back by every run of this logger (medseg.data.split)
-            split_file = split_file_for(self.config["data"]["root"], logger_runs(trainer))
-            self.config["data"]["split_file"] = str(split_file) if split_file else None
         if run_folder is not None and (run_folder / CONFIG_FILE).exists():
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": resume_config_name(run_folder)}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.atomic import write_text_atomic
-from medseg.data.split import SPLIT_FILE, dataset_folds, read_split_file, split_file_for
+from medseg.data.split import SPLIT_FILE, dataset_folds, read_split_file, root_split_file
 from medseg.errors import MedsegError
 from medseg.evaluation.metrics import dice_per_class, mean_over_cases, read_label_pair
 from medseg.inference.postprocessing import POSTPROCESSING_FILE, choose_postprocessing
@@ -178,7 +178,7 @@ def run_cross_validation(args: list[str], retrain: bool = False) -> dict:
     if not isinstance(logger, dict) or "save_dir" not in logger.get("init_args", {}):
         raise MedsegError("--data.fold all needs a logger with save_dir and name (the default CSVLogger) to place the folds")
     folder = Path(logger["init_args"]["save_dir"]) / f"{logger['init_args'].get('name') or 'medseg'}_cv"
-    source = Path(data["split_file"]) if data["split_file"] else split_file_for(data["root"], None)
+    source = Path(data["split_file"]) if data["split_file"] else root_split_file(data["root"])
     args = [*args, f"--data.split_file={keep_split(folder, source)}"]
     probe_args = [*args, "--data.fold=0"]
     probe = build_cli(probe_args)  # the configuration as every fold reads it, checked before any fold trains (the split written)

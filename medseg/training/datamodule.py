@@ -18,7 +18,7 @@ from medseg.data.demo import cache_folder, ensure_demo_dataset
 from medseg.data.fingerprint import DatasetFingerprint, fingerprint_cache_path
 from medseg.data.formats import Case, DatasetSpec, read_dataset
 from medseg.data.sampling import DEFAULT_PATCH_SIZE, EpochSampler, SeededSamples
-from medseg.data.split import fold_cases, record_split
+from medseg.data.split import fold_cases, record_split, split_file_for
 from medseg.data.transforms import Augmentation, Preprocessing, preprocessing_transforms, training_transforms
 from medseg.data.validation import validate_dataset
 from medseg.data.volume_cache import (
@@ -70,8 +70,8 @@ class SegmentationDataModule(L.LightningDataModule):
             (``medseg.training.cross_validation``, which reads it before this class does).
         split_seed: seed of the split into folds, when there is no split file yet.
         split_file: the split as nnU-Net's splits_final.json (``medseg.data.split``): read when it exists, else made
-            from split_seed and written there. None: the split made in memory; the training command sets it to the
-            dataset root's splits_final.json when there is one, else to one beside the logger's run folders.
+            from split_seed and written there. None: the dataset root's splits_final.json when it has one, else medseg's
+            own for this dataset, num_folds and split_seed in cache_dir (``medseg.data.split.split_file_for``).
         cache: where preprocessed volumes are kept (``medseg.data.volume_cache``). "auto": preprocessed once into
             cache_dir (keyed by each case's files and the preprocessing: a second start preprocesses nothing), then held
             in memory when the dataset takes at most half of the memory available, else read from disk per patch;
@@ -138,7 +138,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.positive_fraction = positive_fraction
         self.iterations_per_epoch = iterations_per_epoch
         self.fold = fold
-        self.split_file = Path(split_file) if split_file else None
+        self.split_file = Path(split_file) if split_file else split_file_for(self.spec.root, self.cache_dir, num_folds, split_seed)
         if self.split_file and not self.split_file.exists() and self.split_file.resolve().is_relative_to(self.spec.root.resolve()):
             raise MedsegError(
                 f"{self.split_file} does not exist, and medseg writes nothing into the dataset folder {self.spec.root}: "

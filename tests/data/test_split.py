@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from medseg.data.formats import Case, read_dataset
-from medseg.data.split import SPLIT_FILE, dataset_folds, fold_cases, split_cases, split_file_for
+from medseg.data.split import SPLIT_FILE, dataset_folds, fold_cases, root_split_file, split_cases, split_file_for
 from medseg.errors import MedsegError
 
 
@@ -54,14 +54,18 @@ def test_adding_a_case_changes_no_fold_of_a_written_split_and_warns_that_it_is_u
     assert f"{split_file}: fold 2 neither trains nor validates on 1 case(s) of the dataset: case_new" in caplog.text
 
 
-def test_the_dataset_roots_split_file_is_the_one_used(tmp_path):
-    root, runs = tmp_path / "Dataset001", tmp_path / "runs"
-    root.mkdir()
-    (root / "dataset.json").write_text("{}")
-    assert split_file_for(root, runs) == runs / SPLIT_FILE
+def test_the_dataset_roots_split_file_is_the_one_used_else_one_per_dataset_fold_count_and_seed_in_the_cache(tmp_path):
+    root, other, cache = tmp_path / "Dataset001", tmp_path / "Dataset002", tmp_path / "cache"
+    for folder in (root, other):
+        folder.mkdir()
+        (folder / "dataset.json").write_text("{}")
+    own = split_file_for(root, cache, 5, 0)
+    assert own.name == SPLIT_FILE and own.is_relative_to(cache) and own == split_file_for(root / "dataset.json", cache, 5, 0)
+    # another dataset, fold count or seed is another split: none reads a file made for something else
+    assert len({own, split_file_for(other, cache, 5, 0), split_file_for(root, cache, 3, 0), split_file_for(root, cache, 5, 1)}) == 4
     (root / SPLIT_FILE).write_text("[]")
-    assert split_file_for(root, runs) == split_file_for(root / "dataset.json", runs) == root / SPLIT_FILE
-    assert split_file_for(None, None) is None
+    assert split_file_for(root, cache, 5, 0) == split_file_for(root / "dataset.json", cache, 3, 1) == root_split_file(root) == root / SPLIT_FILE
+    assert root_split_file(other) is None and root_split_file(None) is None
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,14 @@
-"""The split as training uses it: written once beside the logger's run folders and read back by later runs (so a case
-added to the dataset moves no case between folds), a dataset root's nnU-Net splits_final.json used as it is (and the
-root left alone), and every run's own split recorded in its run folder."""
+"""The split as training uses it: written once into the cache for the dataset, fold count and seed, and read back by
+later runs (so a case added to the dataset moves no case between folds), a dataset root's nnU-Net splits_final.json
+used as it is (and the root left alone), and every run's own split recorded in its run folder."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
-import yaml
-
+from medseg.data.demo import cache_folder
 from medseg.data.split import RUN_SPLIT_FILE, SPLIT_FILE
 from medseg.training.cli import build_cli
 from tests.helpers.cli import tiny_train_args
@@ -28,13 +28,13 @@ def _add_case(root, name: str) -> None:
     (root / "dataset.json").write_text(json.dumps(spec))
 
 
-def test_a_run_records_its_split_and_the_split_file_beside_its_run_folders(_trained_runs):
+def test_a_run_records_its_split_and_the_split_file_it_came_from(_trained_runs):
     run = _trained_runs(False).log_dir
     recorded = json.loads((run / RUN_SPLIT_FILE).read_text())
-    split_file = run.parent / SPLIT_FILE
-    assert recorded["split_file"] == str(split_file) and recorded["fold"] == 0
+    split_file = Path(recorded["split_file"])
+    assert split_file.is_relative_to(cache_folder()) and recorded["fold"] == 0
     assert [set(recorded["train"]), set(recorded["val"])] == [set(json.loads(split_file.read_text())[0][key]) for key in ("train", "val")]
-    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["split_file"] == str(split_file)
+    assert sorted(path.name for path in run.parent.iterdir()) == [run.name]  # the logger's folder holds runs only
 
 
 def test_a_later_run_reads_the_split_back_and_a_case_added_since_changes_no_fold(demo_root, tmp_path):
@@ -42,7 +42,7 @@ def test_a_later_run_reads_the_split_back_and_a_case_added_since_changes_no_fold
     args = tiny_train_args(root, tmp_path / "runs")
     before = [_names(build_cli([*args, f"--data.fold={fold}"]).datamodule.val_cases) for fold in range(3)]
     _add_case(root, "phantom_new")
-    after = [build_cli([*args, f"--data.fold={fold}", "--data.split_seed=7"]).datamodule for fold in range(3)]
+    after = [build_cli([*args, f"--data.fold={fold}"]).datamodule for fold in range(3)]
     assert [_names(data.val_cases) for data in after] == before
     assert all("phantom_new" not in _names(data.train_cases) for data in after)
 
