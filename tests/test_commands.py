@@ -8,6 +8,7 @@ import pytest
 
 from medseg.command_line import current_spellings
 from medseg.evaluation import command as evaluate
+from medseg.exporting import command as export
 from medseg.inference import command as infer
 from medseg.inference import postprocess_command as postprocess
 from medseg.planning import command as plan
@@ -16,7 +17,7 @@ from medseg.training.cli import output_as_training_options, parse_training_optio
 from medseg.training.command import main as train_main
 from tests.helpers.cli import REPO, run_main
 
-WRITING_COMMANDS = {"infer": infer.main, "evaluate": evaluate.main, "postprocess": postprocess.main, "plan": plan.main, "memory": memory.main}
+WRITING_COMMANDS = {"export": export.main, "infer": infer.main, "evaluate": evaluate.main, "postprocess": postprocess.main, "plan": plan.main, "memory": memory.main}
 
 
 @pytest.mark.parametrize("command", sorted(WRITING_COMMANDS))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import pickle
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ EXPORT_MANIFEST = "manifest.json"
 EXPORT_RECIPE = "recipe.json"
 EXPORT_TORCHSCRIPT = "models/model.ts"  # the network (an ensemble's mean of logits) as TorchScript, as MONAI bundles load it
 EXPORT_ONNX = "models/model.onnx"
+# torch 2.10+ calls TorchScript deprecated; MONAI bundles (and so MONAI Deploy and MONAI Label) still load it
+TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.(load|trace)` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,9 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu") -> Train
     manifest = read_manifest(folder)
     recipe_file = folder / EXPORT_RECIPE
     recipe = Recipe.from_dict(json.loads(recipe_file.read_text()), source=recipe_file)
-    network = torch.jit.load(str(folder / EXPORT_TORCHSCRIPT), map_location=device).eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCHSCRIPT_DEPRECATED, category=DeprecationWarning)
+        network = torch.jit.load(str(folder / EXPORT_TORCHSCRIPT), map_location=device).eval()
     return TrainedModel(recipe, network, folder, str(manifest.get("default_runtime", "torch")))
 
 
