@@ -9,5 +9,6 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "bundle": ["inference_config", "metadata"],
-    "writer": ["ExportResult", "MeanOfModels", "export_model"],
+    "check": ["CheckResult", "check_export"],
+    "writer": ["ExportResult", "export_model"],
 })

@@ -24,10 +24,11 @@ from medseg.exporting.bundle import inference_config, metadata
 from medseg.inference.checkpoint import (
     EXPORT_FORMAT, EXPORT_MANIFEST, EXPORT_ONNX, EXPORT_RECIPE, EXPORT_TORCHSCRIPT, EXPORT_VERSION, TrainedModel, file_sha256, is_export, load_ensemble,
 )
+from medseg.model.runtimes import MeanOfModels
 from medseg.inference.postprocessing import Postprocessing, postprocessing_beside
 from medseg.option_values import POSTPROCESSING_FILE
 
-__all__ = ["ExportResult", "MeanOfModels", "export_model"]
+__all__ = ["ExportResult", "export_model"]
 
 BUNDLE_METADATA = "configs/metadata.json"
 BUNDLE_INFERENCE = "configs/inference.json"
@@ -36,21 +37,6 @@ BUNDLE_INFERENCE = "configs/inference.json"
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
 # The ONNX exporter's loggers: its optimiser's passes log at INFO, and it warns that torchvision's operators are absent
 EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
-
-
-class MeanOfModels(nn.Module):
-    """The mean of an ensemble's logits as one network: the mean ``medseg.infer`` blends (blending is linear), so that
-    a runtime or a MONAI bundle runs the ensemble as one model."""
-
-    def __init__(self, networks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.networks = nn.ModuleList(networks)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.networks[0](image).float()
-        for network in self.networks[1:]:
-            logits = logits + network(image).float()
-        return logits / len(self.networks)
 
 
 @dataclass(frozen=True)

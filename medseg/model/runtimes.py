@@ -4,6 +4,7 @@ blending, geometry, postprocessing) stays medseg's."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 from medseg.errors import MedsegError
 from medseg.option_values import RUNTIMES
 
-__all__ = ["OnnxRuntimeNetwork", "OpenVinoNetwork", "runtime_network"]
+__all__ = ["MeanOfModels", "OnnxRuntimeNetwork", "OpenVinoNetwork", "runtime_network"]
 
 # The optional extra each runtime comes with (pyproject.toml)
 RUNTIME_EXTRAS = {"onnxruntime": "export", "openvino": "openvino"}
@@ -31,6 +32,21 @@ def require_runtime(runtime: str) -> None:
         __import__(runtime)
     except ImportError:
         raise MedsegError(f'--runtime {runtime} needs {runtime}, which is not installed: pip install "medseg[{RUNTIME_EXTRAS[runtime]}]"') from None
+
+
+class MeanOfModels(nn.Module):
+    """The mean of an ensemble's logits as one network: the mean ``medseg.infer`` blends (blending is linear), so that
+    an export holds one network for a runtime or a MONAI bundle to run."""
+
+    def __init__(self, networks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.networks[0](image).float()
+        for network in self.networks[1:]:
+            logits = logits + network(image).float()
+        return logits / len(self.networks)
 
 
 class OnnxRuntimeNetwork(nn.Module):

@@ -10,10 +10,11 @@ import onnxruntime
 import pytest
 import torch
 
-from medseg.exporting import MeanOfModels, export_model
+from medseg.exporting import export_model
 from medseg.exporting import command as export_command
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import checkpoint_paths, file_sha256, load_ensemble
+from medseg.model.runtimes import MeanOfModels
 from medseg.option_values import POSTPROCESSING_FILE
 from tests.helpers.cli import run_main
 
