@@ -55,6 +55,10 @@ def export_model(sources: Sequence[str | Path], output: str | Path, postprocessi
     never sees half an export; an existing ``output`` is refused unless ``overwrite``. With ``postprocessing``, a
     ``postprocessing.json`` in a source folder is exported and applied by the export's users.
     """
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise MedsegError('the ONNX export needs onnx and onnxscript: pip install "medseg[export]"') from None
     output = Path(output).absolute()
     if output.exists() and not overwrite:
         raise MedsegError(f"{output} exists; choose another --output or pass --overwrite")
@@ -117,10 +121,6 @@ def write_export(folder: Path, final: Path, network: nn.Module, models: Sequence
 
 def write_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> int:
     """Write ``network`` as ONNX (dynamo exporter; dynamic batch, the patch's spatial shape) and return its opset."""
-    try:
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-    except ImportError:
-        raise MedsegError('the ONNX export needs onnx and onnxscript: pip install "medseg[export]"') from None
     batch = torch.export.Dim("batch", min=1, max=4096)
     with contextlib.redirect_stdout(io.StringIO()), quiet_loggers(EXPORTER_LOGGERS):  # the exporter's progress lines and notes
         program = torch.onnx.export(network, (example,), dynamo=True, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],

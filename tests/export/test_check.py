@@ -7,8 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from medseg.exporting.check import REFERENCE, Candidate, CandidateScores, check_export, refusal
 from medseg.inference.checkpoint import load_ensemble, read_manifest
 

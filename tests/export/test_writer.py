@@ -38,6 +38,7 @@ def test_the_folder_lists_every_file_with_its_checksum_and_holds_recipe_postproc
     assert manifest["onnx_opset"] >= 18 and manifest["default_runtime"] == "torch"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_onnx_and_torchscript_give_the_ensembles_mean_logits_in_fp32(exported: Path, cv_folder: Path):
     models = load_ensemble([cv_folder])
     windows = torch.randn(3, 1, *models[0].recipe.patch_size, generator=torch.Generator().manual_seed(0))  # a batch the export never saw
