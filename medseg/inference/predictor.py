@@ -22,6 +22,7 @@ from medseg.inference.scan_grid import ScanGridSlabs
 from medseg.inference.slabs import blended_slabs
 from medseg.io.dicom_series import require_pydicom
 from medseg.io.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
+from medseg.option_values import RUNTIMES
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
 from medseg.planning.step import cudnn_autotuning
 from medseg.precision import autocast, check_precision, inference_precision
@@ -60,6 +61,8 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         if self.precision is not None:
             check_precision(self.precision)
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise MedsegError(f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
 
     def window_changes(self) -> dict[str, Any]:
         """Return the window settings these options override (the recipe validates them)."""
