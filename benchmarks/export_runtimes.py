@@ -5,7 +5,7 @@ benchmarks/inference.py (random weights, trained "16-mixed", overlap 0.5), the c
 (``medseg.exporting.export_model``), then ``medseg.inference.segment_scans`` (what ``python -m medseg.infer`` runs)
 segments every scan with: the checkpoint; the export's TorchScript program (``--runtime torch``); ONNX Runtime; and
 OpenVINO (where installed), each at fp32 and, where the runtime has it, bf16 (the default on a CPU with native bf16;
-a CPU without it runs fp32, the fp32 rows). Each way is a whole run (weights read, scans read, windows, inversion,
+a CPU without it runs fp32, the fp32 rows); and MONAI's bundle runner on the export's ``configs/inference.json``. Each way is a whole run (weights read, scans read, windows, inversion,
 label maps written); the ways are interleaved ``--repeats`` times, so a busy machine slows all alike, and the fastest
 of each is kept. Labels are compared voxel by voxel with the checkpoint's fp32 labels.
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.bundle import run as run_bundle
 
 from benchmarks.common import add_output_option, markdown_rows, write_results
 from benchmarks.inference import write_checkpoints
@@ -33,6 +34,7 @@ from medseg.precision import cpu_has_native_bf16
 from medseg.testing import write_ct_phantoms
 
 REFERENCE = "checkpoint, 32-true"
+BUNDLE = "MONAI bundle runner, 32-true"  # the export's configs/inference.json, run by MONAI (fp32: bundles run no autocast)
 
 
 def agreement(made: Path, reference: Path) -> float:
@@ -71,14 +73,17 @@ def main() -> None:
                 if runtime == "onnxruntime" and precision != "32-true":
                     continue  # ONNX Runtime's CPU provider runs the graph's fp32
                 ways[f"export {runtime}, {precision}"] = (export, InferenceOptions(device="cpu", precision=precision, runtime=runtime))
-        times: dict[str, list[float]] = {name: [] for name in ways}
+        times: dict[str, list[float]] = {name: [] for name in [*ways, BUNDLE]}
         for _ in range(args.repeats):
             for name, (model, options) in ways.items():
                 start = time.perf_counter()
                 summary = segment_scans(model, scans, tmp / name, options, overwrite=True)
                 times[name].append(time.perf_counter() - start)
                 assert not summary.failed, summary.failed
-        agreements = {name: agreement(tmp / name, tmp / REFERENCE) for name in ways}
+            start = time.perf_counter()
+            run_bundle(config_file=str(export / "configs" / "inference.json"), dataset_dir=str(scans), output_dir=str(tmp / BUNDLE))
+            times[BUNDLE].append(time.perf_counter() - start)
+        agreements = {name: agreement(tmp / name, tmp / REFERENCE) for name in times}
     fastest = {name: min(seconds) for name, seconds in times.items()}
     results = {
         "scans": args.scans, "scan_shape": [192, 192, 112], "patch": list(recipe.patch_size), "overlap": recipe.window.overlap,
@@ -87,11 +92,11 @@ def main() -> None:
         "ways": {name: {"seconds": round(fastest[name], 2), "all_seconds": [round(v, 2) for v in times[name]],
                         "speed_vs_checkpoint_fp32": round(fastest[REFERENCE] / fastest[name], 3),
                         "speed_vs_checkpoint_same_precision": round(fastest[f"checkpoint, {name.split(', ')[1]}"] / fastest[name], 3),
-                        "voxel_agreement_vs_checkpoint_fp32": agreements[name]} for name in ways},
+                        "voxel_agreement_vs_checkpoint_fp32": agreements[name]} for name in times},
     }
     rows = [{"way": name, "seconds (fastest)": f"{fastest[name]:.2f}", "vs checkpoint fp32": f"{fastest[REFERENCE] / fastest[name]:.2f}x",
              "vs checkpoint, same precision": f"{results['ways'][name]['speed_vs_checkpoint_same_precision']:.2f}x",
-             "voxels equal to checkpoint fp32": f"{100 * agreements[name]:.4f} %"} for name in ways]
+             "voxels equal to checkpoint fp32": f"{100 * agreements[name]:.4f} %"} for name in times]
     text = (f"{args.scans} CT-like scans of 192x192x112, spleen UNet (16-256, 2 residual units), patch 96^3, overlap "
             f"{recipe.window.overlap}, whole runs of `segment_scans` (python -m medseg.infer), fastest of {args.repeats}, interleaved. "
             f"This CPU has native bf16: {results['native_bf16']}. Export took {export_seconds:.1f} s. Load average after: "
