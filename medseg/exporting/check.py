@@ -53,13 +53,14 @@ REFERENCE = Candidate("torch", "32-true")
 
 def offered(device: torch.device) -> list[Candidate]:
     """Return the ways this machine offers, the fp32 PyTorch reference first: bf16 where the CPU has it natively or on a
-    GPU, fp16 on a GPU, ONNX Runtime (fp32, and INT8 on the CPU) and OpenVINO (CPU; fp32, bf16) where installed."""
+    GPU, fp16 on a GPU, ONNX Runtime (fp32, on a GPU through onnxruntime-gpu's CUDA provider; INT8 on the CPU) and
+    OpenVINO (CPU; fp32, bf16) where installed."""
     ways = [REFERENCE]
     if device.type == "cuda" or cpu_has_native_bf16():
         ways.append(Candidate("torch", "bf16-mixed"))
     if device.type == "cuda":
         ways.append(Candidate("torch", "16-mixed"))
-    if _installed("onnxruntime"):
+    if _installed("onnxruntime") and (device.type == "cpu" or "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()):
         ways.append(Candidate("onnxruntime", "32-true"))
         if device.type == "cpu" and _installed("onnxruntime.quantization"):
             ways.append(Candidate("onnxruntime", "int8"))
