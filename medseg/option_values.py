@@ -10,3 +10,5 @@ POSTPROCESSING_FILE = "postprocessing.json"  # medseg.postprocess's decision, be
 SIMULATED_CAPACITY_GIB = 8.0
 BATCH_PLAN_CACHE = "batch_plans.json"  # the batch planner's plan cache, in the run root (trainer.default_root_dir, "runs")
 DEFAULT_BUDGET_FRACTION = 0.9  # the rest stays free for what steps do not hold steadily (cuDNN autotuning, fragmentation)
+RUNTIMES = ("torch", "onnxruntime", "openvino")  # what runs an exported network's windows (medseg.infer --runtime)
+CHECK_TOLERANCE = 0.01  # medseg.export --check: the Dice a class may lose against fp32 PyTorch before a faster way is refused as the default

@@ -8,6 +8,7 @@ import pytest
 
 from medseg.command_line import OLD_SPELLINGS_REMOVED_IN, current_spellings
 from medseg.evaluation import command as evaluate
+from medseg.exporting import command as export
 from medseg.inference import command as infer
 from medseg.inference import postprocess_command as postprocess
 from medseg.planning import command as plan
@@ -16,7 +17,7 @@ from medseg.training import command as train
 from medseg.training.cli import OptionsOnlyCLI, build_cli, parse_training_options
 from tests.helpers.cli import REPO, run_main
 
-WRITING_COMMANDS = {"infer": infer.main, "evaluate": evaluate.main, "postprocess": postprocess.main, "plan": plan.main, "memory": memory.main}
+WRITING_COMMANDS = {"export": export.main, "infer": infer.main, "evaluate": evaluate.main, "postprocess": postprocess.main, "plan": plan.main, "memory": memory.main}
 COMMANDS = {"train": train.main, **WRITING_COMMANDS}
 
 
@@ -145,7 +146,8 @@ def test_help_all_is_lightningclis_full_help_with_every_config_key(capsys):
 
 MISSPELT = {  # a command's required options, and a misspelling of one of its options
     "train": ([], "--data.rooot"),
-    "infer": (["--checkpoint", "m.ckpt", "-i", "scans", "-o", "out"], "--sw_overlapp"),
+    "export": (["--checkpoint", "m.ckpt", "-o", "out"], "--tolerence"),
+    "infer": (["--checkpoint", "m.ckpt", "-i", "scans", "-o", "out"], "--window.overlapp"),
     "evaluate": (["--pred", "pred", "--gt", "gt"], "--outptu"),
     "postprocess": (["--pred", "pred", "--gt", "gt"], "--outptu"),
     "plan": ([], "--data.rooot"),

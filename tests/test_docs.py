@@ -22,7 +22,7 @@ CONFIG_PAGE = REPO / "docs" / "reference" / "config.md"
 # the argparse commands and the module whose main() parses their options; train is LightningCLI's
 ARGPARSE_COMMANDS = {"infer": "medseg.inference.command", "evaluate": "medseg.evaluation.command",
                      "postprocess": "medseg.inference.postprocess_command", "plan": "medseg.planning.command",
-                     "memory": "medseg.planning.memory_command"}
+                     "memory": "medseg.planning.memory_command", "export": "medseg.exporting.command"}
 # commands that hand every option they do not know to the training parser
 TAKES_TRAINING_OPTIONS = {"plan", "memory"}
 

@@ -65,7 +65,7 @@ def test_evaluate_shows_no_library_future_warning(tmp_path: Path, capsys) -> Non
     assert float(scores["hd95_mm_class_1"]) == pytest.approx(1.5, abs=1e-4)  # one extra row of voxels, 1.5 mm apart
 
 
-@pytest.mark.parametrize("module", ["medseg.train", "medseg.infer", "medseg.evaluate", "medseg.postprocess", "medseg.plan", "medseg.memory"])
+@pytest.mark.parametrize("module", ["medseg.train", "medseg.infer", "medseg.evaluate", "medseg.postprocess", "medseg.plan", "medseg.memory", "medseg.export"])
 def test_help_loads_neither_torch_nor_monai_nor_lightning(module: str) -> None:
     # runs the module as `python -m` does, then lists the heavy libraries that --help loaded
     script = (

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import pickle
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from torch import nn
 
 from medseg.errors import MedsegError
 from medseg.model.networks import network_for
+from medseg.model.runtimes import MeanOfModels
 from medseg.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,14 @@ BEST_CHECKPOINT_GLOB = "best-*.ckpt"
 LAST_CHECKPOINT = "last.ckpt"  # the run's final weights: the one file of its newest state (training's last_checkpoint)
 # What the members of an ensemble must share: windows of one shape on one preprocessed image, read out as one set of classes.
 ENSEMBLE_FIELDS = ("channel_names", "class_names", "patch_size", "preprocessing")
+# An export folder (python -m medseg.export): its manifest names the files, checksums and the default runtime
+EXPORT_FORMAT, EXPORT_VERSION = "medseg-export", 1
+EXPORT_MANIFEST = "manifest.json"
+EXPORT_RECIPE = "recipe.json"
+EXPORT_TORCHSCRIPT = "models/model.ts"  # the network (an ensemble's mean of logits) as TorchScript, as MONAI bundles load it
+EXPORT_ONNX = "models/model.onnx"
+# torch 2.10+ calls TorchScript deprecated; MONAI bundles (and so MONAI Deploy and MONAI Label) still load it
+TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.(load|trace)` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,7 @@ class TrainedModel:
     recipe: Recipe
     network: nn.Module
     source: Path
+    runtime: str = "torch"  # what runs it unless told otherwise: an export's recorded choice
 
 
 def read_weights_only(path: Path) -> dict[str, Any]:
@@ -76,6 +89,62 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     return TrainedModel(recipe, network, path)
 
 
+def is_export(path: Path) -> bool:
+    """Return whether ``path`` is an export folder (python -m medseg.export)."""
+    return path.is_dir() and (path / EXPORT_MANIFEST).is_file()
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Return an export folder's manifest, its files checked against their checksums (one line naming a changed file)."""
+    path = folder / EXPORT_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != EXPORT_FORMAT or manifest.get("version") != EXPORT_VERSION:
+            raise MedsegError(f"{path} is not a medseg export of version {EXPORT_VERSION}; export the model again with this medseg")
+        files = dict(manifest["files"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise MedsegError(f"{path}: not a medseg export manifest ({type(err).__name__}: {err})") from None
+    for name, checksum in files.items():
+        try:
+            found = file_sha256(folder / name)
+        except OSError:
+            raise MedsegError(f"{folder / name} is missing from the export; export the model again") from None
+        if found != checksum:
+            raise MedsegError(f"{folder / name} does not match its checksum in {path} (changed or damaged); export the model again")
+    return manifest
+
+
+def load_export(folder: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Return the exported network and its recipe: the recipe's network (for an ensemble, the mean of its members'
+    logits) in PyTorch, with the weights of the export's TorchScript program.
+
+    PyTorch runs it as it runs a checkpoint (channels-last, oneDNN): faster on CPUs than the TorchScript program itself
+    (benchmarks/results/export_runtimes/).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    recipe_file = folder / EXPORT_RECIPE
+    recipe = Recipe.from_dict(json.loads(recipe_file.read_text()), source=recipe_file)
+    # the precision it runs at by default: the trained one, or the one medseg.export --check chose
+    recipe = recipe.with_changes(precision=str(manifest.get("default_precision", recipe.precision)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCHSCRIPT_DEPRECATED, category=DeprecationWarning)
+        weights = torch.jit.load(str(folder / EXPORT_TORCHSCRIPT), map_location="cpu").state_dict()
+    members = len(manifest.get("models", [])) or 1
+    network = network_for(recipe) if members == 1 else MeanOfModels([network_for(recipe) for _ in range(members)])
+    network.load_state_dict(weights, strict=True)
+    return TrainedModel(recipe, network.to(device).eval(), folder, str(manifest.get("default_runtime", "torch")))
+
+
 def checkpoint_paths(sources: Sequence[str | Path]) -> list[Path]:
     """Return the checkpoints ``sources`` name: files as given, and for a folder (a run, or a cross-validation folder
     of runs) the best checkpoint of every run in it, in path order. A run that never validated during training (shorter
@@ -97,8 +166,13 @@ def checkpoint_paths(sources: Sequence[str | Path]) -> list[Path]:
 
 
 def load_ensemble(sources: Sequence[str | Path], device: str | torch.device = "cpu") -> list[TrainedModel]:
-    """Return the models ``sources`` name (checkpoint files or folders, see ``checkpoint_paths``), checked to share
+    """Return the models ``sources`` name (checkpoint files or folders, see ``checkpoint_paths``, or one export folder), checked to share
     their recipe's channels, classes, patch and preprocessing; a disagreement is a one-line error naming the field."""
+    exports = [Path(source) for source in sources if is_export(Path(source))]
+    if exports:
+        if len(sources) > 1:
+            raise MedsegError(f"{exports[0]} is an export folder: give it alone (an ensemble is exported as one folder)")
+        return [load_export(exports[0], device)]
     models = [load_trained_model(path, device) for path in checkpoint_paths(sources)]
     first = models[0]
     for other in models[1:]:

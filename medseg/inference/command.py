@@ -7,14 +7,14 @@ from typing import Sequence
 
 from medseg.command_line import CommandParser
 from medseg.errors import run_command
-from medseg.option_values import OUTPUT_FORMATS, PRECISIONS
+from medseg.option_values import OUTPUT_FORMATS, PRECISIONS, RUNTIMES
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = CommandParser("python -m medseg.infer", "Segment a NIfTI scan, a folder of NIfTI scans and DICOM series, or a dataset file with a trained medseg checkpoint.")
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="medseg .ckpt (weights-only; holds network and preprocessing); several, or run folders (their best-*.ckpt, else last.ckpt), "
-                             "are ensembled: window logits averaged over the models, as nnU-Net averages folds")
+                             "are ensembled: window logits averaged over the models, as nnU-Net averages folds; or one export folder (python -m medseg.export)")
     parser.add_argument("-i", "--input", required=True,
                         help="a .nii/.nii.gz scan; a folder of them and of DICOM series (each series a case, subfolders searched; "
                              'needs pip install "medseg[dicom]"); or a dataset (folder or dataset.json; its training cases)')
@@ -34,6 +34,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--window.batch_size", dest="batch_size", type=int, default=None, old=["--sw_batch_size", "--sw-batch-size"],
                         help="windows per forward pass (default: the recipe's, planned for the GPU during training; halved on out-of-memory)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the precision training ran at, where this device supports it (bf16 on a CPU only with native bf16)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="what runs the network's windows; onnxruntime and openvino run an export folder's ONNX model "
+                             '(python -m medseg.export; pip install "medseg[export]" or "medseg[openvino]") (default: the export\'s recorded choice, else torch)')
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities to OUTPUT/probabilities/")
     parser.add_argument("--statistics", action="store_true",
@@ -64,6 +67,7 @@ def segment(argv: Sequence[str]) -> int:
         tta=args.tta,
         device=args.device,
         probabilities=args.probabilities,
+        runtime=args.runtime,
     )
     summary = segment_scans(args.checkpoint, args.input, args.output, options, overwrite=args.overwrite, postprocessing=not args.no_postprocessing,
                             output_format=args.output_format, statistics=args.statistics, preview=args.preview)

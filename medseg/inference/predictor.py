@@ -22,6 +22,7 @@ from medseg.inference.scan_grid import ScanGridSlabs
 from medseg.inference.slabs import blended_slabs
 from medseg.io.dicom_series import require_pydicom
 from medseg.io.nifti import READ_ERRORS, NiftiImage, label_dtype, open_scan, saved_image, unreadable
+from medseg.option_values import RUNTIMES
 from medseg.planning.oom import is_out_of_memory, release_memory, smaller_size
 from medseg.planning.step import cudnn_autotuning
 from medseg.precision import autocast, check_precision, inference_precision
@@ -45,6 +46,8 @@ class InferenceOptions:
         tta: also predict on the 7 flipped copies of each window and average (8x slower).
         device: "cpu", "cuda", "cuda:1", ...; None picks the GPU when there is one.
         probabilities: also return per-class probabilities on the scan's grid.
+        runtime: what runs the windows: "torch", or for an export folder "onnxruntime" or "openvino"; None: the
+            export's recorded default, torch for a checkpoint.
     """
 
     window: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +55,7 @@ class InferenceOptions:
     tta: bool = False
     device: str | None = None
     probabilities: bool = False
+    runtime: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision is not None:
@@ -60,6 +64,8 @@ class InferenceOptions:
         if unknown:
             raise MedsegError(f"unknown window settings {unknown}: a window has {[setting.name for setting in fields(Window)]}")
         replace(Window(), **self.window)  # a bad value is refused now, not at the first scan
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise MedsegError(f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
 
     def resolved_device(self) -> torch.device:
         """Return the device to run windows on, refusing a GPU that is not there."""
@@ -140,6 +146,9 @@ class Predictor:
         first = self.models[0].recipe
         self.recipe = first.with_changes(window=dict(self.options.window))
         self.precision = self.options.precision or inference_precision(first.precision, self.device.type)
+        self.runtime = self.options.runtime or self.models[0].runtime
+        if self.runtime != "torch":
+            self._use_runtime()
         self.resident = self.device.type != "cuda" or ensemble_stays_on_device(
             [weight_bytes(member.network) for member in self.models], torch.cuda.mem_get_info(self.device)[0]
         )
@@ -149,6 +158,17 @@ class Predictor:
             # 1.2-1.3x faster (benchmarks/results/inference/inference_cpu_stages.md)
             member.network.to(self.device if self.resident else "cpu", memory_format=torch.channels_last_3d)
         self.preprocess = preprocessing_transforms(self.recipe.preprocessing, image_key="image", label_key=None)
+
+    def _use_runtime(self) -> None:
+        """Swap the exported network for the same network run by ``self.runtime`` (the precision becomes what it runs)."""
+        from medseg.inference.checkpoint import EXPORT_ONNX, is_export
+        from medseg.model.runtimes import runtime_network
+
+        model = self.models[0]
+        if not is_export(model.source):
+            raise MedsegError(f"--runtime {self.runtime} runs an export folder, not {model.source}: export it first (python -m medseg.export)")
+        network, self.precision = runtime_network(model.source / EXPORT_ONNX, self.runtime, self.precision, self.device)
+        self.models = [replace(model, network=network)]
 
     def _window_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Return float32 logits of a batch of windows, averaged over the ensemble's models (and over flips with TTA).
@@ -224,7 +244,8 @@ class Predictor:
             if batch is None:
                 raise MedsegError(f"out of memory on {self.device} even with window batch 1 and stitching on the CPU")
             notes.append(f"out of memory, retried with window batch {batch}")
-        route = f"windows on {self.device} ({self.precision}, batch {batch}), stitched on {stitch_device}"
+        runtime = "" if self.runtime == "torch" else f"{self.runtime}, "
+        route = f"windows on {self.device} ({runtime}{self.precision}, batch {batch}), stitched on {stitch_device}"
         if not self.resident:
             route += f"; the {len(self.models)} models visit {self.device} in turn (their weights take over {ENSEMBLE_WEIGHTS_SHARE:.0%} of its free memory)"
         return route + "".join(f"; {note}" for note in notes)
