@@ -112,6 +112,8 @@ def segment_scans(
         "models": [str(Path(model.source).absolute()) for model in models],
         "postprocessing": {**decision[0].to_dict(), "file": str(Path(decision[1]).absolute())} if decision else None,
     }
+    if predictor.runtime != "torch":  # an exported model run by another runtime: its labels may differ at near-ties
+        settings["runtime"] = predictor.runtime
     with folder_lock(output):
         for folder in (output, output / PROBABILITIES_FOLDER, output / PREVIEWS_FOLDER):
             remove_stale_temporaries(folder)  # of a killed run: no other run writes here while the lock is held

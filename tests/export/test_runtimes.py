@@ -38,6 +38,13 @@ def test_an_export_folder_gives_the_checkpoints_labels(runtime: str, exported: P
     assert runtime == "torch" or f"({runtime}, " in err  # the route names the runtime
 
 
+def test_a_rerun_with_another_runtime_into_the_same_folder_is_refused_naming_it(exported: Path, scans: Path, tmp_path: Path, capsys):
+    common = ["--checkpoint", str(exported), "-i", str(scans), "-o", str(tmp_path), "--device", "cpu"]
+    assert run_main(infer.main, [*common, "--runtime", "onnxruntime"], capsys)[0] == 0
+    code, _, err = run_main(infer.main, [*common, "--runtime", "torch"], capsys)
+    assert code == 1 and "runtime: onnxruntime there, not recorded now" in err
+
+
 def test_the_export_applies_its_postprocessing(exported: Path):
     from medseg.inference.postprocessing import postprocessing_beside
 
