@@ -101,7 +101,8 @@ class {TRAINER}(nnUNetTrainer):
                   "cpu_seconds": time.process_time() - self.budget_start[0],
                   "wall_seconds": time.perf_counter() - self.budget_start[1],
                   "setup_cpu_seconds": self.budget_start[0], "threads": torch.get_num_threads(), "torch": torch.__version__,
-                  "batch_size": self.batch_size, "patch_size": list(self.configuration_manager.patch_size)}}
+                  "batch_size": self.batch_size, "patch_size": list(self.configuration_manager.patch_size),
+                  "network": self.configuration_manager.network_arch_class_name.rsplit(".", 1)[-1]}}
         with open(os.environ["{RECORD}"], "w") as f:
             json.dump(record, f)
 
@@ -132,7 +133,7 @@ class CpuBudget(Callback):
             "steps": trainer.global_step, "epochs": trainer.current_epoch,  # the last one cut short
             "cpu_seconds": time.process_time() - self.start[0], "wall_seconds": time.perf_counter() - self.start[1],
             "setup_cpu_seconds": self.start[0], "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(checkpoint), "network": pl_module.recipe.network, "network_kwargs": pl_module.recipe.network_kwargs,
             "batch_shape": self.batch_shape,
         }))
 
@@ -295,7 +296,7 @@ def markdown(report: Mapping) -> str:
         "",
         markdown_rows(summary_rows(report["contenders"])),
         "",
-        "; ".join(f"{name}: torch {c['runs'][0]['torch']}, {c['runs'][0]['threads']} threads, "
+        "; ".join(f"{name}: {c['runs'][0]['network']}, torch {c['runs'][0]['torch']}, {c['runs'][0]['threads']} threads, "
                   f"{' '.join(str(round(r['wall_seconds'])) for r in c['runs'])} s of wall time for its CPU seconds"
                   for name, c in report["contenders"].items() if c.get("runs")) + ".",
     ]
@@ -316,8 +317,8 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 160, 48], help="voxels per case (x y z)")
     parser.add_argument("--nnunet-class-options", default=None,
-                        help="medseg.train options that choose the nnU-Net-class plan, one string (default: none yet, its row says 'not built yet')")
-    parser.add_argument("--work", type=Path, default=None, help="folder for data, runs and predictions (default: a temporary one)")
+                        help="medseg.train options that choose the nnU-Net-class plan, one string after '=' (--nnunet-class-options='--config X.yaml'; default: none yet, its row says 'not built yet')")
+    parser.add_argument("--work", type=Path, default=None, help="folder for data, runs, logs and predictions, kept (default: a new temporary one)")
     add_output_option(parser, required=True)  # and OUTPUT.png
     args = parser.parse_args()
 
@@ -329,8 +330,9 @@ def main() -> None:
     train = generate_demo_dataset(work / "train", args.train, args.data_seed, phantoms)
     test = generate_demo_dataset(work / "test", args.test, args.data_seed + 1, phantoms)
     contenders = {
-        TUTORIAL: {"options": []},
-        NNUNET_CLASS: {"options": shlex.split(args.nnunet_class_options)} if args.nnunet_class_options else {"status": NOT_BUILT},
+        TUTORIAL: {"options": [], "folder": "medseg_tutorial_unet"},
+        NNUNET_CLASS: ({"options": shlex.split(args.nnunet_class_options), "folder": "medseg_nnunet_class"}
+                       if args.nnunet_class_options else {"status": NOT_BUILT}),
         NNUNET: {} if args.nnunet_python else {"status": "not run (no --nnunet-python)"},
     }
     report: dict = {"nnunetv2": nnunet_version(args.nnunet_python) if args.nnunet_python else None}
@@ -348,7 +350,7 @@ def main() -> None:
                 if name == NNUNET:
                     run = run_nnunet_contender(args.nnunet_python, test, work / "nnunet", seed, args.cpu_seconds)
                 else:
-                    folder = work / name.split(", ")[1].replace(" ", "_") / f"seed{seed}"
+                    folder = work / contender["folder"] / f"seed{seed}"
                     run = run_medseg(train, test, folder, seed, args.cpu_seconds, contender["options"])
             except subprocess.CalledProcessError as err:
                 contender["status"] = f"failed: {Path(err.cmd[0]).name} {err.cmd[1:3]} (exit {err.returncode}), logs in {work}"

@@ -14,7 +14,7 @@ from matplotlib.container import ErrorbarContainer
 
 from benchmarks.nnunet import to_nnunet_images, to_nnunet_raw
 from benchmarks.nnunet_comparison import (BUDGET, NNUNET, NNUNET_CLASS, NOT_BUILT, RECORD, TRAINER, TRAINER_SOURCE, TUTORIAL,
-                                          CpuBudget, medseg_training_command, plot, summary_rows)
+                                          CpuBudget, markdown, medseg_training_command, plot, summary_rows)
 from medseg.data.formats import read_dataset
 
 
@@ -54,14 +54,16 @@ def test_the_cpu_budget_stops_medseg_training_once_spent_and_writes_the_final_we
     monkeypatch.setenv(RECORD, str(tmp_path / "record.json"))
     saved = []
     trainer = SimpleNamespace(should_stop=False, global_step=3, current_epoch=0, save_checkpoint=saved.append)
+    module = SimpleNamespace(recipe=SimpleNamespace(network="UNet", network_kwargs={"channels": [16, 32]}))
     budget = CpuBudget()
-    budget.on_train_start(trainer, None)
-    budget.on_train_batch_end(trainer, None, None, {"image": np.zeros((2, 1, 8, 8, 4))}, 0)
+    budget.on_train_start(trainer, module)
+    budget.on_train_batch_end(trainer, module, None, {"image": np.zeros((2, 1, 8, 8, 4))}, 0)
     assert trainer.should_stop
-    budget.on_train_end(trainer, None)
+    budget.on_train_end(trainer, module)
     record = json.loads((tmp_path / "record.json").read_text())
     assert saved == [tmp_path / "final.ckpt"] and record["checkpoint"] == str(tmp_path / "final.ckpt")
     assert record["steps"] == 3 and record["batch_shape"] == [2, 1, 8, 8, 4] and record["cpu_seconds"] >= 0
+    assert record["network"] == "UNet"  # which network trained: the planner's choice may change
 
 
 def test_medseg_trains_under_the_budget_with_the_contenders_own_options(tmp_path):
@@ -85,3 +87,15 @@ def test_a_dataset_converts_to_nnunet_layout_and_its_images_keep_their_case_name
     np.testing.assert_array_equal(nib.load(folder / "labelsTr" / "Demo_002.nii.gz").get_fdata(), nib.load(spec.cases[2].label).get_fdata())
     images = to_nnunet_images(spec, tmp_path / "images")
     assert sorted(p.name for p in images.iterdir()) == sorted(f"{case.name}_0000.nii.gz" for case in spec.cases)
+
+
+def test_the_report_shows_the_table_what_each_contender_ran_on_and_the_failures():
+    runs = {"torch": "2.13.0+cpu", "threads": 2, "wall_seconds": 200.0, "network": "UNet"}
+    contenders = {**CONTENDERS, TUTORIAL: {"status": "ran", "runs": [{**run, **runs} for run in CONTENDERS[TUTORIAL]["runs"]]},
+                  NNUNET: {"status": "failed: nnUNetv2_train (exit 1)", "runs": []}}
+    settings = {"train_cases": 5, "test_cases": 2, "data_seed": 0, "shape": [64, 64, 20], "cpu_seconds": 120.0, "seeds": [0, 1]}
+    text = markdown({"settings": settings, "contenders": contenders, "load_average_before_after": [1.0] * 6, "seconds": 600.0})
+    assert "| medseg, tutorial UNet | 0.850 (0.800-0.900) |" in text
+    assert f"| {NNUNET_CLASS}: {NOT_BUILT} |" in text
+    assert f"{TUTORIAL}: UNet, torch 2.13.0+cpu, 2 threads, 200 200 s of wall time" in text
+    assert text.endswith(f"Failures:\n- {NNUNET}: failed: nnUNetv2_train (exit 1)")

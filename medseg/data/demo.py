@@ -138,7 +138,7 @@ def make_fine_case(seed: int, index: int, shape: tuple[int, int, int] = (160, 16
     organ (darker than it), half in soft tissue (brighter than it). Vessels are contrast-enhanced, brighter than
     the organ. As in the demo: noise of 18 HU and a smooth bias field, plus a slight blur (partial volume).
     """
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter  # here: the demo, made at a training start, needs no scipy
 
     rng = np.random.default_rng([seed, index, 35])
     spacing = np.array(FINE_SPACING)
