@@ -353,7 +353,7 @@ def main() -> None:
                     folder = work / contender["folder"] / f"seed{seed}"
                     run = run_medseg(train, test, folder, seed, args.cpu_seconds, contender["options"])
             except subprocess.CalledProcessError as err:
-                contender["status"] = f"failed: {Path(err.cmd[0]).name} {err.cmd[1:3]} (exit {err.returncode}), logs in {work}"
+                contender["status"] = f"failed: {Path(err.cmd[0]).name} {' '.join(err.cmd[1:3])} (exit {err.returncode}), logs in {work}"
                 break
             runs.append({"seed": seed, **run})
             print(f"{name}, seed {seed}: {json.dumps(run['scores'])}", flush=True)
