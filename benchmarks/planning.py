@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks.common import REPO, add_output_option, markdown_rows, write_results
+from benchmarks.nnunet import nnunet_environment, nnunet_version, run_nnunet, to_nnunet_raw
 from medseg.data.demo import ensure_demo_dataset
 from medseg.data.formats import DatasetSpec, read_dataset
 from medseg.io.nifti import in_ras_order
@@ -103,31 +103,6 @@ def medseg_plan(spec: DatasetSpec, cache_dir: Path) -> dict:
     }
 
 
-def to_nnunet_raw(spec: DatasetSpec, raw: Path, dataset_id: int, name: str) -> Path:
-    """Write ``spec`` in nnU-Net v2's raw layout (``imagesTr/CASE_XXXX.nii.gz`` per channel, ``labelsTr``); return its folder."""
-    folder = raw / f"Dataset{dataset_id:03d}_{name}"
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    for index, case in enumerate(spec.cases):
-        case_id = f"{name}_{index:03d}"
-        if len(case.images) == 1 and len(spec.channel_names) > 1:  # one 4D file, channels last
-            image = nib.load(case.images[0])
-            for channel in range(len(spec.channel_names)):
-                volume = nib.Nifti1Image(image.dataobj[..., channel], image.affine, image.header)
-                nib.save(volume, folder / "imagesTr" / f"{case_id}_{channel:04d}.nii.gz")
-        else:
-            for channel, path in enumerate(case.images):
-                shutil.copyfile(path, folder / "imagesTr" / f"{case_id}_{channel:04d}.nii.gz")
-        shutil.copyfile(case.label, folder / "labelsTr" / f"{case_id}.nii.gz")
-    description = {
-        "channel_names": {str(i): n for i, n in enumerate(spec.channel_names)},
-        "labels": {n: i for i, n in enumerate(spec.class_names)},
-        "numTraining": len(spec.cases), "file_ending": ".nii.gz",
-    }
-    (folder / "dataset.json").write_text(json.dumps(description, indent=1))
-    return folder
-
-
 def in_medseg_order(values, transpose_forward: list[int], affine) -> list:
     """Return nnU-Net per-axis values in medseg's (RAS) order.
 
@@ -146,25 +121,15 @@ def nnunet_command(dataset_id: int | str, check: bool) -> list[str]:
             "-npfp", str(os.cpu_count()), "--no_pbar"]
 
 
-def nnunet_run(python: Path, dataset_id: int, check: bool, env: dict, log: Path) -> float:
-    """Run ``nnunet_command`` with the scripts beside ``python``; return the wall seconds from process start."""
-    command = nnunet_command(dataset_id, check)
-    command[0] = str(python.parent / command[0])
-    start = time.perf_counter()
-    with log.open("a") as out:
-        subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
-    return time.perf_counter() - start
-
-
 def nnunet_plan(python: Path, spec: DatasetSpec, name: str, work: Path) -> dict:
     """Return nnU-Net v2's 3d_fullres plan (in medseg's axis order) and its planning time, first run and second."""
     dataset_id = NNUNET_IDS[name]
-    env = {**os.environ, **{k: str(work / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
+    env = nnunet_environment(work)
     folder = to_nnunet_raw(spec, work / "nnUNet_raw", dataset_id, name)
     log = work / f"nnunet-{name}.log"
     try:
-        first_s = nnunet_run(python, dataset_id, True, env, log)
-        second_s = nnunet_run(python, dataset_id, False, env, log)
+        first_s = run_nnunet(python, nnunet_command(dataset_id, True), env, log)
+        second_s = run_nnunet(python, nnunet_command(dataset_id, False), env, log)
     except subprocess.CalledProcessError as err:
         return {"error": f"{Path(err.cmd[0]).name} failed (exit {err.returncode}): " + " | ".join(log.read_text().strip().splitlines()[-5:])}
     plans = json.loads((work / "nnUNet_preprocessed" / folder.name / "nnUNetPlans.json").read_text())
@@ -190,11 +155,6 @@ def import_seconds(python: Path | str, module: str) -> float:
     start = time.perf_counter()
     subprocess.run([str(python), "-c", f"import {module}"], cwd=REPO, check=True, capture_output=True)
     return round(time.perf_counter() - start, 2)
-
-
-def nnunet_version(python: Path) -> str:
-    command = [str(python), "-c", "import importlib.metadata as m; print(m.version('nnunetv2'))"]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def training_command(root: Path, cache_dir: Path, out: Path) -> list[str]:

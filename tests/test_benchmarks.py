@@ -16,7 +16,7 @@ import benchmarks
 from benchmarks.common import add_output_option, markdown_rows, write_results
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != "common")
+BENCHMARKS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in ("common", "nnunet"))
 
 
 def imported_modules(path: Path) -> list[tuple[str, bool]]:

@@ -2,8 +2,10 @@ import logging
 
 import nibabel as nib
 import numpy as np
+from scipy.ndimage import binary_dilation, distance_transform_edt, find_objects, maximum_filter
+from scipy.ndimage import label as ndimage_label
 
-from medseg.data.demo import ensure_demo_dataset, make_case
+from medseg.data.demo import FINE_CLASS_NAMES, FINE_SPACING, ensure_demo_dataset, fine_structures, make_case, make_fine_case
 from medseg.data.formats import read_dataset
 
 
@@ -62,3 +64,40 @@ def test_demo_says_where_its_data_is_once_a_use(tmp_path, caplog):
         root = ensure_demo_dataset(tmp_path, num_cases=2, seed=1)
         messages = [record.getMessage() for record in caplog.records]
         assert len(messages) == 1 and str(root) in messages[0]
+
+
+SMALL = (64, 64, 20)
+
+
+def test_fine_structure_cases_are_deterministic_and_differ_by_index():
+    first, again, other = make_fine_case(3, 1, SMALL), make_fine_case(3, 1, SMALL), make_fine_case(3, 2, SMALL)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_fine_structure_cases_hold_an_organ_thin_vessels_and_small_lesions_at_anisotropic_spacing():
+    image, label, affine = make_fine_case(0, 0, SMALL)
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), FINE_SPACING)
+    organ, vessels, lesions = (label == k for k in (1, 2, 3))
+    assert organ.sum() > 10 * vessels.sum() > 0
+    inside = distance_transform_edt(vessels)  # voxels to the nearest non-vessel voxel
+    ridge = vessels & (inside >= maximum_filter(inside, size=3))
+    assert 1.5 <= np.median(2 * inside[ridge]) <= 3.0  # about 2 voxels wide
+    components, count = ndimage_label(lesions)
+    assert count >= 4
+    widths = [max(s.stop - s.start for s in box[:2]) for box in find_objects(components)]
+    assert all(3 <= w <= 6 for w in widths)  # about 5 voxels across in-plane (a lesion cut by a vessel is narrower)
+    assert (organ & binary_dilation(lesions)).any() and (~organ & ~vessels & lesions).any()  # in the organ and outside
+    soft_tissue = np.median(image[label == 1])
+    assert np.median(image[vessels]) > soft_tissue + 15  # brighter than the organ, but blurred and noisy
+    assert image.min() <= -900
+
+
+def test_fine_structures_are_an_msd_dataset_cached_under_their_own_name(tmp_path):
+    root = ensure_demo_dataset(tmp_path, num_cases=2, seed=0, phantoms=fine_structures(SMALL))
+    assert root.name == "fine-64x64x20-v1-n2-seed0"
+    spec = read_dataset(root)
+    assert spec.layout == "msd" and spec.class_names == FINE_CLASS_NAMES and spec.is_ct and len(spec.cases) == 2
+    np.testing.assert_array_equal(np.asarray(nib.load(spec.cases[1].label).dataobj), make_fine_case(0, 1, SMALL)[1])
+    assert ensure_demo_dataset(tmp_path, num_cases=2, seed=0) != root  # the demo is another dataset
