@@ -119,7 +119,7 @@ def check_plannable(fingerprint: DatasetFingerprint) -> None:
         raise MedsegError(f"{fingerprint.root}: every label is background (no voxel of {', '.join(fingerprint.class_names[1:])}); label some foreground first")
 
 
-def training_optimizer_of(network: str) -> OptimizerSettings:
+def planned_optimizer(network: str) -> OptimizerSettings:
     """Return the optimizer a planned network trains with: nnU-Net's SGD for its class of network, else the default."""
     return OptimizerSettings() if network == "tutorial" else NNUNET_OPTIMIZER
 
@@ -128,7 +128,7 @@ def _recipe(fingerprint: DatasetFingerprint, spacing, patch: Sequence[int], prec
     name, size, kwargs, divisors = rules.network_for_patch(network, patch, spacing)
     recipe = Recipe(
         name, kwargs, fingerprint.channel_names, fingerprint.class_names, tuple(size), precision=precision,
-        optimizer=training_optimizer_of(network),
+        optimizer=planned_optimizer(network),
     )
     return recipe, divisors
 
@@ -221,8 +221,6 @@ def make_plan(
     dataset_voxels = float(np.prod(shapes, axis=1).sum())
     normalization, normalization_reason = rules.normalization(fingerprint)
     budget = budget_bytes(capacity_bytes, budget_fraction)
-    if network not in NETWORK_REASONS:
-        raise MedsegError(f"unknown network {network!r}: choose one of {', '.join(NETWORK_REASONS)}")
     configs = [configure_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs, network) for p in precisions]
     plan = DatasetPlan(
         fingerprint.root, list(fingerprint.channel_names), list(fingerprint.class_names), list(spacing), spacing_reason,

@@ -13,6 +13,7 @@ import numpy as np
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
+from medseg.option_values import PLANNED_NETWORKS
 
 ANISOTROPY_RATIO = 3.0  # a median spacing this many times the others' is "strongly anisotropic" (nnU-Net)
 BOTTLENECK_VOXELS = 4  # pool an axis while it stays at least this many voxels (nnU-Net's minimum feature map)
@@ -140,7 +141,7 @@ def network_for_patch(network: str, patch: Sequence[int], spacing: Sequence[floa
         size, kwargs = unet_for_patch(patch)
         return "UNet", size, kwargs, [2**count for count in poolings(size)]
     if network not in ("plain", "resenc"):
-        raise MedsegError(f"unknown planned network {network!r}: choose plain, resenc or tutorial")
+        raise MedsegError(f"unknown planned network {network!r}: choose one of {', '.join(PLANNED_NETWORKS)}")
     size, kwargs, divisors = dynunet_for_patch(patch, spacing, residual=network == "resenc")
     return "DynUNet", size, kwargs, divisors
 

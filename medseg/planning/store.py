@@ -20,7 +20,7 @@ from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION, D
 from medseg.planning.budget import usable_cuda_bytes
 from medseg.planning.cache import PlanningCache, cache_key
 from medseg.planning.cuda_steps import cuda_recipe_step_cost
-from medseg.planning.dataset_plan import StepCosts, DatasetPlan, make_plan, training_optimizer_of
+from medseg.planning.dataset_plan import StepCosts, DatasetPlan, make_plan, planned_optimizer
 from medseg.planning.fake_tensor import fake_tensor_step_cost
 from medseg.recipe import OptimizerSettings
 
@@ -40,7 +40,7 @@ def training_config(plan: DatasetPlan) -> dict[str, Any]:
     model: dict[str, Any] = {"network": chosen.network, "network_kwargs": dict(chosen.network_kwargs)}
     data: dict[str, Any] = {}
     if plan.network != "tutorial":
-        model["optimizer"] = changed_fields(training_optimizer_of(plan.network), OptimizerSettings())
+        model["optimizer"] = changed_fields(planned_optimizer(plan.network), OptimizerSettings())
         data["augmentation"] = changed_fields(NNUNET_AUGMENTATION, Augmentation())
     return {
         "trainer": {"precision": chosen.precision},
@@ -76,6 +76,8 @@ def config_yaml(plan: DatasetPlan) -> str:
         f"model.network: {plan.network_reason}",
         "model.network_kwargs: 32 channels doubling per stage up to 320; strides and kernels from the spacing "
         "(nnU-Net's get_pool_and_conv_props), each axis pooled while it stays >= 4 voxels",
+        *(["model.optimizer, data.augmentation: nnU-Net's training recipe for its class of network (configs/nnunet_like.yaml's)"]
+          if plan.network != "tutorial" else []),
         f"data.spacing: {plan.spacing_reason}",
         f"data.patch_size: largest patch (up to the median shape {plan.median_shape}) whose step at batch 2 fits: "
         f"peak {chosen.peak_bytes / MiB:.0f} MiB of {chosen.budget_bytes / MiB:.0f} MiB at batch {chosen.batch_size}",
