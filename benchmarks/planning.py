@@ -95,7 +95,7 @@ def medseg_plan(spec: DatasetSpec, cache_dir: Path) -> dict:
         "spacing": plan.spacing, "spacing_reason": plan.spacing_reason, "median_shape": plan.median_shape,
         "normalization": plan.normalization, "precision": chosen.precision, "patch_size": chosen.patch_size,
         "batch_size": chosen.batch_size, "batch_reason": chosen.batch_reason,
-        "strides": chosen.network_kwargs["strides"], "channels": chosen.network_kwargs["channels"],
+        "strides": chosen.network_kwargs["strides"], "channels": chosen.network_kwargs.get("channels") or chosen.network_kwargs["filters"],
         "peak_mib": round(chosen.peak_bytes / MiB), "budget_mib": round(chosen.budget_bytes / MiB),
         "capacity_gib": plan.capacity_bytes / 2**30, "memory_source": plan.memory_source,
         "other_precisions": [{"precision": p.precision, "patch_size": p.patch_size, "batch_size": p.batch_size,

@@ -12,3 +12,11 @@ BATCH_PLAN_CACHE = "batch_plans.json"  # the batch planner's plan cache, in the 
 DEFAULT_BUDGET_FRACTION = 0.9  # the rest stays free for what steps do not hold steadily (cuDNN autotuning, fragmentation)
 RUNTIMES = ("torch", "onnxruntime", "openvino")  # what runs an exported network's windows (medseg.infer --runtime)
 CHECK_TOLERANCE = 0.01  # medseg.export --check: the Dice a class may lose against fp32 PyTorch before a faster way is refused as the default
+
+# the networks python -m medseg.plan chooses between: nnU-Net's PlainConvUNet and its residual-encoder UNet, both as MONAI
+# DynUNets (full-resolution first stage, deep supervision), and the UNet of MONAI's spleen tutorial (stride 2 from its first layer)
+PLANNED_NETWORKS = ("plain", "resenc", "tutorial")
+DEFAULT_PLANNED_NETWORK = "plain"
+# nnU-Net's residual-encoder presets (documentation/resenc_presets.md): GPU-memory target and nnU-Net's measured peak
+# on an A100 40 GB, in GB; medseg plans a preset as a GPU of the target's size with the residual-encoder network
+RESENC_PRESETS = {"M": (8, 9.1), "L": (24, 22.7), "XL": (40, 36.6)}

@@ -3,7 +3,8 @@
 Inference, evaluation, the memory planner and the notebooks read it and decide none of it again
 (nnU-Net's plans.json, nanoGPT's ``model_args``). It holds plain data only, so checkpoints load
 with ``torch.load(weights_only=True)``. The settings records training is configured with live here too, each the one
-home of its defaults: ``Window`` (also in the recipe) and ``OptimizerSettings`` (training's and the planner's trial steps').
+home of its defaults: ``Window`` and ``OptimizerSettings`` (both also in the recipe; the optimizer is training's and
+the planner's trial steps').
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from medseg.data.transforms import Preprocessing
 from medseg.errors import MedsegError
 from medseg.precision import check_precision
 
-__all__ = ["RECIPE_VERSION", "OptimizerSettings", "Recipe", "Window"]
+__all__ = ["NNUNET_OPTIMIZER", "OPTIMIZERS", "RECIPE_VERSION", "OptimizerSettings", "Recipe", "Window"]
 
 RECIPE_VERSION = 2
 
@@ -42,17 +43,36 @@ class Window:
             raise MedsegError(f"window batch size must be at least 1, got {self.batch_size}")
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """AdamW's settings, the one home of their defaults: training steps with them and the planner's trials too.
+    """The optimizer's settings, the one home of their defaults: training steps with them and the planner's trials too.
 
     Attributes:
-        learning_rate: the starting rate (training decays it polynomially to zero).
-        weight_decay: AdamW's decoupled weight decay.
+        name: "adamw" (AdamW, decoupled weight decay) or "sgd" (SGD, nnU-Net's, with ``momentum`` and ``nesterov``).
+        learning_rate: the starting rate (training decays it polynomially, power 0.9, to zero).
+        weight_decay: AdamW's decoupled weight decay, or SGD's L2 penalty.
+        momentum: SGD's momentum (AdamW has its own moments and ignores it).
+        nesterov: SGD with Nesterov momentum.
     """
 
+    name: str = "adamw"
     learning_rate: float = 3e-3
     weight_decay: float = 1e-5
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise MedsegError(f"unknown optimizer {self.name!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
+            raise MedsegError(f"Nesterov momentum needs the sgd optimizer and a momentum above 0, got {self.name} with momentum {self.momentum}")
+
+
+# nnU-Net's training recipe (nnUNetTrainer): SGD with Nesterov momentum 0.99, rate 0.01 decayed polynomially, weight decay 3e-5
+NNUNET_OPTIMIZER = OptimizerSettings(name="sgd", learning_rate=0.01, weight_decay=3e-5, momentum=0.99, nesterov=True)
 
 
 @dataclass(frozen=True)
@@ -61,7 +81,8 @@ class Recipe:
 
     Attributes:
         network: MONAI network name ("UNet", "DynUNet", "SegResNet").
-        network_kwargs: the network class's own arguments.
+        network_kwargs: the network class's own arguments (a DynUNet's ``deep_supervision`` and ``deep_supr_num`` say
+            whether training supervised its lower decoder stages; inference uses the top output either way).
         channel_names: image channels in order (their count is the network's input channels).
         class_names: classes by label value, background first (their count is the network's outputs).
         patch_size: training patch, also the sliding window, in voxels after preprocessing.
@@ -70,6 +91,7 @@ class Recipe:
         window: sliding-window settings.
         batch_size: training patches per step on each rank (None: not trained yet, or a record from before it was kept).
         accumulate_grad_batches: steps whose gradients make up one optimizer step.
+        optimizer: the optimizer training steps with (and the planner's trial steps, so that its state is counted).
     """
 
     network: str
@@ -82,6 +104,7 @@ class Recipe:
     window: Window = field(default_factory=Window)
     batch_size: int | None = None
     accumulate_grad_batches: int = 1
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -118,11 +141,13 @@ class Recipe:
             "window": asdict(self.window),
             "batch_size": self.batch_size,
             "accumulate_grad_batches": self.accumulate_grad_batches,
+            "optimizer": asdict(self.optimizer),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path = "recipe") -> Recipe:
-        """Return the recipe in ``data``; a version-1 checkpoint's record (no precision, no window) reads as fp32 with default windows."""
+        """Return the recipe in ``data``; a version-1 checkpoint's record (no precision, no window) reads as fp32 with
+        default windows, and a record without an optimizer as one trained with the default AdamW."""
         if not isinstance(data, dict):
             raise MedsegError(f"{source}: the recipe is not a mapping")
         version = data.get("version", data.get("format_version"))
@@ -140,6 +165,7 @@ class Recipe:
                 window=Window(**data.get("window", {})),
                 batch_size=None if data.get("batch_size") is None else int(data["batch_size"]),
                 accumulate_grad_batches=int(data.get("accumulate_grad_batches", 1)),
+                optimizer=OptimizerSettings(**data.get("optimizer", {})),
             )
         except KeyError as err:
             raise MedsegError(f"{source}: the recipe lacks {err.args[0]!r}") from None

@@ -187,17 +187,57 @@ def _drawn(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random training augmentation; probabilities are per patch."""
+    """Random training augmentation; probabilities are per patch. A transform whose probability is 0 is left out.
+
+    Attributes:
+        flip_prob: mirroring, per axis.
+        rotate90_prob: a quarter turn in the axial plane.
+        rotate_degrees, rotate_prob: a rotation up to this angle about the z axis (``rotate_all_axes``: about every axis).
+        intensity_scale, intensity_shift, intensity_prob: intensity times (1 +- scale), then plus +- shift.
+        noise_std, noise_prob: Gaussian noise.
+        scale_range, scale_prob: zoom by a factor in this range (image trilinear, label nearest), size kept.
+        gamma_range, gamma_prob: gamma on the patch's intensity range, its mean and spread kept (MONAI ``retain_stats``).
+        low_resolution_range, low_resolution_prob: down- then upsample the image by a factor in this range.
+    """
 
     flip_prob: float = 0.5
     rotate90_prob: float = 0.25
     rotate_degrees: float = 15.0
     rotate_prob: float = 0.2
+    rotate_all_axes: bool = False
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     intensity_prob: float = 0.5
     noise_std: float = 0.02
     noise_prob: float = 0.15
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    scale_prob: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    gamma_prob: float = 0.0
+    low_resolution_range: tuple[float, float] = (0.5, 1.0)
+    low_resolution_prob: float = 0.0
+
+
+# nnU-Net's augmentation (nnUNetTrainer.get_training_transforms) with MONAI's transforms: rotation up to 30 degrees
+# about every axis and scaling 0.7-1.4 (each p 0.2), noise (p 0.1), brightness x 0.75-1.25 (p 0.15), low-resolution
+# simulation (p 0.25), gamma 0.7-1.5 (p 0.3), mirroring on every axis; no quarter turns
+NNUNET_AUGMENTATION = Augmentation(
+    rotate90_prob=0.0, rotate_degrees=30.0, rotate_all_axes=True, intensity_scale=0.25, intensity_shift=0.0,
+    intensity_prob=0.15, noise_prob=0.1, scale_prob=0.2, gamma_prob=0.3, low_resolution_prob=0.25,
+)
+
+
+def _added_augmentation(aug: Augmentation, keys: list[str], image_key: str) -> list:
+    """Return the transforms of the augmentation's nnU-Net-like additions that are on (probability above 0)."""
+    steps: list = []
+    if aug.scale_prob > 0:
+        low, high = aug.scale_range
+        steps.append(T.RandZoomd(keys, prob=aug.scale_prob, min_zoom=low, max_zoom=high, mode=["trilinear", "nearest"], keep_size=True))
+    if aug.low_resolution_prob > 0:
+        steps.append(T.RandSimulateLowResolutiond(image_key, prob=aug.low_resolution_prob, zoom_range=aug.low_resolution_range))
+    if aug.gamma_prob > 0:
+        steps.append(T.RandAdjustContrastd(image_key, prob=aug.gamma_prob, gamma=aug.gamma_range, retain_stats=True))
+    return steps
 
 
 def training_transforms(
@@ -233,10 +273,14 @@ def training_transforms(
             ),
             *[T.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(3)],
             T.RandRotate90d(keys, prob=aug.rotate90_prob, spatial_axes=(0, 1)),
-            T.RandRotated(keys, range_z=radians, prob=aug.rotate_prob, keep_size=True, mode=["bilinear", "nearest"]),
+            T.RandRotated(
+                keys, range_x=radians if aug.rotate_all_axes else 0.0, range_y=radians if aug.rotate_all_axes else 0.0,
+                range_z=radians, prob=aug.rotate_prob, keep_size=True, mode=["bilinear", "nearest"],
+            ),
             T.RandScaleIntensityd(image_key, factors=aug.intensity_scale, prob=aug.intensity_prob),
             T.RandShiftIntensityd(image_key, offsets=aug.intensity_shift, prob=aug.intensity_prob),
             T.RandGaussianNoised(image_key, std=aug.noise_std, prob=aug.noise_prob),
+            *_added_augmentation(aug, keys, image_key),
             # plain tensors for collation and the network: a MetaTensor adds Python work to every operation
             T.EnsureTyped(keys, track_meta=False),
         ]

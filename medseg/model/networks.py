@@ -4,13 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from monai.networks import nets
 from torch import nn
 
 from medseg.errors import MedsegError
 from medseg.recipe import Recipe
 
-NETWORKS = {"UNet": nets.UNet, "DynUNet": nets.DynUNet, "SegResNet": nets.SegResNet}
+__all__ = ["DEFAULT_NETWORK_KWARGS", "NETWORKS", "DeepSupervisedDynUNet", "build_network", "network_for", "network_kwargs_or_default"]
+
+
+class DeepSupervisedDynUNet(nets.DynUNet):
+    """MONAI's DynUNet, whose deep-supervision heads in training come at their own resolution, as nnU-Net's do.
+
+    MONAI's DynUNet upsamples every head to the full patch and stacks them: C channels at full resolution per head,
+    kept for backward. Here training gets a list, the top output first, then the heads from the highest resolution
+    down, and MONAI's ``DeepSupervisionLoss`` brings the label to each head's size (nearest-exact). In eval mode
+    (validation, inference, export) the network returns the top output only, as DynUNet does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        out = self.output_block(self.skip_layers(x))
+        if self.training and self.deep_supervision:
+            return [out, *self.heads]
+        return out
+
+
+NETWORKS = {"UNet": nets.UNet, "DynUNet": DeepSupervisedDynUNet, "SegResNet": nets.SegResNet}
 DEFAULT_NETWORK_KWARGS: dict[str, Any] = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
 
 

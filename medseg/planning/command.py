@@ -5,8 +5,12 @@ reads it. On a CUDA GPU every candidate is checked with real steps; with ``--cap
 with fake-tensor steps against a simulated GPU of that size (default 8 GiB). Prints FP32 and mixed precision side
 by side and writes plan.json, plan.png and plan.yaml (a config for ``python -m medseg.train --config``) to ``--output``.
 
+The network is nnU-Net's class (a MONAI DynUNet with a full-resolution first stage and deep supervision) unless
+--network says otherwise; --preset M|L|XL plans nnU-Net's residual-encoder presets for their GPU sizes.
+
 Examples:
     python -m medseg.plan --data.root data/Task09_Spleen --capacity_gib 24
+    python -m medseg.plan --data.root data/Task09_Spleen --preset L
     python -m medseg.train --config runs/plan/plan.yaml
 """
 
@@ -21,7 +25,9 @@ from typing import TYPE_CHECKING
 from medseg.atomic import atomic_target, write_text_atomic
 from medseg.command_line import CommandParser
 from medseg.errors import run_command
-from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION, PRECISIONS, SIMULATED_CAPACITY_GIB
+from medseg.option_values import (
+    COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION, DEFAULT_PLANNED_NETWORK, PLANNED_NETWORKS, PRECISIONS, RESENC_PRESETS, SIMULATED_CAPACITY_GIB,
+)
 
 if TYPE_CHECKING:
     from medseg.planning.store import StoredPlan
@@ -48,6 +54,13 @@ def planning_parser(prog: str, description: str, output: str, output_help: str) 
 def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
     parser = planning_parser("python -m medseg.plan", __doc__, "runs/plan", "folder for plan.json, plan.png and plan.yaml")
+    parser.add_argument("--network", choices=PLANNED_NETWORKS, default=None,
+                        help=f"network to plan: plain (nnU-Net's PlainConvUNet class), resenc (its residual-encoder class), "
+                             f"tutorial (MONAI's spleen-tutorial UNet) (default: {DEFAULT_PLANNED_NETWORK}; resenc with --preset)")
+    parser.add_argument("--preset", choices=list(RESENC_PRESETS), default=None,
+                        help="nnU-Net's residual-encoder preset: plan for its GPU size ("
+                             + ", ".join(f"{name} {target} GiB" for name, (target, _) in RESENC_PRESETS.items())
+                             + ") with fake-tensor steps; instead of --capacity_gib")
     return parser.parse_known_args(args)
 
 
@@ -63,7 +76,9 @@ def run(args: list[str] | None = None) -> StoredPlan:
 
     check_budget_fraction(options.budget_fraction)
     spec, cache_dir = dataset_and_cache(parse_training_options(training_args))
-    stored = plan_for_training(spec, cache_dir, options.capacity_gib, options.precisions, options.budget_fraction)
+    stored = plan_for_training(
+        spec, cache_dir, options.capacity_gib, options.precisions, options.budget_fraction, network=options.network, preset=options.preset,
+    )
     plan = stored.plan
     print(format_plan(plan))
     out = Path(options.output)

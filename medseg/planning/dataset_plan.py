@@ -18,33 +18,44 @@ import numpy as np
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
-from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION
+from medseg.option_values import COMPARED_PRECISIONS, DEFAULT_BUDGET_FRACTION, DEFAULT_PLANNED_NETWORK
 from medseg.planning import rules
 from medseg.planning.batch_search import MemoryFit, search_batch_size
 from medseg.planning.budget import budget_bytes
 from medseg.planning.step import StepCost
-from medseg.recipe import Recipe
+from medseg.recipe import NNUNET_OPTIMIZER, OptimizerSettings, Recipe
 
 log = logging.getLogger(__name__)
 
 StepCosts = Callable[[Recipe, str], StepCost]  # a candidate and a precision -> its step cost on one backend
 
+# why each planned network is what it is (the plan and the config's header say it)
+NETWORK_REASONS = {
+    "plain": "nnU-Net's default network class (PlainConvUNet as a MONAI DynUNet): a full-resolution first stage, two "
+             "convolutions per stage, deep supervision, trained with nnU-Net's SGD and augmentation",
+    "resenc": "nnU-Net's residual-encoder class (a MONAI DynUNet with residual blocks): a full-resolution first stage, deep "
+              "supervision, trained with nnU-Net's SGD and augmentation",
+    "tutorial": "MONAI's spleen-tutorial UNet, asked for: stride 2 from its first layer, no deep supervision, AdamW",
+}
+
 
 @dataclass
 class PrecisionConfig:
-    """What one precision gets: the largest patch with its UNet at batch 2 in budget, then the batch the batch search
+    """What one precision gets: the largest patch with its network at batch 2 in budget, then the batch the batch search
     verifies (``search_batch_size``, as training searches it), within what the dataset warrants.
 
     Attributes:
         precision: Lightning precision string.
         patch_size: training patch (x, y, z) in voxels at the target spacing.
-        network_kwargs: MONAI UNet arguments (channels, strides per level and axis, residual units).
+        network_kwargs: the MONAI network's arguments (DynUNet: kernels, strides, filters, deep supervision; UNet:
+            channels, strides per level and axis, residual units).
         batch_size, batch_reason: the batch and the rule that set it.
         peak_bytes: the step's peak at ``batch_size``: its verified trial's (the fitted line's below a throughput knee).
         budget_bytes: memory a step may use.
         fixed_bytes, per_sample_bytes: the fitted line ``peak = fixed + per_sample x batch``.
         samples_per_second: per batch size, where steps were timed (GPU only).
         candidates: every (patch, peak bytes at batch 2 or None when out of memory) tried, in order.
+        network: the MONAI network ("DynUNet", or "UNet" for the tutorial network).
     """
 
     precision: str
@@ -58,11 +69,15 @@ class PrecisionConfig:
     per_sample_bytes: float
     samples_per_second: dict[int, float] = field(default_factory=dict)
     candidates: list[list] = field(default_factory=list)  # [patch, peak bytes or None], as JSON keeps them
+    network: str = "UNet"
 
 
 @dataclass
 class DatasetPlan:
-    """A whole training configuration for one dataset and one GPU (real or simulated), with the reasons behind it."""
+    """A whole training configuration for one dataset and one GPU (real or simulated), with the reasons behind it.
+
+    ``network`` is the planned network ("plain", "resenc" or "tutorial") and ``network_reason`` why; ``preset`` the
+    residual-encoder preset ("M", "L", "XL") it was planned as, if any."""
 
     dataset: str
     channel_names: list[str]
@@ -78,6 +93,9 @@ class DatasetPlan:
     memory_source: str
     precisions: list[PrecisionConfig]
     plan_seconds: float = 0.0
+    network: str = "tutorial"
+    network_reason: str = ""
+    preset: str | None = None
 
     @property
     def chosen(self) -> PrecisionConfig:
@@ -101,12 +119,24 @@ def check_plannable(fingerprint: DatasetFingerprint) -> None:
         raise MedsegError(f"{fingerprint.root}: every label is background (no voxel of {', '.join(fingerprint.class_names[1:])}); label some foreground first")
 
 
-def _recipe(fingerprint: DatasetFingerprint, patch: Sequence[int], precision: str) -> Recipe:
-    size, kwargs = rules.unet_for_patch(patch)
-    return Recipe("UNet", kwargs, fingerprint.channel_names, fingerprint.class_names, tuple(size), precision=precision)
+def planned_optimizer(network: str) -> OptimizerSettings:
+    """Return the optimizer a planned network trains with: nnU-Net's SGD for its class of network, else the default."""
+    return OptimizerSettings() if network == "tutorial" else NNUNET_OPTIMIZER
 
 
-def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precision: str, budget: int, step_costs: StepCosts):
+def _recipe(fingerprint: DatasetFingerprint, spacing, patch: Sequence[int], precision: str, network: str) -> tuple[Recipe, list[int]]:
+    name, size, kwargs, divisors = rules.network_for_patch(network, patch, spacing)
+    recipe = Recipe(
+        name, kwargs, fingerprint.channel_names, fingerprint.class_names, tuple(size), precision=precision,
+        optimizer=planned_optimizer(network),
+    )
+    return recipe, divisors
+
+
+def largest_patch(
+    fingerprint: DatasetFingerprint, spacing, median_shape, precision: str, budget: int, step_costs: StepCosts,
+    network: str = DEFAULT_PLANNED_NETWORK,
+):
     """Return the recipe of the largest patch (from nnU-Net's first patch down) whose step at batch 2 fits, and every try.
 
     After a try over budget the patch shrinks (nnU-Net's steps) until its voxels, scaled from that try's peak,
@@ -115,23 +145,24 @@ def largest_patch(fingerprint: DatasetFingerprint, spacing, median_shape, precis
     patch = rules.first_patch(spacing, median_shape)
     tried: list[list] = []
     while True:
-        recipe = _recipe(fingerprint, patch, precision)
+        recipe, divisors = _recipe(fingerprint, spacing, patch, precision, network)
         step = step_costs(recipe, precision)(rules.MIN_BATCH_SIZE)
         tried.append([list(recipe.patch_size), step.peak_bytes])
         if step.fits and step.peak_bytes <= budget:
             return recipe, tried
         share = budget / step.peak_bytes if step.fits else 0.5
         target_voxels = 0.95 * share * math.prod(recipe.patch_size)
-        patch = rules.smaller_patch(recipe.patch_size, median_shape)
+        patch = rules.smaller_patch(recipe.patch_size, median_shape, divisors)
         while math.prod(patch) > target_voxels:
-            patch = rules.smaller_patch(patch, median_shape)
+            patch = rules.smaller_patch(patch, median_shape, rules.network_for_patch(network, patch, spacing)[3])
 
 
 def configure_precision(
-    fingerprint: DatasetFingerprint, spacing, median_shape, dataset_voxels: float, precision: str, budget: int, step_costs: StepCosts
+    fingerprint: DatasetFingerprint, spacing, median_shape, dataset_voxels: float, precision: str, budget: int, step_costs: StepCosts,
+    network: str = DEFAULT_PLANNED_NETWORK,
 ) -> PrecisionConfig:
     """Return one precision's patch, network and batch under ``budget``."""
-    recipe, tried = largest_patch(fingerprint, spacing, median_shape, precision, budget, step_costs)
+    recipe, tried = largest_patch(fingerprint, spacing, median_shape, precision, budget, step_costs, network)
     step_cost = step_costs(recipe, precision)
     limit = rules.dataset_batch_limit(recipe.patch_size, dataset_voxels)
     search = search_batch_size(step_cost, precision, budget, max_batch_size=limit)  # the training planner's search
@@ -156,7 +187,7 @@ def configure_precision(
     peak = search.measured_peak_bytes if batch == search.batch_size else fit.peak_bytes(batch)
     return PrecisionConfig(
         precision, list(recipe.patch_size), recipe.network_kwargs, batch, reason, peak, budget,
-        fit.fixed_bytes, fit.per_sample_bytes, throughput, tried,
+        fit.fixed_bytes, fit.per_sample_bytes, throughput, tried, recipe.network,
     )
 
 
@@ -167,6 +198,8 @@ def make_plan(
     memory_source: str,
     precisions: Sequence[str] = COMPARED_PRECISIONS,
     budget_fraction: float = DEFAULT_BUDGET_FRACTION,
+    network: str = DEFAULT_PLANNED_NETWORK,
+    preset: str | None = None,
 ) -> DatasetPlan:
     """Return the training plan of a checked dataset for a GPU of ``capacity_bytes``.
 
@@ -177,6 +210,8 @@ def make_plan(
         memory_source: how ``step_costs`` know, for the report.
         precisions: the precisions to plan side by side.
         budget_fraction: share of the capacity a step may use.
+        network: the network to plan ("plain", "resenc", "tutorial"; ``NETWORK_REASONS`` says what each is).
+        preset: the residual-encoder preset the capacity stands for ("M", "L", "XL"), for the report.
     """
     start = time.perf_counter()
     check_plannable(fingerprint)
@@ -186,11 +221,12 @@ def make_plan(
     dataset_voxels = float(np.prod(shapes, axis=1).sum())
     normalization, normalization_reason = rules.normalization(fingerprint)
     budget = budget_bytes(capacity_bytes, budget_fraction)
-    configs = [configure_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs) for p in precisions]
+    configs = [configure_precision(fingerprint, spacing, median_shape, dataset_voxels, p, budget, step_costs, network) for p in precisions]
     plan = DatasetPlan(
         fingerprint.root, list(fingerprint.channel_names), list(fingerprint.class_names), list(spacing), spacing_reason,
         [round(float(v), 1) for v in median_shape], dataset_voxels, normalization, normalization_reason, capacity_bytes,
-        budget_fraction, memory_source, configs, time.perf_counter() - start,
+        budget_fraction, memory_source, configs, time.perf_counter() - start, network,
+        (f"preset {preset}: " if preset else "") + NETWORK_REASONS[network], preset,
     )
     for p in configs:
         log.info("%s: patch %s, batch %d (%s), peak %.0f of %.0f MiB", p.precision, p.patch_size, p.batch_size, p.batch_reason, p.peak_bytes / 2**20, budget / 2**20)

@@ -9,13 +9,15 @@ allocator caching.
 
 MONAI's DiceCE loss cannot run on fake tensors (it turns a tensor into a Python list, which needs data),
 so the estimate runs ``dice_ce_footprint`` in its place: the same softmax, one-hot target, products, sums
-and cross-entropy on tensors of the same shapes and dtypes, hence the same memory. The GradScaler's
+and cross-entropy on tensors of the same shapes and dtypes, hence the same memory (inside MONAI's deep-supervision
+loss, once per head, as training runs it). The GradScaler's
 scaling (one scalar) is left out.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from medseg.errors import MedsegError
+from medseg.model.loss import segmentation_loss
 from medseg.model.networks import network_for
 from medseg.planning.step import StepCost, StepMeasurement, training_optimizer
 from medseg.precision import autocast
@@ -67,7 +70,8 @@ def _fake_peak_bytes(recipe: Recipe, batch_size: int, precision: str) -> int:
     """Return MemTracker's peak of the step's live bytes on fake CPU tensors."""
     with FakeTensorMode():
         net = network_for(recipe).train()
-        optimizer = training_optimizer(net.parameters())
+        optimizer = training_optimizer(net.parameters(), recipe.optimizer)
+        loss_fn = segmentation_loss(recipe.network_kwargs, dice_ce_footprint)  # every deep-supervision head, as training
         for parameter in net.parameters():  # the previous step: its gradients, and the optimizer state it made
             parameter.grad = torch.zeros_like(parameter)
         optimizer.step()
@@ -77,7 +81,7 @@ def _fake_peak_bytes(recipe: Recipe, batch_size: int, precision: str) -> int:
         tracker.track_external(net, optimizer, image, label)
         with tracker:
             with autocast(precision, "cpu"):
-                loss = dice_ce_footprint(net(image), label)
+                loss = loss_fn(net(image), label)
             optimizer.zero_grad(set_to_none=True)  # after the forward pass, as Lightning releases them
             loss.backward()
             optimizer.step()
@@ -92,7 +96,10 @@ def fake_tensor_step_cost(recipe: Recipe, precision: str) -> StepCost:
     remembered, so plans for several budgets share them."""
 
     def cost(batch_size: int) -> StepMeasurement:
-        key = json.dumps([recipe.network, recipe.network_kwargs, recipe.in_channels, recipe.out_channels, recipe.patch_size, batch_size, precision])
+        key = json.dumps([
+            recipe.network, recipe.network_kwargs, recipe.in_channels, recipe.out_channels, recipe.patch_size, batch_size,
+            precision, asdict(recipe.optimizer),
+        ])
         if key not in _estimates:
             _estimates[key] = fake_step(recipe, batch_size, precision)
         return _estimates[key]

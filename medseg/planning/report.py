@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medseg.atomic import atomic_target, write_text_atomic
+from medseg.option_values import RESENC_PRESETS
 from medseg.planning.batch_search import BatchSearchResult
 from medseg.tables import format_rows
 
@@ -84,15 +85,27 @@ def format_plan(plan: DatasetPlan) -> str:
     """Return the plan's precisions side by side as a text table, with the dataset-wide decisions on top."""
     rows = [
         _shared_cells(c.precision, c.batch_size, c.peak_bytes, c.budget_bytes, c.samples_per_second.get(c.batch_size))
-        | {"patch": "x".join(map(str, c.patch_size)), "levels": str(len(c.network_kwargs["strides"]))}
+        | {"patch": "x".join(map(str, c.patch_size)), "levels": str(len(c.network_kwargs["strides"]) + (c.network == "UNet"))}  # resolutions
         for c in plan.precisions
     ]
     header = [
         f"dataset: {plan.dataset}", f"memory: {plan.memory_source}, GPU {plan.capacity_bytes / 2**30:g} GiB",
         f"spacing: {plan.spacing} mm ({plan.spacing_reason}); median shape there {plan.median_shape}",
         f"normalization: {plan.normalization} ({plan.normalization_reason})",
+        f"network: {plan.precisions[0].network} ({plan.network_reason})",
+        *([preset_line(plan)] if plan.preset else []),
     ]
     return "\n".join(header) + "\n" + format_rows(rows)
+
+
+def preset_line(plan: DatasetPlan) -> str:
+    """Return medseg's peak for the plan's preset beside nnU-Net's target and measured peak for it."""
+    target, measured = RESENC_PRESETS[plan.preset]
+    chosen = plan.chosen
+    return (
+        f"preset {plan.preset}: nnU-Net targets {target} GB (measured {measured} GB on an A100); medseg plans "
+        f"{chosen.peak_bytes / 2**30:.1f} GiB at {chosen.precision} ({plan.memory_source}) within {chosen.budget_bytes / 2**30:.1f} GiB"
+    )
 
 
 def plot_memory(

@@ -13,6 +13,7 @@ import numpy as np
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.errors import MedsegError
+from medseg.option_values import PLANNED_NETWORKS
 
 ANISOTROPY_RATIO = 3.0  # a median spacing this many times the others' is "strongly anisotropic" (nnU-Net)
 BOTTLENECK_VOXELS = 4  # pool an axis while it stays at least this many voxels (nnU-Net's minimum feature map)
@@ -81,13 +82,76 @@ def unet_for_patch(patch: Sequence[int]) -> tuple[list[int], dict[str, Any]]:
     return rounded, {"channels": channels, "strides": strides, "num_res_units": 1}
 
 
-def smaller_patch(patch: Sequence[int], median_shape: Sequence[float]) -> list[int]:
+def pool_and_conv_props(spacing: Sequence[float], patch: Sequence[int]) -> tuple[list[list[int]], list[list[int]], list[int], list[int]]:
+    """Return nnU-Net's topology for a patch: strides per stage (the first 1: full resolution), kernel sizes per stage,
+    the patch padded up to what the strides divide, and that divisor per axis.
+
+    nnU-Net v2's ``get_pool_and_conv_props`` (``network_topology.py``) with its planner's limits (feature maps of at
+    least 4 voxels, no cap on poolings): each stage pools the axes that keep >= 4 voxels and whose spacing is within 2x
+    of the finest; a lone axis pools only while it has >= 12 voxels. An axis's kernel is 3 once its spacing is within
+    2x of the finest, else 1 (thick slices convolve in-plane first); the bottleneck's is 3 on every axis. (nnU-Net
+    compares ``spacings_of_axes[d]``, the spacings of the axes still large enough; this compares axis d's own, which is
+    the same while every axis is large enough and avoids its index error when one is not.)
+    """
+    current_spacing, size = [float(v) for v in spacing], [int(v) for v in patch]
+    strides, kernels = [[1, 1, 1]], []
+    pools, kernel = [0, 0, 0], [1, 1, 1]
+    while True:
+        large = [axis for axis in range(3) if size[axis] >= 2 * BOTTLENECK_VOXELS]
+        if not large:
+            break
+        finest = min(current_spacing[axis] for axis in large)
+        pooled = [axis for axis in large if current_spacing[axis] / finest < 2]
+        if len(pooled) == 1 and size[pooled[0]] < 3 * BOTTLENECK_VOXELS:
+            break
+        kernel = [3 if k == 3 or current_spacing[axis] / min(current_spacing) < 2 else 1 for axis, k in enumerate(kernel)]
+        for axis in pooled:
+            pools[axis] += 1
+            current_spacing[axis] *= 2
+            size[axis] = math.ceil(size[axis] / 2)
+        strides.append([2 if axis in pooled else 1 for axis in range(3)])
+        kernels.append(list(kernel))
+    kernels.append([3, 3, 3])
+    divisors = [2**count for count in pools]
+    return strides, kernels, [math.ceil(s / d) * d for s, d in zip(patch, divisors)], divisors
+
+
+def dynunet_for_patch(patch: Sequence[int], spacing: Sequence[float], residual: bool) -> tuple[list[int], dict[str, Any], list[int]]:
+    """Return the padded patch, MONAI DynUNet arguments of nnU-Net's class (two convolutions per stage, instance norm
+    and leaky ReLU, DynUNet's defaults; 32 channels doubling to 320; ``residual``: residual blocks) with deep
+    supervision on every decoder stage but the lowest, and the patch's divisor per axis."""
+    strides, kernels, padded, divisors = pool_and_conv_props(spacing, patch)
+    stages = len(strides)
+    kwargs: dict[str, Any] = {
+        "kernel_size": kernels,
+        "strides": strides,
+        "upsample_kernel_size": [list(stride) for stride in strides[1:]],  # copies: YAML writes shared lists as anchors
+        "filters": [min(BASE_CHANNELS * 2**stage, MAX_CHANNELS) for stage in range(stages)],
+        "res_block": residual,
+    }
+    if stages >= 3:  # DynUNet's heads: the top output plus deep_supr_num, at most every decoder stage but the lowest
+        kwargs.update(deep_supervision=True, deep_supr_num=stages - 2)
+    return padded, kwargs, divisors
+
+
+def network_for_patch(network: str, patch: Sequence[int], spacing: Sequence[float]) -> tuple[str, list[int], dict[str, Any], list[int]]:
+    """Return the MONAI network name, the patch it divides, its arguments and the patch's divisor per axis for a
+    planned network ("plain", "resenc" or "tutorial": ``medseg.option_values.PLANNED_NETWORKS``)."""
+    if network == "tutorial":
+        size, kwargs = unet_for_patch(patch)
+        return "UNet", size, kwargs, [2**count for count in poolings(size)]
+    if network not in ("plain", "resenc"):
+        raise MedsegError(f"unknown planned network {network!r}: choose one of {', '.join(PLANNED_NETWORKS)}")
+    size, kwargs, divisors = dynunet_for_patch(patch, spacing, residual=network == "resenc")
+    return "DynUNet", size, kwargs, divisors
+
+
+def smaller_patch(patch: Sequence[int], median_shape: Sequence[float], divisors: Sequence[int]) -> list[int]:
     """Return the patch one step smaller: the axis largest relative to the median shape loses its divisor (nnU-Net)."""
-    counts = poolings(patch)
     ratios = [size / max(m, 1) for size, m in zip(patch, median_shape)]
     axis = int(np.argsort(ratios, kind="stable")[-1])
     smaller = list(patch)
-    smaller[axis] = max(smaller[axis] - 2 ** counts[axis], BOTTLENECK_VOXELS)
+    smaller[axis] = max(smaller[axis] - divisors[axis], BOTTLENECK_VOXELS)
     if smaller == list(patch):
         raise MedsegError(f"no smaller patch than {list(patch)}: the memory budget is too small for any network")
     return smaller

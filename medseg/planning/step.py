@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,13 +25,28 @@ from medseg.recipe import OptimizerSettings, Recipe
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-def training_optimizer(parameters: Iterable[nn.Parameter], settings: OptimizerSettings = OptimizerSettings()) -> torch.optim.AdamW:
-    """Return the optimizer training steps with, which trials and estimates therefore step with too: fused AdamW.
+def training_optimizer(parameters: Iterable[nn.Parameter], settings: OptimizerSettings = OptimizerSettings()) -> torch.optim.Optimizer:
+    """Return the optimizer training steps with, which trials and estimates therefore step with too: fused AdamW, or
+    fused SGD (nnU-Net's) when ``settings.name`` is "sgd".
 
     Fused: one kernel per step, and it honours ``found_inf`` (skipped NaN/Inf updates) without a host sync. Its
     state's size does not depend on the rate or the decay, so a trial's optimizer counts what training's holds.
+    SGD's momentum buffers are made here, zero, rather than at its first step: fused SGD makes them with
+    ``torch.empty_like`` at that step and leaves them unwritten when the step is skipped (an fp16 overflow, a NaN),
+    so the next step would start from whatever memory held (torch 2.13). From zero, the first step's buffer is the
+    gradient, as SGD's own first step makes it.
     """
-    return torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True)
+    if settings.name == "adamw":
+        return torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True)
+    optimizer = torch.optim.SGD(
+        parameters, lr=settings.learning_rate, momentum=settings.momentum, nesterov=settings.nesterov,
+        weight_decay=settings.weight_decay, fused=True,
+    )
+    if settings.momentum:
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+    return optimizer
 
 
 @dataclass
@@ -39,7 +55,8 @@ class TrainingSetup:
 
     Attributes:
         net: the network (its current device is where steps run).
-        loss_fn: ``loss_fn(logits, label)`` with label (B, 1, X, Y, Z) class indices.
+        loss_fn: ``loss_fn(outputs, label)`` with label (B, 1, X, Y, Z) class indices; ``outputs`` are the network's
+            train-mode outputs (a deep-supervised DynUNet's list of heads).
         make_optimizer: builds the training optimizer for the given parameters (a fresh one per trial,
             so optimizer state is counted and then freed).
         in_channels: image channels.
@@ -82,13 +99,17 @@ StepCost = Callable[[int], StepMeasurement]  # one trial at a batch size, of one
 
 
 def training_setup(recipe: Recipe, net: nn.Module | None = None, make_optimizer: OptimizerFactory | None = None) -> TrainingSetup:
-    """Return the trial-step setup of a recipe: its network (``net``, else a new one), training loss and optimizer
-    (``make_optimizer``, default ``training_optimizer``)."""
-    config = {"network": recipe.network, "network_kwargs": dict(recipe.network_kwargs), "in_channels": recipe.in_channels, "out_channels": recipe.out_channels}
+    """Return the trial-step setup of a recipe: its network (``net``, else a new one), training loss (deep supervision
+    included: the step runs the network in train mode, all its heads) and optimizer (``make_optimizer``, default
+    ``training_optimizer`` with the recipe's settings)."""
+    config = {
+        "network": recipe.network, "network_kwargs": dict(recipe.network_kwargs), "in_channels": recipe.in_channels,
+        "out_channels": recipe.out_channels, **({} if recipe.optimizer == OptimizerSettings() else {"optimizer": asdict(recipe.optimizer)}),
+    }
     return TrainingSetup(
         net=net if net is not None else network_for(recipe),
-        loss_fn=segmentation_loss(),
-        make_optimizer=make_optimizer or training_optimizer,
+        loss_fn=segmentation_loss(recipe.network_kwargs),
+        make_optimizer=make_optimizer or partial(training_optimizer, settings=recipe.optimizer),
         in_channels=recipe.in_channels,
         out_channels=recipe.out_channels,
         patch_size=tuple(recipe.patch_size),

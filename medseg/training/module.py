@@ -47,7 +47,7 @@ class SegmentationModule(L.LightningModule):
         patch_size: training patch, also the sliding-window size for validation and inference.
         window: sliding windows for validation and (through the recipe) inference: overlap, Gaussian blending and windows
             per forward pass (on a GPU the batch planner's size replaces the last).
-        optimizer: AdamW's learning rate and weight decay; the rate decays polynomially (power 0.9) to zero.
+        optimizer: the optimizer (AdamW, or nnU-Net's SGD) and its settings; the rate decays polynomially (power 0.9) to zero.
         max_nonfinite_steps: stop training when the loss is NaN/Inf this many steps in a row (single
             non-finite steps are skipped, as the fp16 gradient scaler does for overflowing gradients).
     """
@@ -98,13 +98,13 @@ class SegmentationModule(L.LightningModule):
             patch_size=tuple(int(v) for v in patch_size),
             preprocessing=Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing(),
             window=window,
+            optimizer=optimizer,
         )
         self.recipe = self.configured_recipe
-        self.optimizer_settings = optimizer
         # windows per forward pass stay at or below this: OOM recovery's smaller size after a validation OOM
         self.max_window_batch_size: int | None = None
         self.net = network_for(self.recipe)
-        self.loss_fn = segmentation_loss()
+        self.loss_fn = segmentation_loss(network_kwargs)  # with a DynUNet's deep supervision: every head
         self.dice = DiceMetric(include_background=False, reduction="mean_batch")
         self.nonfinite_losses = NonfiniteLossCounter(max_nonfinite_steps)
         self.running_loss = RunningLoss(every=1)  # at fit start: every trainer.log_every_n_steps
@@ -126,10 +126,16 @@ class SegmentationModule(L.LightningModule):
         )
         self.running_loss = RunningLoss(every=max(1, self.trainer.log_every_n_steps))
 
+    @property
+    def optimizer_settings(self) -> OptimizerSettings:
+        """The optimizer training steps with: the recipe's."""
+        return self.recipe.optimizer
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # In train mode a deep-supervised DynUNet returns every head, and the loss weighs them (nnU-Net's weights).
         # Nothing here waits for the device: a NaN/Inf step is counted on it and its update skipped there
         # (on_before_optimizer_step); the count is read back without blocking, so the stop may come a step late.
         image, label = batch["image"], batch["label"]
@@ -195,7 +201,7 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         # the batch and accumulation are decided before this (the batch planner's setup), and a resumed or recovered
         # fit builds it again: the decay always spans the steps this fit takes; only the step count is restored
-        optimizer = training_optimizer(self.parameters(), self.optimizer_settings)
+        optimizer = training_optimizer(self.parameters(), self.recipe.optimizer)
         scheduler = polynomial_decay(optimizer, max(int(self.trainer.estimated_stepping_batches), 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

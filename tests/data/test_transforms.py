@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -50,6 +52,33 @@ def test_augmentation_moves_image_and_label_together(blocky_case):
     assert patch["label"].max() > 0  # positive patch
     agreement = (torch.round(patch["image"] / 100) == patch["label"]).float().mean()
     assert agreement > 0.93
+
+
+
+def test_nnunets_augmentation_zooms_and_rotates_image_and_label_together_keeping_label_values(blocky_case):
+    from medseg.data.transforms import NNUNET_AUGMENTATION
+
+    out = preprocessing_transforms(_plain())(blocky_case)
+    spatial_only = replace(NNUNET_AUGMENTATION, rotate_prob=1.0, scale_prob=1.0, intensity_prob=0.0, noise_prob=0.0, gamma_prob=0.0, low_resolution_prob=0.0)
+    augment = training_transforms((24, 24, 16), positive_fraction=1.0, augmentation=spatial_only)
+    augment.set_random_state(3)
+    [patch] = augment(out)
+    assert patch["image"].shape == patch["label"].shape == (1, 24, 24, 16)
+    assert set(torch.unique(patch["label"]).tolist()) <= {0.0, 1.0, 2.0}  # nearest: never a blend of two classes
+    assert (torch.round(patch["image"] / 100) == patch["label"]).float().mean() > 0.9
+
+
+def test_nnunets_intensity_augmentation_runs_and_the_default_leaves_its_additions_out(blocky_case):
+    from medseg.data.transforms import NNUNET_AUGMENTATION
+
+    names = lambda aug: {type(t).__name__ for t in training_transforms((24, 24, 16), 1.0, aug).transforms}
+    added = {"RandZoomd", "RandSimulateLowResolutiond", "RandAdjustContrastd"}
+    assert not added & names(Augmentation()) and added <= names(NNUNET_AUGMENTATION)
+    always = replace(NNUNET_AUGMENTATION, gamma_prob=1.0, low_resolution_prob=1.0)
+    augment = training_transforms((24, 24, 16), positive_fraction=1.0, augmentation=always)
+    augment.set_random_state(0)
+    [patch] = augment(preprocessing_transforms(_plain())(blocky_case))
+    assert torch.isfinite(patch["image"]).all() and patch["image"].shape == (1, 24, 24, 16)
 
 
 def test_ct_normalisation_windows_hu_to_unit_range(blocky_case):

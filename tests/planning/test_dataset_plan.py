@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from medseg.data.fingerprint import DatasetFingerprint
@@ -21,14 +22,16 @@ def test_plan_fits_the_budget_within_the_median_shape_with_a_batch_of_at_least_t
     [chosen] = plan.precisions
     assert chosen.peak_bytes <= chosen.budget_bytes == int(0.9 * capacity_gib * GiB)
     assert chosen.batch_size >= 2
-    assert all(size <= median + 1 for size, median in zip(chosen.patch_size, plan.median_shape))
+    divisors = np.prod(chosen.network_kwargs["strides"], axis=0)  # nnU-Net pads the median shape up to what the network divides
+    assert all(size < median + divisor for size, median, divisor in zip(chosen.patch_size, plan.median_shape, divisors))
 
 
 def test_anisotropic_mri_keeps_its_slices_thick_and_is_zscored_per_case(fingerprints):
     plan = make_plan(fingerprints["mri"], 8 * GiB, fake_tensor_step_cost, "fake", precisions=("16-mixed",))
     assert plan.spacing[:2] == [0.9, 0.9] and plan.spacing[2] >= 5.0
     assert plan.normalization == {"normalization": "zscore"} and len(plan.channel_names) == 4
-    assert plan.precisions[0].network_kwargs["strides"][-1][2] == 1  # the thin axis stops pooling first
+    kwargs = plan.precisions[0].network_kwargs  # the thick-slice axis is convolved and pooled in-plane first (nnU-Net)
+    assert kwargs["strides"][1][2] == 1 and kwargs["kernel_size"][0][2] == 1
 
 
 def test_ct_is_clipped_to_foreground_percentiles_and_zscored(fingerprints):

@@ -55,3 +55,23 @@ def test_a_bad_network_in_the_recipe_keeps_its_own_one_line_error() -> None:
     bad = Recipe("UNet", {"channels": [16], "strides": [], "num_res_units": 1}, ("CT",), ("b", "o"), (16, 16, 16))
     with pytest.raises(MedsegError, match=r"^bad arguments for network UNet"):
         fake_step(bad, 1, "16-mixed")
+
+
+def _dynunet(deep_supervision: bool) -> Recipe:
+    from medseg.planning import rules
+
+    patch, kwargs, _ = rules.dynunet_for_patch((32, 32, 16), (1.0, 1.0, 2.0), residual=False)
+    kwargs.update(filters=[4, 8, 16, 32], deep_supervision=deep_supervision)
+    return Recipe("DynUNet", kwargs, ("CT",), ("b", "o", "l"), tuple(patch))
+
+
+def test_a_fake_step_of_a_deep_supervised_network_counts_its_heads_as_training_runs_them() -> None:
+    assert fake_step(_dynunet(True), 2, "32-true").peak_bytes > fake_step(_dynunet(False), 2, "32-true").peak_bytes
+
+
+def test_a_fake_step_counts_the_recipes_optimizer_state_sgds_momentum_below_adamws_two_moments() -> None:
+    from medseg.recipe import NNUNET_OPTIMIZER
+
+    weight_bytes = sum(p.numel() * 4 for p in network_for(RECIPE).parameters())
+    adamw, sgd = fake_step(RECIPE, 1, "32-true"), fake_step(RECIPE.with_changes(optimizer=NNUNET_OPTIMIZER), 1, "32-true")
+    assert adamw.peak_bytes - sgd.peak_bytes == pytest.approx(weight_bytes, rel=0.05)

@@ -9,9 +9,11 @@ import yaml
 from medseg.io import nifti
 from medseg.data.formats import read_dataset
 from medseg.planning.fake_tensor import fake_tensor_step_cost
+from medseg.planning import store
 from medseg.planning.store import config_yaml, plan_dataset, plan_for_training, training_config
 from medseg.testing import SimulatedDevice, SimulatedOOMCallback
 from medseg.training.cli import build_cli, with_plan
+from tests.helpers.cli import REPO
 
 GiB = 2**30
 
@@ -27,6 +29,8 @@ def test_second_plan_of_an_unchanged_dataset_is_cached_and_reads_no_voxels(demo_
 @pytest.mark.parametrize("dataset", ["demo_root", "mri_root"])
 def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulated_gpu(dataset, request, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine would plan for its own GPU
+    # the tutorial UNet: a step of the default, full-resolution network at the planned patch takes minutes on a 2-core CPU
+    monkeypatch.setattr(store, "DEFAULT_PLANNED_NETWORK", "tutorial")
     root = shutil.copytree(request.getfixturevalue(dataset), tmp_path / "dataset")
     args = with_plan(["--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache")])
     assert args[0] == "--config" and args[1].endswith(".yaml")
@@ -65,3 +69,39 @@ def test_the_planned_config_reads_back_as_the_plan_with_its_reasons_as_comments(
     assert config == training_config(stored.plan) and config["data"]["root"] == str(root)
     assert config["data"]["patch_size"] == stored.plan.chosen.patch_size and config["trainer"]["precision"] == "16-mixed"
     assert f"# data.spacing: {stored.plan.spacing_reason}" in text and text == config_yaml(stored.plan)
+
+
+def test_a_preset_plans_the_residual_encoder_for_its_gpu_size_and_reports_nnunets_figures_beside_its_estimate(demo_root, tmp_path):
+    from medseg.errors import MedsegError
+    from medseg.planning.report import format_plan
+
+    stored = plan_for_training(read_dataset(demo_root), tmp_path, preset="L", precisions=("16-mixed",), show_progress=False)
+    plan = stored.plan
+    assert plan.capacity_bytes == 24 * GiB and plan.chosen.budget_bytes == int(0.9 * 24 * GiB)
+    assert (plan.network, plan.preset, plan.chosen.network) == ("resenc", "L", "DynUNet") and plan.chosen.network_kwargs["res_block"]
+    assert "preset L: nnU-Net targets 24 GB (measured 22.7 GB on an A100); medseg plans " in format_plan(plan)
+    with pytest.raises(MedsegError, match="give --preset or --capacity_gib, not both"):
+        plan_for_training(read_dataset(demo_root), tmp_path, capacity_gib=8, preset="M")
+
+
+def test_the_nnunet_class_plan_trains_with_nnunets_optimizer_and_augmentation_and_the_tutorial_unet_with_the_defaults(demo_root, tmp_path):
+    spec = read_dataset(demo_root)
+    plain = plan_dataset(spec, tmp_path, 8 * GiB, fake_tensor_step_cost, "fake", precisions=("16-mixed",), show_progress=False)
+    config = training_config(plain.plan)
+    assert config["model"]["network"] == "DynUNet" and config["model"]["network_kwargs"]["deep_supervision"]
+    assert "nnU-Net's default network class" in plain.plan.network_reason
+    shipped = yaml.safe_load((REPO / "configs" / "nnunet_like.yaml").read_text())  # the same recipe, by hand
+    assert config["model"]["optimizer"] == shipped["model"]["optimizer"] and config["data"]["augmentation"] == shipped["data"]["augmentation"]
+    tutorial = plan_dataset(spec, tmp_path, 8 * GiB, fake_tensor_step_cost, "fake", precisions=("16-mixed",), show_progress=False, network="tutorial")
+    config = training_config(tutorial.plan)
+    assert config["model"]["network"] == "UNet" and "optimizer" not in config["model"] and "augmentation" not in config["data"]
+
+
+def test_the_shipped_nnunet_like_config_has_the_network_the_rules_give_for_the_default_patch_and_spacing():
+    from medseg.data.sampling import DEFAULT_PATCH_SIZE
+    from medseg.data.transforms import Preprocessing
+    from medseg.planning import rules
+
+    shipped = yaml.safe_load((REPO / "configs" / "nnunet_like.yaml").read_text())
+    patch, kwargs, _ = rules.dynunet_for_patch(DEFAULT_PATCH_SIZE, Preprocessing().spacing, residual=False)
+    assert list(patch) == list(DEFAULT_PATCH_SIZE) and shipped["model"]["network_kwargs"] == kwargs

@@ -91,3 +91,46 @@ def test_a_checkpoint_of_the_polynomial_schedule_medseg_used_before_resumes_at_i
     resumed = polynomial_decay(torch.optim.AdamW(tiny_module.parameters(), lr=1.0), total_steps=20)
     resumed.load_state_dict(checkpoint["lr_schedulers"][0])
     assert resumed.last_epoch == 3 and resumed.lr_lambdas[0](20) == 0  # its step, and the length of the run that resumes
+
+
+def test_nnunets_optimizer_is_sgd_with_nesterov_momentum_recorded_in_the_recipe_which_round_trips() -> None:
+    from medseg.planning.step import training_optimizer
+    from medseg.recipe import NNUNET_OPTIMIZER, Recipe
+    from medseg.training.module import SegmentationModule
+    from tests.helpers.stand_ins import TINY_UNET
+
+    module = SegmentationModule(network_kwargs=TINY_UNET, optimizer=NNUNET_OPTIMIZER)
+    assert module.recipe.optimizer == NNUNET_OPTIMIZER
+    assert Recipe.from_dict(module.recipe.to_dict()) == module.recipe
+    optimizer = training_optimizer(module.parameters(), module.recipe.optimizer)
+    [group] = optimizer.param_groups
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.01, 0.99, True, 3e-5)
+
+
+def test_a_skipped_first_sgd_step_leaves_the_weights_and_a_zero_momentum() -> None:
+    # fused SGD makes its momentum buffers at its first step uninitialised and leaves them so when that step is skipped
+    from medseg.planning.step import training_optimizer
+    from medseg.recipe import NNUNET_OPTIMIZER
+
+    weights = torch.nn.Parameter(torch.ones(1000))
+    optimizer = training_optimizer([weights], NNUNET_OPTIMIZER)
+    weights.grad = torch.full_like(weights, float("nan"))
+    optimizer.found_inf = torch.tensor(1.0)  # as on_before_optimizer_step and the fp16 scaler skip a step
+    optimizer.step()
+    assert torch.equal(weights.detach(), torch.ones(1000)) and not optimizer.state[weights]["momentum_buffer"].any()
+
+
+def test_a_deep_supervised_network_trains_on_every_head_and_validates_on_the_top_output() -> None:
+    from monai.losses import DeepSupervisionLoss
+
+    from medseg.planning import rules
+    from medseg.training.module import SegmentationModule
+
+    _, kwargs, _ = rules.dynunet_for_patch((16, 16, 16), (1.0, 1.0, 1.0), residual=False)
+    module = SegmentationModule("DynUNet", {**kwargs, "filters": [4, 8, 16]}, patch_size=(16, 16, 16), out_channels=2)
+    assert isinstance(module.loss_fn, DeepSupervisionLoss) and module.recipe.network_kwargs["deep_supervision"]
+    image = torch.randn(1, 1, 24, 24, 24)
+    with torch.no_grad():
+        assert module.eval().predict_logits(image).shape == (1, 2, 24, 24, 24)
+    assert len(module.train().net(image[..., :16, :16, :16])) == 2
