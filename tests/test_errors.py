@@ -28,6 +28,7 @@ def _failing_options(script: str, tmp_path) -> list[str]:
         "medseg-plan": [f"--data.root={missing}"],
         "medseg-memory": [f"--data.root={missing}"],
         "medseg-infer": ["--checkpoint", f"{missing}.ckpt", "--input", missing, "--output", str(tmp_path / "out")],
+        "medseg-export": ["--checkpoint", f"{missing}.ckpt", "--output", str(tmp_path / "export")],
         "medseg-evaluate": ["--pred", missing, "--gt", missing],
         "medseg-postprocess": ["--pred", missing, "--gt", missing],
     }[script]
@@ -57,7 +58,8 @@ ABBREVIATED = {  # the start of one of each command's own options: argparse woul
     "medseg-train": "--trainer.max_epoch=1",
     "medseg-plan": "--capacity_gi=8",
     "medseg-memory": "--capacity_gi=8",
-    "medseg-infer": "--sw_overla=0.5",
+    "medseg-infer": "--window.overla=0.5",
+    "medseg-export": "--toleranc=0.1",
     "medseg-evaluate": "--outpu=x.csv",
     "medseg-postprocess": "--outpu=x.json",
 }

@@ -69,8 +69,7 @@ def test_unwritable_output_folder_fails_before_training(demo_root, tmp_path, cap
     code, out, err = run_main(train.main, tiny_train_args(demo_root, blocker / "runs"), capsys)
     assert code == 1
     last_line = err.strip().splitlines()[-1]
-    # the first file a run writes is the split beside its run folders, before any training
-    assert last_line == f"medseg: error: cannot write {blocker / 'runs' / 'medseg' / 'splits_final.json'}: Not a directory (nothing there was changed)"
+    assert last_line == f"medseg: error: {blocker / 'runs' / 'medseg' / 'version_0'}: output folder is not writable (Not a directory)"
     assert "Epoch" not in out + err
 
 
