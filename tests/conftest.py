@@ -1,8 +1,10 @@
 """Shared fixtures: a small demo dataset generated once per test session, and a private cache folder; tests
-marked ``cuda`` are skipped without a CUDA GPU."""
+marked ``cuda`` are skipped without a CUDA GPU. The suite runs on the machine's cores with pytest-xdist (pyproject.toml's
+addopts): each worker takes whole test modules, and one worker every test of the shared trained run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,21 @@ from medseg.data.demo import generate_demo_dataset
 from medseg.precision import CPU_BF16_ENV
 
 
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:  # the workers share the cores: one worker's torch threads would otherwise take them all
+    THREADS = max(1, torch.get_num_threads() // WORKERS)
+    torch.set_num_threads(THREADS)
+    # and so do the processes tests start (training runs, DDP ranks, notebook kernels): a run compared with one in this
+    # process then sums in the same order
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        # --dist loadgroup: a module stays on one worker with its module fixtures, and so does every test of the shared
+        # trained run, which each worker would train again
+        shared = {"trained_run", "_trained_runs"} & set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.xdist_group("trained_run" if shared else item.nodeid.split("::")[0]))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
