@@ -28,6 +28,7 @@ from monai.bundle import run as run_bundle
 from benchmarks.common import add_output_option, markdown_rows, write_results
 from benchmarks.inference import write_checkpoints
 from medseg.exporting import export_model
+from medseg.exporting.check import installed
 from medseg.inference import InferenceOptions, segment_scans
 from medseg.option_values import RUNTIMES
 from medseg.precision import cpu_has_native_bf16
@@ -55,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     root = write_ct_phantoms(Path(args.data))
-    installed = [runtime for runtime in RUNTIMES if runtime == "torch" or _installed(runtime)]
+    installed = [runtime for runtime in RUNTIMES if runtime == "torch" or installed(runtime)]
     with tempfile.TemporaryDirectory(prefix="medseg-export-bench-") as tmp:
         tmp = Path(tmp)
         checkpoint, _, recipe = write_checkpoints(tmp)
@@ -103,14 +104,6 @@ def main() -> None:
             f"{results['load_average_after']} (a shared machine: compare rows of one run only).\n\n{markdown_rows(rows)}\n")
     print(text)
     write_results(args.output, "Exported model: runtimes against the checkpoint path", results, text)
-
-
-def _installed(runtime: str) -> bool:
-    try:
-        __import__(runtime)
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from medseg.option_values import CHECK_TOLERANCE
 from medseg.precision import cpu_has_native_bf16
 from medseg.tables import format_rows
 
-__all__ = ["CHECK_FILES", "Candidate", "CandidateScores", "CheckResult", "check_export", "offered", "refusal"]
+__all__ = ["CHECK_FILES", "Candidate", "CandidateScores", "CheckResult", "check_export", "installed", "offered", "refusal"]
 
 INT8_ONNX = "models/model.int8.onnx"  # ONNX Runtime's dynamic INT8 quantisation of model.onnx: measured, for servers to take
 CHECK_FILES = ("check.json", "check.md", "check.png")
@@ -60,16 +60,17 @@ def offered(device: torch.device) -> list[Candidate]:
         ways.append(Candidate("torch", "bf16-mixed"))
     if device.type == "cuda":
         ways.append(Candidate("torch", "16-mixed"))
-    if _installed("onnxruntime") and (device.type == "cpu" or "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()):
+    if installed("onnxruntime") and (device.type == "cpu" or "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()):
         ways.append(Candidate("onnxruntime", "32-true"))
-        if device.type == "cpu" and _installed("onnxruntime.quantization"):
+        if device.type == "cpu" and installed("onnxruntime.quantization"):
             ways.append(Candidate("onnxruntime", "int8"))
-    if device.type == "cpu" and _installed("openvino"):
+    if device.type == "cpu" and installed("openvino"):
         ways += [Candidate("openvino", "32-true")] + ([Candidate("openvino", "bf16-mixed")] if cpu_has_native_bf16() else [])
     return ways
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
+    """Return whether ``module`` (a runtime of an optional extra) imports."""
     try:
         __import__(module)
     except ImportError:
