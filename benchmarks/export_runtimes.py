@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     root = write_ct_phantoms(Path(args.data))
-    installed = [runtime for runtime in RUNTIMES if runtime == "torch" or installed(runtime)]
+    runtimes = [runtime for runtime in RUNTIMES if runtime == "torch" or installed(runtime)]
     with tempfile.TemporaryDirectory(prefix="medseg-export-bench-") as tmp:
         tmp = Path(tmp)
         checkpoint, _, recipe = write_checkpoints(tmp)
@@ -70,7 +70,7 @@ def main() -> None:
         ways: dict[str, tuple[Path, InferenceOptions]] = {}
         for precision in ("32-true", "bf16-mixed"):
             ways[f"checkpoint, {precision}"] = (checkpoint, InferenceOptions(device="cpu", precision=precision))
-            for runtime in installed:
+            for runtime in runtimes:
                 if runtime == "onnxruntime" and precision != "32-true":
                     continue  # ONNX Runtime's CPU provider runs the graph's fp32
                 ways[f"export {runtime}, {precision}"] = (export, InferenceOptions(device="cpu", precision=precision, runtime=runtime))
