@@ -28,7 +28,7 @@ from monai.bundle import run as run_bundle
 from benchmarks.common import add_output_option, markdown_rows, write_results
 from benchmarks.inference import write_checkpoints
 from medseg.exporting import export_model
-from medseg.exporting.check import installed
+from medseg.model.runtimes import installed
 from medseg.inference import InferenceOptions, segment_scans
 from medseg.option_values import RUNTIMES
 from medseg.precision import cpu_has_native_bf16

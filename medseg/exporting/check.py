@@ -23,12 +23,12 @@ from medseg.evaluation.metrics import dice_per_class, mean_over_cases
 from medseg.inference.checkpoint import EXPORT_MANIFEST, EXPORT_ONNX, file_sha256, load_export
 from medseg.inference.postprocessing import postprocessing_beside
 from medseg.inference.predictor import InferenceOptions, Predictor
-from medseg.model.runtimes import OnnxRuntimeNetwork
+from medseg.model.runtimes import OnnxRuntimeNetwork, installed
 from medseg.option_values import CHECK_TOLERANCE
 from medseg.precision import cpu_has_native_bf16
 from medseg.tables import format_rows
 
-__all__ = ["CHECK_FILES", "Candidate", "CandidateScores", "CheckResult", "check_export", "installed", "offered", "refusal"]
+__all__ = ["CHECK_FILES", "Candidate", "CandidateScores", "CheckResult", "check_export", "offered", "refusal"]
 
 INT8_ONNX = "models/model.int8.onnx"  # ONNX Runtime's dynamic INT8 quantisation of model.onnx: measured, for servers to take
 CHECK_FILES = ("check.json", "check.md", "check.png")
@@ -67,15 +67,6 @@ def offered(device: torch.device) -> list[Candidate]:
     if device.type == "cpu" and installed("openvino"):
         ways += [Candidate("openvino", "32-true")] + ([Candidate("openvino", "bf16-mixed")] if cpu_has_native_bf16() else [])
     return ways
-
-
-def installed(module: str) -> bool:
-    """Return whether ``module`` (a runtime of an optional extra) imports."""
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from torch import nn
 from medseg.errors import MedsegError
 from medseg.option_values import RUNTIMES
 
-__all__ = ["MeanOfModels", "OnnxRuntimeNetwork", "OpenVinoNetwork", "runtime_network"]
+__all__ = ["MeanOfModels", "OnnxRuntimeNetwork", "OpenVinoNetwork", "installed", "require_runtime", "runtime_network"]
 
 # The optional extra each runtime comes with (pyproject.toml)
 RUNTIME_EXTRAS = {"onnxruntime": "export", "openvino": "openvino"}
@@ -22,16 +22,21 @@ RUNTIME_EXTRAS = {"onnxruntime": "export", "openvino": "openvino"}
 OPENVINO_HINTS = {"32-true": "f32", "bf16-mixed": "bf16", "16-mixed": "f16"}
 
 
+def installed(module: str) -> bool:
+    """Return whether ``module`` (a runtime of an optional extra) imports."""
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 def require_runtime(runtime: str) -> None:
     """Refuse a runtime medseg does not know, or one not installed, in one line naming the extra to install."""
     if runtime not in RUNTIMES:
         raise MedsegError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
-    if runtime == "torch":
-        return
-    try:
-        __import__(runtime)
-    except ImportError:
-        raise MedsegError(f'--runtime {runtime} needs {runtime}, which is not installed: pip install "medseg[{RUNTIME_EXTRAS[runtime]}]"') from None
+    if runtime != "torch" and not installed(runtime):
+        raise MedsegError(f'--runtime {runtime} needs {runtime}, which is not installed: pip install "medseg[{RUNTIME_EXTRAS[runtime]}]"')
 
 
 class MeanOfModels(nn.Module):

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from medseg.exporting import check
-from medseg.exporting.check import REFERENCE, Candidate, CandidateScores, check_export, installed, refusal
+from medseg.exporting.check import REFERENCE, Candidate, CandidateScores, check_export, refusal
+from medseg.model.runtimes import installed
 from medseg.inference.checkpoint import load_ensemble, read_manifest
 
 
