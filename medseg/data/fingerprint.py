@@ -87,10 +87,17 @@ def case_fingerprint(
     return CaseFingerprint(case.name, spacing, shape, tuple(channels), tuple(int(v) for v in class_voxels))
 
 
+def dataset_cache_name(root: str | Path) -> str:
+    """Return the name a dataset's entries in the cache go by: its folder's name and a hash of its absolute path (a root
+    may be given as its dataset.json)."""
+    folder = Path(root).resolve()
+    folder = folder.parent if folder.is_file() else folder
+    return f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+
+
 def fingerprint_cache_path(cache_dir: str | Path, root: str | Path) -> Path:
     """Return where the fingerprints of the dataset in ``root`` are cached under ``cache_dir`` (one file per dataset folder)."""
-    root = Path(root).resolve()
-    return Path(cache_dir) / "fingerprints" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}.json"
+    return Path(cache_dir) / "fingerprints" / f"{dataset_cache_name(root)}.json"
 
 
 def file_stamp(path: Path) -> list[Any]:

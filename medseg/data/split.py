@@ -6,7 +6,6 @@ A split file is nnU-Net's format: a list with one entry per fold, each ``{"train
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.atomic import write_text_atomic
+from medseg.data.fingerprint import dataset_cache_name
 from medseg.data.formats import Case
 from medseg.errors import MedsegError
 
@@ -54,10 +54,7 @@ def split_file_for(root: str | Path, cache_dir: str | Path, num_folds: int, seed
     in_root = root_split_file(root)
     if in_root is not None:
         return in_root
-    folder = Path(root).resolve()
-    folder = folder.parent if folder.is_file() else folder
-    dataset = f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
-    return Path(cache_dir) / "splits" / dataset / f"{num_folds}folds-seed{seed}" / SPLIT_FILE
+    return Path(cache_dir) / "splits" / dataset_cache_name(root) / f"{num_folds}folds-seed{seed}" / SPLIT_FILE
 
 
 def _names(cases: list[Case]) -> list[str]:
