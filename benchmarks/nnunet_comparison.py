@@ -9,13 +9,16 @@ training process (``time.process_time``: every thread, counted from the first st
 preprocessing and set-up are not in it; checked before each step, so a run ends at most one step or one validation
 late, and the record says how late). Data loading runs in that process for both (medseg ``--data.num_workers 0``,
 nnU-Net ``nnUNet_n_proc_DA=0``), so that its CPU time is counted too. Each trains on fold 0 of 5 (80 % of the
-training cases; each tool splits with its own seed) in fp32 (what nnU-Net runs on a CPU):
+training cases; each tool splits with its own seed) in fp32 (what nnU-Net runs on a CPU). ``--jobs N`` trains N runs
+at a time with the machine's cores shared out (``OMP_NUM_THREADS``; nnU-Net's trainer, which sets its own thread count
+on a CPU, is set back to it), so that a 2-core machine runs two 1-thread trainings side by side:
 
-* ``medseg, tutorial UNet``: ``python -m medseg.train --data.root TRAIN`` with today's planner (MONAI's UNet),
-  ``--trainer.max_epochs 1000`` (as nnU-Net's 1000 epochs: the budget ends training, not the schedule) and the
-  ``CpuBudget`` callback, which also writes the final checkpoint; then ``python -m medseg.infer`` on the held-out cases;
-* ``medseg, nnU-Net-class plan``: the same with ``--nnunet-class-options`` added (the options that choose the
-  nnU-Net-class network, issue 35 items 1-3); without them its row says "not built yet";
+* ``medseg, tutorial UNet``: ``python -m medseg.train --data.root TRAIN --network tutorial`` (the plan for MONAI's
+  spleen-tutorial UNet, with medseg's AdamW and augmentation), ``--trainer.max_epochs 1000`` (as nnU-Net's 1000
+  epochs: the budget ends training, not the schedule) and the ``CpuBudget`` callback, which also writes the final
+  checkpoint; then ``python -m medseg.infer`` on the held-out cases;
+* ``medseg, nnU-Net-class plan``: the same with ``--network plain``, the planner's default (nnU-Net's PlainConvUNet
+  class as a MONAI DynUNet, deep supervision, nnU-Net's SGD and augmentation: issue 35 items 1-3);
 * ``nnU-Net v2 3d_fullres`` (``--nnunet-python``, its own environment): ``nnUNetv2_plan_and_preprocess -c
   3d_fullres`` (once), ``nnUNetv2_train ID 3d_fullres 0 -tr nnUNetTrainer_CpuBudget -device cpu``, a trainer this
   benchmark writes into nnU-Net's ``variants`` folder that is nnU-Net's default trainer ended when the budget is
@@ -25,13 +28,14 @@ training cases; each tool splits with its own seed) in fp32 (what nnU-Net runs o
 Every contender's predictions are scored with medseg's evaluation (``medseg.evaluation.evaluate``). Writes
 OUTPUT.json, OUTPUT.md (per class Dice and HD95, mean and spread over the seeds) and OUTPUT.png::
 
-    python -m benchmarks.nnunet_comparison --nnunet-python /tmp/nnunet-venv/bin/python --cpu-seconds 3600 --seeds 0 1 \\
-        --output benchmarks/results/nnunet_comparison/nnunet_comparison_cpu
+    python -m benchmarks.nnunet_comparison --nnunet-python /tmp/nnunet-venv/bin/python --cpu-seconds 1500 --seeds 0 1 \\
+        --jobs 2 --shape 96 96 32 --output benchmarks/results/nnunet_comparison/nnunet_comparison_cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -51,10 +55,10 @@ from benchmarks.nnunet import nnunet_environment, nnunet_version, run_nnunet, to
 
 BUDGET = "MEDSEG_BENCHMARK_CPU_SECONDS"  # the CPU seconds a training process may spend on training
 RECORD = "MEDSEG_BENCHMARK_RECORD"  # the JSON file a budgeted training writes what it did to
+THREADS = "MEDSEG_BENCHMARK_THREADS"  # the threads a training may use (nnU-Net sets every core's on a CPU: set back)
 DATASET_ID, DATASET_NAME = 935, "FineStructures"
 TRAINER = "nnUNetTrainer_CpuBudget"
 TUTORIAL, NNUNET_CLASS, NNUNET = "medseg, tutorial UNet", "medseg, nnU-Net-class plan", "nnU-Net v2 3d_fullres"
-NOT_BUILT = "not built yet (issue 35: the nnU-Net-class network)"
 
 # nnU-Net's default trainer, ended by the CPU budget: the same test of time.process_time() as CpuBudget below
 TRAINER_SOURCE = f'''"""Written by medseg's benchmarks/nnunet_comparison.py: nnU-Net's default trainer, ended once the training process
@@ -75,6 +79,7 @@ class BudgetSpent(Exception):
 class {TRAINER}(nnUNetTrainer):
     def on_train_start(self):
         super().on_train_start()
+        torch.set_num_threads(int(os.environ["{THREADS}"]))
         self.budget_steps = 0
         self.budget_start = (time.process_time(), time.perf_counter())
         self.budget_end = self.budget_start[0] + float(os.environ["{BUDGET}"])
@@ -140,9 +145,11 @@ class CpuBudget(Callback):
 
 def class_scores(predictions: Path, truth: Path) -> dict[str, dict[str, float]]:
     """Return each class's mean Dice and HD95 (mm) over the held-out cases (``medseg.evaluation``)."""
+    from medseg.errors import library_noise_hidden
     from medseg.evaluation import evaluate
 
-    result = evaluate(predictions, truth)
+    with library_noise_hidden():  # MONAI's deprecation notices, as the commands hide them
+        result = evaluate(predictions, truth)
     means = {metric: result.class_means(metric) for metric in ("dice", "hd95_mm")}
     return {name: {metric: means[metric][name] for metric in means} for name in result.class_names}
 
@@ -157,11 +164,16 @@ def medseg_training_command(train: Path, cache_dir: Path, out: Path, seed: int, 
     ]
 
 
-def run_medseg(train: Path, test: Path, work: Path, seed: int, seconds: float, options: Sequence[str]) -> dict:
+def budget_environment(seconds: float, record: Path, threads: int) -> dict[str, str]:
+    """Return the variables a budgeted training reads: its CPU seconds, its record file and its threads."""
+    return {BUDGET: str(seconds), RECORD: str(record), THREADS: str(threads), "OMP_NUM_THREADS": str(threads)}
+
+
+def run_medseg(train: Path, test: Path, work: Path, seed: int, seconds: float, threads: int, options: Sequence[str]) -> dict:
     """Train one medseg contender for ``seconds`` of CPU time, segment the held-out cases; return its record and scores."""
     work.mkdir(parents=True)
     record, log = work / "record.json", work / "log.txt"
-    env = {**os.environ, BUDGET: str(seconds), RECORD: str(record)}
+    env = {**os.environ, **budget_environment(seconds, record, threads)}
     with log.open("a") as out:
         command = medseg_training_command(train, work / "cache", work / "runs", seed, options)
         subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
@@ -197,12 +209,12 @@ def prepare_nnunet(python: Path, train: Path, test: Path, work: Path) -> dict:
             "batch_size": config["batch_size"], "spacing_zyx": config["spacing"], "network": config["architecture"]["network_class_name"]}
 
 
-def run_nnunet_contender(python: Path, test: Path, work: Path, seed: int, seconds: float) -> dict:
+def run_nnunet_contender(python: Path, test: Path, work: Path, seed: int, seconds: float, threads: int) -> dict:
     """Train nnU-Net's budgeted trainer once (``seed`` names a repeat: nnU-Net takes no seed), predict the held-out
     cases; return its record and scores."""
     results = work / f"nnUNet_results_seed{seed}"
     record = work / f"record_seed{seed}.json"
-    env = nnunet_environment(work, nnUNet_results=str(results), nnUNet_n_proc_DA="0", **{BUDGET: str(seconds), RECORD: str(record)})
+    env = nnunet_environment(work, nnUNet_results=str(results), nnUNet_n_proc_DA="0", **budget_environment(seconds, record, threads))
     log = work / f"log_seed{seed}.txt"
     run_nnunet(python, ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env, log)
     predictions = work / f"predictions_seed{seed}"
@@ -316,8 +328,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=10, help="held-out cases")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 160, 48], help="voxels per case (x y z)")
-    parser.add_argument("--nnunet-class-options", default=None,
-                        help="medseg.train options that choose the nnU-Net-class plan, one string after '=' (--nnunet-class-options='--config X.yaml'; default: none yet, its row says 'not built yet')")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at a time, each with an equal share of the cores")
     parser.add_argument("--work", type=Path, default=None, help="folder for data, runs, logs and predictions, kept (default: a new temporary one)")
     add_output_option(parser, required=True)  # and OUTPUT.png
     args = parser.parse_args()
@@ -330,37 +341,43 @@ def main() -> None:
     train = generate_demo_dataset(work / "train", args.train, args.data_seed, phantoms)
     test = generate_demo_dataset(work / "test", args.test, args.data_seed + 1, phantoms)
     contenders = {
-        TUTORIAL: {"options": [], "folder": "medseg_tutorial_unet"},
-        NNUNET_CLASS: ({"options": shlex.split(args.nnunet_class_options), "folder": "medseg_nnunet_class"}
-                       if args.nnunet_class_options else {"status": NOT_BUILT}),
+        TUTORIAL: {"options": ["--network", "tutorial"], "folder": "medseg_tutorial_unet"},
+        NNUNET_CLASS: {"options": ["--network", "plain"], "folder": "medseg_nnunet_class"},
         NNUNET: {} if args.nnunet_python else {"status": "not run (no --nnunet-python)"},
     }
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     report: dict = {"nnunetv2": nnunet_version(args.nnunet_python) if args.nnunet_python else None}
     if args.nnunet_python:
         try:
             report["nnunet_preparation"] = prepare_nnunet(args.nnunet_python, train, test, work / "nnunet")
         except subprocess.CalledProcessError as err:
             contenders[NNUNET] = {"status": f"failed: {Path(err.cmd[0]).name} (exit {err.returncode}), see {work / 'nnunet' / 'log.txt'}"}
-    for name, contender in contenders.items():
-        if "status" in contender:
-            continue
-        runs = []
-        for seed in args.seeds:
+
+    def train_and_score(name: str, seed: int) -> dict:
+        if name == NNUNET:
+            return run_nnunet_contender(args.nnunet_python, test, work / "nnunet", seed, args.cpu_seconds, threads)
+        contender = contenders[name]
+        return run_medseg(train, test, work / contender["folder"] / f"seed{seed}", seed, args.cpu_seconds, threads, contender["options"])
+
+    jobs = [(name, seed) for seed in args.seeds for name, contender in contenders.items() if "status" not in contender]
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        running = {pool.submit(train_and_score, name, seed): (name, seed) for name, seed in jobs}
+        for future in concurrent.futures.as_completed(running):
+            name, seed = running[future]
+            contender = contenders[name]
             try:
-                if name == NNUNET:
-                    run = run_nnunet_contender(args.nnunet_python, test, work / "nnunet", seed, args.cpu_seconds)
-                else:
-                    folder = work / contender["folder"] / f"seed{seed}"
-                    run = run_medseg(train, test, folder, seed, args.cpu_seconds, contender["options"])
+                run = future.result()
             except subprocess.CalledProcessError as err:
-                contender["status"] = f"failed: {Path(err.cmd[0]).name} {' '.join(err.cmd[1:3])} (exit {err.returncode}), logs in {work}"
-                break
-            runs.append({"seed": seed, **run})
+                contender["status"] = f"failed: {Path(err.cmd[0]).name} {' '.join(map(str, err.cmd[1:3]))} (exit {err.returncode}), logs in {work}"
+                continue
+            contender.setdefault("runs", []).append({"seed": seed, **run})
             print(f"{name}, seed {seed}: {json.dumps(run['scores'])}", flush=True)
-        contender.update(runs=runs, status=contender.get("status", "ran"))
+    for contender in contenders.values():
+        contender.setdefault("status", "ran")
+        contender["runs"] = sorted(contender.get("runs", []), key=lambda run: run["seed"])
     report |= {
         "settings": {"cpu_seconds": args.cpu_seconds, "seeds": args.seeds, "train_cases": args.train, "test_cases": args.test,
-                     "data_seed": args.data_seed, "shape": args.shape, "nnunet_class_options": args.nnunet_class_options,
+                     "data_seed": args.data_seed, "shape": args.shape, "jobs": args.jobs, "threads_per_training": threads,
                      "medseg_training_command": shlex.join(["python", *medseg_training_command(Path("TRAIN"), Path("CACHE"), Path("OUT"), 0, [])[1:]])},
         "load_average_before_after": [round(v, 2) for v in (*load_before, *os.getloadavg())],
         "seconds": time.perf_counter() - started,

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.container import ErrorbarContainer
 
 from benchmarks.nnunet import to_nnunet_images, to_nnunet_raw
-from benchmarks.nnunet_comparison import (BUDGET, NNUNET, NNUNET_CLASS, NOT_BUILT, RECORD, TRAINER, TRAINER_SOURCE, TUTORIAL,
+from benchmarks.nnunet_comparison import (BUDGET, NNUNET, NNUNET_CLASS, RECORD, THREADS, TRAINER, TRAINER_SOURCE, TUTORIAL,
                                           CpuBudget, markdown, medseg_training_command, plot, summary_rows)
 from medseg.data.formats import read_dataset
 
@@ -25,7 +25,7 @@ def fake_run(seed: int, organ: float, vessel: float) -> dict:
 
 CONTENDERS = {
     TUTORIAL: {"status": "ran", "runs": [fake_run(0, 0.9, 0.2), fake_run(1, 0.8, 0.4)]},
-    NNUNET_CLASS: {"status": NOT_BUILT},
+    NNUNET_CLASS: {"status": "failed: python -m medseg.train (exit 1)"},
     NNUNET: {"status": "ran", "runs": [fake_run(0, 0.95, 0.6)]},
 }
 
@@ -36,7 +36,7 @@ def test_the_table_gives_each_class_its_mean_and_seed_range_and_says_why_a_conte
     assert tutorial["Dice vessel"] == "0.300 (0.200-0.400)" and tutorial["mean Dice"] == "0.575 (0.550-0.600)"
     assert tutorial["HD95 organ mm"] == "3.0" and tutorial["HD95 vessel mm"] == "n/a"
     assert tutorial["seeds"] == "0 1" and tutorial["CPU s"] == "120 120" and tutorial["steps"] == "7 7"
-    assert placeholder["contender"] == f"{NNUNET_CLASS}: {NOT_BUILT}" and placeholder["Dice organ"] == ""
+    assert placeholder["contender"] == f"{NNUNET_CLASS}: failed: python -m medseg.train (exit 1)" and placeholder["Dice organ"] == ""
     assert nnunet["Dice vessel"] == "0.600" and list(nnunet) == list(tutorial)
 
 
@@ -72,9 +72,10 @@ def test_medseg_trains_under_the_budget_with_the_contenders_own_options(tmp_path
     assert "--trainer.callbacks+=benchmarks.nnunet_comparison.CpuBudget" in command and "--seed_everything=1" in command
 
 
-def test_the_nnunet_trainer_is_valid_python_that_nnunet_finds_by_name():
+def test_the_nnunet_trainer_is_valid_python_that_nnunet_finds_by_name_and_takes_the_benchmarks_thread_count():
     tree = ast.parse(TRAINER_SOURCE)
     assert TRAINER in [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert f'torch.set_num_threads(int(os.environ["{THREADS}"]))' in TRAINER_SOURCE  # nnU-Net sets every core's on a CPU
 
 
 def test_a_dataset_converts_to_nnunet_layout_and_its_images_keep_their_case_names(demo_root, tmp_path):
@@ -96,6 +97,6 @@ def test_the_report_shows_the_table_what_each_contender_ran_on_and_the_failures(
     settings = {"train_cases": 5, "test_cases": 2, "data_seed": 0, "shape": [64, 64, 20], "cpu_seconds": 120.0, "seeds": [0, 1]}
     text = markdown({"settings": settings, "contenders": contenders, "load_average_before_after": [1.0] * 6, "seconds": 600.0})
     assert "| medseg, tutorial UNet | 0.850 (0.800-0.900) |" in text
-    assert f"| {NNUNET_CLASS}: {NOT_BUILT} |" in text
+    assert f"| {NNUNET_CLASS}: failed: python -m medseg.train (exit 1) |" in text
     assert f"{TUTORIAL}: UNet, torch 2.13.0+cpu, 2 threads, 200 200 s of wall time" in text
-    assert text.endswith(f"Failures:\n- {NNUNET}: failed: nnUNetv2_train (exit 1)")
+    assert text.endswith(f"Failures:\n- {NNUNET_CLASS}: failed: python -m medseg.train (exit 1)\n- {NNUNET}: failed: nnUNetv2_train (exit 1)")

@@ -51,16 +51,22 @@ def planning_parser(prog: str, description: str, output: str, output_help: str) 
     return parser
 
 
-def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
-    parser = planning_parser("python -m medseg.plan", __doc__, "runs/plan", "folder for plan.json, plan.png and plan.yaml")
+def add_network_options(parser: argparse.ArgumentParser) -> None:
+    """Add --network and --preset, which choose the network a plan is made for: in plan, and in train for a dataset
+    given without a config."""
     parser.add_argument("--network", choices=PLANNED_NETWORKS, default=None,
                         help=f"network to plan: plain (nnU-Net's PlainConvUNet class), resenc (its residual-encoder class), "
                              f"tutorial (MONAI's spleen-tutorial UNet) (default: {DEFAULT_PLANNED_NETWORK}; resenc with --preset)")
     parser.add_argument("--preset", choices=list(RESENC_PRESETS), default=None,
                         help="nnU-Net's residual-encoder preset: plan for its GPU size ("
                              + ", ".join(f"{name} {target} GiB" for name, (target, _) in RESENC_PRESETS.items())
-                             + ") with fake-tensor steps; instead of --capacity_gib")
+                             + ") with fake-tensor steps")
+
+
+def parse_args(args: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Return this command's own options, and the rest: training options (checked by ``parse_training_options``)."""
+    parser = planning_parser("python -m medseg.plan", __doc__, "runs/plan", "folder for plan.json, plan.png and plan.yaml")
+    add_network_options(parser)
     return parser.parse_known_args(args)
 
 

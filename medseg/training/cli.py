@@ -342,12 +342,13 @@ def parse_training_options(args: list[str]) -> dict[str, Any]:
     return build_cli(args, OptionsOnlyCLI).config.as_dict()
 
 
-def with_plan(args: list[str] | None) -> list[str] | None:
+def with_plan(args: list[str] | None, network: str | None = None, preset: str | None = None) -> list[str] | None:
     """Return ``args`` with the dataset's plan as ``--config`` in front when a dataset is given without a config or a patch size.
 
-    The plan is the cached one for this dataset (unchanged files) and GPU, else made now (``python -m medseg.plan``).
-    Other options given on the command line still override the plan's values; a patch size given by hand
-    means the configuration is chosen by hand, and nothing is planned.
+    The plan is the cached one for this dataset (unchanged files), GPU and ``network``/``preset`` (train's --network
+    and --preset, as in ``python -m medseg.plan``), else made now. Other options given on the command line still
+    override the plan's values; a patch size given by hand means the configuration is chosen by hand, and nothing is
+    planned (then a network or preset asked for is refused: nothing would honour it).
     """
     argv = sys.argv[1:] if args is None else list(args)
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -357,10 +358,13 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     parser.add_argument("--data.patch_size", dest="patch_size")
     known, _ = parser.parse_known_args(argv)
     if known.config or known.patch_size or not known.root:
+        if network or preset:
+            raise MedsegError(f"--{'network' if network else 'preset'} chooses the plan of a dataset given by --data.root without --config"
+                              " or --data.patch_size: leave it out, or plan with python -m medseg.plan and train with its plan.yaml")
         return args
     argv = current_training_spellings(argv)  # one notice for an old spelling, not one per parse
     parse_training_options(argv)  # a mistyped option is refused before planning, not after
-    stored = plan_for_training(read_dataset(known.root), cache_folder(known.cache_dir))
+    stored = plan_for_training(read_dataset(known.root), cache_folder(known.cache_dir), network=network, preset=preset)
     chosen = stored.plan.chosen
     log.info(
         f"{'using the cached plan' if stored.cached else 'planned'} {stored.config_path} ({stored.plan.memory_source},"
@@ -369,14 +373,14 @@ def with_plan(args: list[str] | None) -> list[str] | None:
     return ["--config", str(stored.config_path), *argv]
 
 
-def run(args: list[str] | None = None) -> TrainResult:
+def run(args: list[str] | None = None, network: str | None = None, preset: str | None = None) -> TrainResult:
     """Train as `args` (default: the command line) say, validate the best checkpoint (else the last weights) and return the results.
 
-    A dataset (``--data.root``) without ``--config`` trains with its plan (``with_plan``). A process group the run
+    A dataset (``--data.root``) without ``--config`` trains with its plan (``with_plan``, for ``network`` and ``preset``). A process group the run
     started (DDP) is destroyed before it returns (``end_process_group``).
     """
     group_was_open = process_group_open()
-    cli = build_cli(with_plan(args))
+    cli = build_cli(with_plan(args, network, preset))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     best, last = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
     if trainer.is_global_zero:

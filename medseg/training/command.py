@@ -3,6 +3,8 @@
 Examples:
     python -m medseg.train                                    # built-in demo phantoms
     python -m medseg.train --config configs/spleen_ct.yaml     # your data
+    python -m medseg.train --data.root data/Task09_Spleen      # your data with its plan (python -m medseg.plan)
+    python -m medseg.train --data.root data/Task09_Spleen --network tutorial   # ... planned for MONAI's tutorial UNet
     python -m medseg.train --config configs/demo.yaml --trainer.max_epochs 5 --data.batch_size 4
     python -m medseg.train --config configs/demo.yaml -o runs/demo     # runs, checkpoints and batch plans under runs/demo
     python -m medseg.train --config configs/demo.yaml --print_config   # resolved config, no training
@@ -16,6 +18,7 @@ import argparse
 
 from medseg.command_line import CommandParser
 from medseg.errors import run_command
+from medseg.planning.command import add_network_options
 
 __all__ = ["ALL_FOLDS", "CONFIG_GROUPS", "main", "parse_args", "train_parser"]
 
@@ -57,6 +60,7 @@ def train_parser() -> CommandParser:
                         help=f"the validation fold, 0 to num_folds - 1, or {ALL_FOLDS}: train every fold, then the cross-validation summary")
     parser.add_argument("--retrain", action="store_true",
                         help=f"with --data.fold {ALL_FOLDS}: train again the folds trained with other options (their runs are moved aside)")
+    add_network_options(parser)  # what with_plan plans for --data.root without a config
     return parser
 
 
@@ -90,11 +94,11 @@ def train(args: list[str]) -> None:
     elif options.fold == ALL_FOLDS:
         from medseg.training.cross_validation import run_cross_validation
 
-        run_cross_validation(training_args, retrain=options.retrain)
+        run_cross_validation(training_args, retrain=options.retrain, network=options.network, preset=options.preset)
     else:
         from medseg.training.cli import run
 
-        run(training_args)
+        run(training_args, network=options.network, preset=options.preset)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,15 +164,15 @@ def keep_split(folder: Path, source: Path | None) -> Path:
     return kept
 
 
-def run_cross_validation(args: list[str], retrain: bool = False) -> dict:
+def run_cross_validation(args: list[str], retrain: bool = False, network: str | None = None, preset: str | None = None) -> dict:
     """Train every fold as the training options ``args`` say (each fold sets ``--data.fold``), then write and return
     the summary.
 
     A fold already trained with the same options is reused (resumed where it was interrupted); one trained with other
     options is refused, or with ``retrain`` (``--retrain``) moved aside and trained again. Every fold reads its split
-    from the folder's splits_final.json (``keep_split``)."""
+    from the folder's splits_final.json (``keep_split``). ``network`` and ``preset`` choose the plan (``with_plan``)."""
     # the dataset's plan, when it trains with one, is read once here: every fold trains with the same
-    args = with_plan(args)
+    args = with_plan(args, network, preset)
     asked = parse_training_options([*args, "--data.fold=0"])
     data, logger = asked["data"], asked["trainer"]["logger"]
     if not isinstance(logger, dict) or "save_dir" not in logger.get("init_args", {}):

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -29,11 +30,12 @@ def test_second_plan_of_an_unchanged_dataset_is_cached_and_reads_no_voxels(demo_
 @pytest.mark.parametrize("dataset", ["demo_root", "mri_root"])
 def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulated_gpu(dataset, request, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine would plan for its own GPU
-    # the tutorial UNet: a step of the default, full-resolution network at the planned patch takes minutes on a 2-core CPU
-    monkeypatch.setattr(store, "DEFAULT_PLANNED_NETWORK", "tutorial")
     root = shutil.copytree(request.getfixturevalue(dataset), tmp_path / "dataset")
-    args = with_plan(["--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache")])
+    # the tutorial UNet (train's --network tutorial): a step of the default, full-resolution network at the planned
+    # patch takes minutes on a 2-core CPU
+    args = with_plan(["--data.root", str(root), "--data.cache_dir", str(tmp_path / "cache")], network="tutorial")
     assert args[0] == "--config" and args[1].endswith(".yaml")
+    assert "network: UNet" in Path(args[1]).read_text()
     cli = build_cli([*args, "--data.iterations_per_epoch=1", "--data.num_workers=0", "--data.cache=none", "--trainer.accelerator=cpu"])
     [record] = json.loads((tmp_path / "cache" / "plans" / "plans.json").read_text()).values()  # the one plan cache
     assert list(cli.datamodule.patch_size) == cli.model.hparams.patch_size
@@ -51,6 +53,16 @@ def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulate
 def test_a_patch_size_given_by_hand_plans_nothing(demo_root):
     args = ["--data.root", str(demo_root), "--data.patch_size=[32, 32, 16]"]
     assert with_plan(args) == args
+
+
+@pytest.mark.parametrize("chosen", [["--config", "c.yaml"], ["--data.patch_size=[32, 32, 16]"]])
+def test_a_network_asked_for_where_nothing_is_planned_is_refused_in_one_line(demo_root, chosen, capsys):
+    from medseg.training import command
+
+    assert command.main(["--data.root", str(demo_root), *chosen, "--network", "tutorial"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "--network chooses the plan of a dataset given by --data.root without --config or --data.patch_size: leave it out,"
+        " or plan with python -m medseg.plan and train with its plan.yaml")
 
 
 def test_a_capacity_given_is_planned_for_with_the_estimate_on_a_gpu_machine_too(demo_root, tmp_path, monkeypatch):
