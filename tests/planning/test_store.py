@@ -10,7 +10,6 @@ import yaml
 from medseg.io import nifti
 from medseg.data.formats import read_dataset
 from medseg.planning.fake_tensor import fake_tensor_step_cost
-from medseg.planning import store
 from medseg.planning.store import config_yaml, plan_dataset, plan_for_training, training_config
 from medseg.testing import SimulatedDevice, SimulatedOOMCallback
 from medseg.training.cli import build_cli, with_plan
