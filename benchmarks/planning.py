@@ -115,24 +115,26 @@ def in_medseg_order(values, transpose_forward: list[int], affine) -> list:
     return list(in_ras_order(per_voxel_axis, affine))
 
 
-def nnunet_command(dataset_id: int | str, check: bool) -> list[str]:
-    """Return nnU-Net's dataset check (``check``), fingerprint (unless one exists) and default planner, without preprocessing."""
+def nnunet_command(dataset_id: int | str, check: bool, planner: str | None = None) -> list[str]:
+    """Return nnU-Net's dataset check (``check``), fingerprint (unless one exists) and planner (default: its default
+    planner; ``nnUNetPlannerResEncM``, say), without preprocessing."""
     return ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "--no_pp", *(["--verify_dataset_integrity"] if check else []),
-            "-npfp", str(os.cpu_count()), "--no_pbar"]
+            *(["-pl", planner] if planner else []), "-npfp", str(os.cpu_count()), "--no_pbar"]
 
 
-def nnunet_plan(python: Path, spec: DatasetSpec, name: str, work: Path) -> dict:
-    """Return nnU-Net v2's 3d_fullres plan (in medseg's axis order) and its planning time, first run and second."""
+def nnunet_plan(python: Path, spec: DatasetSpec, name: str, work: Path, planner: str | None = None, plans_name: str = "nnUNetPlans") -> dict:
+    """Return the 3d_fullres plan (in medseg's axis order) of nnU-Net v2's ``planner`` (default: its default planner),
+    which writes ``plans_name``.json, and its planning time, first run and second."""
     dataset_id = NNUNET_IDS[name]
     env = nnunet_environment(work)
     folder = to_nnunet_raw(spec, work / "nnUNet_raw", dataset_id, name)
     log = work / f"nnunet-{name}.log"
     try:
-        first_s = run_nnunet(python, nnunet_command(dataset_id, True), env, log)
-        second_s = run_nnunet(python, nnunet_command(dataset_id, False), env, log)
+        first_s = run_nnunet(python, nnunet_command(dataset_id, True, planner), env, log)
+        second_s = run_nnunet(python, nnunet_command(dataset_id, False, planner), env, log)
     except subprocess.CalledProcessError as err:
         return {"error": f"{Path(err.cmd[0]).name} failed (exit {err.returncode}): " + " | ".join(log.read_text().strip().splitlines()[-5:])}
-    plans = json.loads((work / "nnUNet_preprocessed" / folder.name / "nnUNetPlans.json").read_text())
+    plans = json.loads((work / "nnUNet_preprocessed" / folder.name / f"{plans_name}.json").read_text())
     config = plans["configurations"]["3d_fullres"]
     transpose = plans["transpose_forward"]
     affine = nib.load(spec.cases[0].label).affine
@@ -144,7 +146,8 @@ def nnunet_plan(python: Path, spec: DatasetSpec, name: str, work: Path) -> dict:
         "median_shape": in_medseg_order(config["median_image_size_in_voxels"], transpose, affine),
         "batch_size": config["batch_size"], "normalization": config["normalization_schemes"],
         "strides": [in_medseg_order(s, transpose, affine) for s in arch["strides"]],
-        "channels": arch["features_per_stage"], "network": config["architecture"]["network_class_name"],
+        "channels": arch["features_per_stage"], "blocks_per_stage": arch.get("n_blocks_per_stage"),
+        "network": config["architecture"]["network_class_name"],
         "as_written": {"transpose_forward": transpose, "spacing": config["spacing"], "patch_size": config["patch_size"],
                        "median_image_size_in_voxels": config["median_image_size_in_voxels"]},
     }

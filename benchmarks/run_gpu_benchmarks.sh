@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19's GPU checks in one call on a CUDA machine, sized for about 9 minutes (BUDGET_S=540): the planning tests
+# Issue 19's GPU checks (and issue 35's presets) in one call on a CUDA machine, sized for about 9 minutes (BUDGET_S=540): the planning tests
 # (the 13 fake-tensor plans at 16-mixed that failed on the H200 among them) and the CUDA tests of the planner, then
 # the memory benchmark (steady-state planning, first-step autotuning peak beside it, 200 training steps at every
 # planned batch within a time cap, Lightning's scale_batch_size(mode="binsearch") side by side) for spleen_ct.yaml,
@@ -21,7 +21,7 @@ RESULTS=${RESULTS:-${OUT:-benchmarks/results}}
 LOGS=$RESULTS/logs
 PYTHON=${PYTHON:-python3}
 DATA=${DATA:-/tmp/medseg-planning-benchmark}
-STEPS=${STEPS:-"environment planning_tests memory_spleen_8gib memory_demo_8gib memory_planned_8gib memory_spleen_uncapped suite"}
+STEPS=${STEPS:-"environment planning_tests presets memory_spleen_8gib memory_demo_8gib memory_planned_8gib memory_spleen_uncapped suite"}
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-540} ))
 MEMORY="$PYTHON -m benchmarks.memory --precisions 32-true 16-mixed bf16-mixed --endurance-steps 200"
 [[ -n ${DRY_RUN:-} ]] || mkdir -p "$LOGS"
@@ -58,6 +58,9 @@ step environment 15 "nvidia-smi; $PYTHON -c 'import torch, monai, lightning; pri
 # every planning test (fake-tensor dataset plans at 16-mixed: 12 in test_dataset_plan.py, 1 in test_store.py failed on
 # the H200) and the planner's CUDA tests in tests/training
 step planning_tests 90 "$PYTHON -m pytest -q -p no:cacheprovider -rfE --tb=short tests/planning && $PYTHON -m pytest -m cuda -q -p no:cacheprovider -rfE --tb=short tests/training tests/inference"
+# issue 35: nnU-Net's residual-encoder presets M, L, XL as medseg plans them (fake tensors), then trained for real: the
+# measured steady-state peak beside the estimate and nnU-Net's 9.1 / 22.7 / 36.6 GB (a preset larger than the GPU: n/a)
+step presets 120 "$PYTHON -m benchmarks.presets --output $RESULTS/presets/presets_cuda"
 step memory_spleen_8gib 200 "$MEMORY --config configs/spleen_ct.yaml --gpu-memory-gib 8 --endurance-seconds 6 --output $RESULTS/memory/memory_cuda_spleen_steady"
 step memory_demo_8gib 80 "$MEMORY --config configs/demo.yaml --gpu-memory-gib 8 --endurance-seconds 4 --output $RESULTS/memory/memory_cuda_demo_steady"
 [[ -n $planning ]] && wait "$planning"

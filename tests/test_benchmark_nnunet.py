@@ -100,3 +100,18 @@ def test_the_report_shows_the_table_what_each_contender_ran_on_and_the_failures(
     assert f"| {NNUNET_CLASS}: failed: python -m medseg.train (exit 1) |" in text
     assert f"{TUTORIAL}: UNet, torch 2.13.0+cpu, 2 threads, 200 200 s of wall time" in text
     assert text.endswith(f"Failures:\n- {NNUNET_CLASS}: failed: python -m medseg.train (exit 1)\n- {NNUNET}: failed: nnUNetv2_train (exit 1)")
+
+
+def test_the_presets_table_puts_medsegs_plan_and_peaks_beside_nnunets_target_and_plan():
+    from benchmarks.planning import nnunet_command
+    from benchmarks.presets import PLANS, rows
+
+    medseg = {"patch_size": [192, 160, 96], "batch_size": 2, "estimated_peak_gib": 6.9, "budget_gib": 7.2, "measured_peak_gib": None}
+    default, preset = rows({"default": {"medseg": medseg},
+                            "M": {"medseg": {**medseg, "measured_peak_gib": 7.4}, "nnunet": {"patch_size": [160, 160, 96], "batch_size": 2}}})
+    assert default["nnU-Net target / measured GB"] == "8 / n/a" and default["measured GiB"] == "n/a" and default["nnU-Net batch"] == "n/a"
+    assert preset["nnU-Net target / measured GB"] == "8 / 9.1" and preset["measured GiB"] == 7.4
+    assert preset["medseg patch (x,y,z)"] == "192x160x96" and preset["nnU-Net patch (x,y,z)"] == "160x160x96"
+    # each preset is planned by nnU-Net's own planner of that name, which writes its own plans file
+    assert PLANS["L"] == ("resenc", "L", "nnUNetPlannerResEncL", "nnUNetResEncUNetLPlans") and PLANS["default"][2] is None
+    assert "-pl" not in nnunet_command(903, False) and nnunet_command(903, False, "nnUNetPlannerResEncL")[4:6] == ["-pl", "nnUNetPlannerResEncL"]

@@ -33,8 +33,8 @@ StepCosts = Callable[[Recipe, str], StepCost]  # a candidate and a precision -> 
 NETWORK_REASONS = {
     "plain": "nnU-Net's default network class (PlainConvUNet as a MONAI DynUNet): a full-resolution first stage, two "
              "convolutions per stage, deep supervision, trained with nnU-Net's SGD and augmentation",
-    "resenc": "nnU-Net's residual-encoder class (a MONAI DynUNet with residual blocks): a full-resolution first stage, deep "
-              "supervision, trained with nnU-Net's SGD and augmentation",
+    "resenc": "nnU-Net's residual-encoder class (a MONAI DynUNet with residual blocks, 1, 3, 4, 6, ... per encoder stage): a "
+              "full-resolution first stage, deep supervision, trained with nnU-Net's SGD and augmentation",
     "tutorial": "MONAI's spleen-tutorial UNet, asked for: stride 2 from its first layer, no deep supervision, AdamW",
 }
 

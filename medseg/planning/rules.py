@@ -19,6 +19,7 @@ ANISOTROPY_RATIO = 3.0  # a median spacing this many times the others' is "stron
 BOTTLENECK_VOXELS = 4  # pool an axis while it stays at least this many voxels (nnU-Net's minimum feature map)
 MAX_POOLINGS = 5
 BASE_CHANNELS, MAX_CHANNELS = 32, 320  # nnU-Net's 3d_fullres widths
+RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6)  # nnU-Net's ResEnc UNets (ResEncUNetPlanner); 6 for every deeper stage
 REFERENCE_PATCH_VOXELS = 256**3  # nnU-Net's first patch: this many voxels, isotropic in mm, cut to the median shape
 MIN_BATCH_SIZE = 2
 MAX_DATASET_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels
@@ -118,8 +119,9 @@ def pool_and_conv_props(spacing: Sequence[float], patch: Sequence[int]) -> tuple
 
 def dynunet_for_patch(patch: Sequence[int], spacing: Sequence[float], residual: bool) -> tuple[list[int], dict[str, Any], list[int]]:
     """Return the padded patch, MONAI DynUNet arguments of nnU-Net's class (two convolutions per stage, instance norm
-    and leaky ReLU, DynUNet's defaults; 32 channels doubling to 320; ``residual``: residual blocks) with deep
-    supervision on every decoder stage but the lowest, and the patch's divisor per axis."""
+    and leaky ReLU, DynUNet's defaults; 32 channels doubling to 320; ``residual``: nnU-Net's residual encoder, residual
+    blocks stacked 1, 3, 4, 6, 6, ... per stage) with deep supervision on every decoder stage but the lowest, and the
+    patch's divisor per axis."""
     strides, kernels, padded, divisors = pool_and_conv_props(spacing, patch)
     stages = len(strides)
     kwargs: dict[str, Any] = {
@@ -129,6 +131,8 @@ def dynunet_for_patch(patch: Sequence[int], spacing: Sequence[float], residual: 
         "filters": [min(BASE_CHANNELS * 2**stage, MAX_CHANNELS) for stage in range(stages)],
         "res_block": residual,
     }
+    if residual:
+        kwargs["blocks_per_stage"] = [RESENC_BLOCKS_PER_STAGE[min(stage, len(RESENC_BLOCKS_PER_STAGE) - 1)] for stage in range(stages)]
     if stages >= 3:  # DynUNet's heads: the top output plus deep_supr_num, at most every decoder stage but the lowest
         kwargs.update(deep_supervision=True, deep_supr_num=stages - 2)
     return padded, kwargs, divisors

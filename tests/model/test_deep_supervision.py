@@ -56,3 +56,23 @@ def test_a_training_step_updates_the_lower_heads(supervised):
     loss = segmentation_loss(kwargs)(net.train()(torch.randn(2, 1, *PATCH)), torch.randint(0, 3, (2, 1, *PATCH)).float())
     loss.backward()
     assert all(head.conv.conv.weight.grad.abs().sum() > 0 for head in net.deep_supervision_heads)
+
+
+def test_the_residual_encoder_stacks_nnunets_blocks_per_stage_and_one_block_a_stage_keeps_dynunets_weights():
+    from monai.networks.blocks.dynunet_block import UnetResBlock
+    from monai.networks.nets import DynUNet
+
+    _, kwargs, _ = rules.dynunet_for_patch((32, 32, 16), (1.0, 1.0, 1.0), residual=True)
+    kwargs["filters"] = [2, 4, 8, 8]
+    net = build_network("DynUNet", 1, 3, **kwargs)
+    stages = [net.input_block, *net.downsamples, net.bottleneck]
+    assert kwargs["blocks_per_stage"] == [1, 3, 4, 6]
+    assert [len(stage) if isinstance(stage, torch.nn.Sequential) else 1 for stage in stages] == [1, 3, 4, 6]
+    assert all(isinstance(block, UnetResBlock) for stage in stages[1:] for block in stage)
+    # the stride once per stage, on its first block: the heads keep their resolutions
+    assert [tuple(o.shape[2:]) for o in net.train()(torch.randn(1, 1, 32, 32, 16))] == [(32, 32, 16), (16, 16, 8), (8, 8, 4)]
+    # without blocks_per_stage, the network is MONAI's DynUNet, and checkpoints of either load into the other
+    del kwargs["blocks_per_stage"]
+    assert list(build_network("DynUNet", 1, 3, **kwargs).state_dict()) == list(DynUNet(3, 1, 3, **kwargs).state_dict())
+    with pytest.raises(Exception, match="blocks_per_stage has 2 counts for 4 stages"):
+        build_network("DynUNet", 1, 3, **kwargs, blocks_per_stage=[1, 3])

@@ -66,7 +66,9 @@ def test_the_nnunet_class_network_keeps_its_first_stage_at_full_resolution_and_s
     assert kwargs["filters"] == [32, 64, 128, 256, 320]
     # 5 stages, 4 decoder stages: the top output and 3 heads, none on the stage right above the bottleneck
     assert (kwargs["deep_supervision"], kwargs["deep_supr_num"], kwargs["res_block"]) == (True, 3, False)
-    assert rules.dynunet_for_patch(patch, [1.5, 1.5, 3.0], residual=True)[1]["res_block"] is True
+    assert "blocks_per_stage" not in kwargs  # one block per stage: MONAI's DynUNet as it is
+    residual = rules.dynunet_for_patch(patch, [1.5, 1.5, 3.0], residual=True)[1]
+    assert residual["res_block"] is True and residual["blocks_per_stage"] == [1, 3, 4, 6, 6]  # nnU-Net's ResEnc encoder
 
 
 def test_planned_networks_are_dynunets_of_nnunets_class_or_the_tutorial_unet():
