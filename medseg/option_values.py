@@ -17,6 +17,9 @@ CHECK_TOLERANCE = 0.01  # medseg.export --check: the Dice a class may lose again
 # DynUNets (full-resolution first stage, deep supervision), and the UNet of MONAI's spleen tutorial (stride 2 from its first layer)
 PLANNED_NETWORKS = ("plain", "resenc", "tutorial")
 DEFAULT_PLANNED_NETWORK = "plain"
+# what train plans for a dataset without a config where it trains on the CPU: at equal CPU time the tutorial UNet
+# takes about 16 times the steps and scored higher on every class of the fine-structures phantoms (issue 35's benchmark)
+CPU_PLANNED_NETWORK = "tutorial"
 # nnU-Net's residual-encoder presets (documentation/resenc_presets.md): GPU-memory target and nnU-Net's measured peak
 # on an A100 40 GB, in GB; medseg plans a preset as a GPU of the target's size with the residual-encoder network
 RESENC_PRESETS = {"M": (8, 9.1), "L": (24, 22.7), "XL": (40, 36.6)}

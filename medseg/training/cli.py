@@ -44,7 +44,7 @@ from medseg.data.demo import cache_folder
 from medseg.data.formats import read_dataset
 from medseg.errors import MedsegError
 from medseg.inference.checkpoint import read_weights_only
-from medseg.option_values import BATCH_PLAN_CACHE
+from medseg.option_values import BATCH_PLAN_CACHE, CPU_PLANNED_NETWORK
 from medseg.planning.store import plan_for_training
 from medseg.precision import resolve_precision
 from medseg.training.batch_planner import BatchSearchCallback
@@ -346,9 +346,11 @@ def with_plan(args: list[str] | None, network: str | None = None, preset: str | 
     """Return ``args`` with the dataset's plan as ``--config`` in front when a dataset is given without a config or a patch size.
 
     The plan is the cached one for this dataset (unchanged files), GPU and ``network``/``preset`` (train's --network
-    and --preset, as in ``python -m medseg.plan``), else made now. Other options given on the command line still
-    override the plan's values; a patch size given by hand means the configuration is chosen by hand, and nothing is
-    planned (then a network or preset asked for is refused: nothing would honour it).
+    and --preset, as in ``python -m medseg.plan``), else made now. Neither given, training on the CPU plans
+    ``CPU_PLANNED_NETWORK`` (MONAI's tutorial UNet, far faster there), on a GPU the planner's default (nnU-Net's
+    class). Other options given on the command line still override the plan's values; a patch size given by hand
+    means the configuration is chosen by hand, and nothing is planned (then a network or preset asked for is refused:
+    nothing would honour it).
     """
     argv = sys.argv[1:] if args is None else list(args)
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -363,7 +365,11 @@ def with_plan(args: list[str] | None, network: str | None = None, preset: str | 
                               " or --data.patch_size: leave it out, or plan with python -m medseg.plan and train with its plan.yaml")
         return args
     argv = current_training_spellings(argv)  # one notice for an old spelling, not one per parse
-    parse_training_options(argv)  # a mistyped option is refused before planning, not after
+    options = parse_training_options(argv)  # a mistyped option is refused before planning, not after
+    if network is None and preset is None and (str(options["trainer"]["accelerator"]) == "cpu" or not torch.cuda.is_available()):
+        network = CPU_PLANNED_NETWORK
+        log.info(f"training on the CPU: planning the {network} network, which learns far more per CPU second there than "
+                 "nnU-Net's class (docs/explanation/networks.md); --network plain plans nnU-Net's class")
     stored = plan_for_training(read_dataset(known.root), cache_folder(known.cache_dir), network=network, preset=preset)
     chosen = stored.plan.chosen
     log.info(

@@ -49,6 +49,15 @@ def test_training_without_a_config_uses_the_plan_and_one_epoch_fits_the_simulate
     assert trainer.global_step == 1
 
 
+def test_training_on_the_cpu_plans_the_tutorial_unet_unless_a_network_is_asked_for(demo_root, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["--data.root", str(demo_root), "--data.cache_dir", str(tmp_path / "cache")]
+    with caplog.at_level("INFO", logger="medseg"):
+        assert "network: UNet" in Path(with_plan(args)[1]).read_text()
+    assert "training on the CPU: planning the tutorial network" in caplog.text
+    assert "network: DynUNet" in Path(with_plan(args, network="plain")[1]).read_text()
+
+
 def test_a_patch_size_given_by_hand_plans_nothing(demo_root):
     args = ["--data.root", str(demo_root), "--data.patch_size=[32, 32, 16]"]
     assert with_plan(args) == args
