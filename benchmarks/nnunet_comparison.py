@@ -271,8 +271,8 @@ def summary_rows(contenders: Mapping[str, Mapping]) -> list[dict]:
 
 
 def plot(contenders: Mapping[str, Mapping]):
-    """Return a figure: one group of bars per class, one bar per contender that ran (mean Dice over the seeds), its
-    error bar the lowest and highest seed."""
+    """Return a figure: one group of bars per class, one bar per contender that ran (mean Dice over the seeds, its mean
+    steps in the legend), its error bar the lowest and highest seed."""
     from matplotlib.figure import Figure
 
     ran = {name: c["runs"] for name, c in contenders.items() if c.get("runs")}
@@ -285,11 +285,12 @@ def plot(contenders: Mapping[str, Mapping]):
         means = [values[c][0] for c in classes]
         errors = [[values[c][0] - values[c][1] for c in classes], [values[c][2] - values[c][0] for c in classes]]
         positions = [i + (offset - (len(ran) - 1) / 2) * width for i in range(len(classes))]
-        bars = axes.bar(positions, means, width, yerr=errors, capsize=3, label=f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        steps = round(sum(run["steps"] for run in runs) / len(runs))
+        bars = axes.bar(positions, means, width, yerr=errors, capsize=3, label=f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)}, {steps} steps)")
         axes.bar_label(bars, fmt="%.3f", fontsize=8)
     axes.set_xticks(range(len(classes)), classes)
     axes.set(ylabel="Dice on held-out cases", ylim=(0, 1.05))
-    figure.legend(loc="outside upper center", ncols=max(len(ran), 1))
+    figure.legend(loc="outside upper center")
     return figure
 
 
@@ -308,7 +309,7 @@ def markdown(report: Mapping) -> str:
         "",
         markdown_rows(summary_rows(report["contenders"])),
         "",
-        "; ".join(f"{name}: {c['runs'][0]['network']}, torch {c['runs'][0]['torch']}, {c['runs'][0]['threads']} threads, "
+        "; ".join(f"{name}: {c['runs'][0]['network']}, torch {c['runs'][0]['torch']}, {c['runs'][0]['threads']} thread(s), "
                   f"{' '.join(str(round(r['wall_seconds'])) for r in c['runs'])} s of wall time for its CPU seconds"
                   for name, c in report["contenders"].items() if c.get("runs")) + ".",
     ]
@@ -322,12 +323,12 @@ def markdown(report: Mapping) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nnunet-python", type=Path, default=None, help="python of an environment with nnunetv2 (without it: no nnU-Net row)")
-    parser.add_argument("--cpu-seconds", type=float, default=3600.0, help="training CPU seconds per contender and seed")
+    parser.add_argument("--cpu-seconds", type=float, default=1500.0, help="training CPU seconds per contender and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--train", type=int, default=20, help="training cases")
     parser.add_argument("--test", type=int, default=10, help="held-out cases")
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--shape", type=int, nargs=3, default=[160, 160, 48], help="voxels per case (x y z)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 32], help="voxels per case (x y z; the phantoms default to 160 160 48)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at a time, each with an equal share of the cores")
     parser.add_argument("--work", type=Path, default=None, help="folder for data, runs, logs and predictions, kept (default: a new temporary one)")
     add_output_option(parser, required=True)  # and OUTPUT.png

@@ -102,7 +102,7 @@ def main() -> None:
         for name, (network, preset, planner, plans_name) in PLANS.items():
             results[name] = {"medseg": medseg_row(spec, work / "cache", network, preset)}
             if args.nnunet_python:
-                results[name]["nnunet"] = nnunet_plan(args.nnunet_python, spec, "ct", work / "nnunet", planner, plans_name)
+                results[name]["nnunet"] = nnunet_plan(args.nnunet_python, spec, "ct", work / "nnunet" / name, planner, plans_name)
             print(markdown_rows(rows({name: results[name]})), flush=True)
     text = "\n".join([
         f"medseg's plans at {PRECISION} on the CT-like dataset of the planning tests (2 cases of 420 x 400 x 210 voxels at "

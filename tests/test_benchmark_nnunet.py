@@ -98,7 +98,7 @@ def test_the_report_shows_the_table_what_each_contender_ran_on_and_the_failures(
     text = markdown({"settings": settings, "contenders": contenders, "load_average_before_after": [1.0] * 6, "seconds": 600.0})
     assert "| medseg, tutorial UNet | 0.850 (0.800-0.900) |" in text
     assert f"| {NNUNET_CLASS}: failed: python -m medseg.train (exit 1) |" in text
-    assert f"{TUTORIAL}: UNet, torch 2.13.0+cpu, 2 threads, 200 200 s of wall time" in text
+    assert f"{TUTORIAL}: UNet, torch 2.13.0+cpu, 2 thread(s), 200 200 s of wall time" in text
     assert text.endswith(f"Failures:\n- {NNUNET_CLASS}: failed: python -m medseg.train (exit 1)\n- {NNUNET}: failed: nnUNetv2_train (exit 1)")
 
 
